@@ -1,0 +1,1 @@
+"""Imports every built-in pass module so that its passes register."""

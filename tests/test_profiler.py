@@ -1,0 +1,66 @@
+"""MAC / parameter / size counting against hand-computed values (BRIEF section 5)."""
+import pytest
+import torch
+import torch.nn as nn
+
+import gcompiler
+from gcompiler.errors import TraceError
+
+
+def test_conv_macs_and_params_by_hand():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=True), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1,
+                                                                                     groups=4, bias=False))
+    p = gcompiler.profile(m, torch.randn(2, 3, 16, 16))
+    conv1 = 2 * 8 * 16 * 16 * 3 * 3 * 3
+    conv2 = 2 * 8 * 8 * 8 * (8 // 4) * 3 * 3
+    assert p.macs == conv1 + conv2
+    assert p.params == (8 * 3 * 9 + 8) + (8 * 2 * 9)
+    assert p.size_bytes(32) == p.params * 4
+    assert p.size_bytes(8) == p.params
+
+
+def test_transposed_conv_counted_at_output_resolution():
+    m = nn.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=1)
+    p = gcompiler.profile(nn.Sequential(m), torch.randn(1, 16, 10, 10))
+    assert p.macs == (1 * 8 * 20 * 20) * 16 * 9
+
+
+def test_linear_and_table():
+    m = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    p = gcompiler.profile(m, torch.randn(3, 3, 2, 2))
+    assert p.macs == 3 * 5 * 12
+    text = p.table()
+    assert "Linear" in text and "3x5" in text and "MACs" in text
+
+
+def test_profile_of_graph_module_reuses_or_repropagates_shapes():
+    m = nn.Sequential(nn.Conv2d(3, 4, 1))
+    gm = gcompiler.trace(m, torch.randn(1, 3, 8, 8))
+    assert gcompiler.profile(gm).macs == 8 * 8 * 4 * 3
+    assert gcompiler.profile(gm, torch.randn(1, 3, 16, 16)).macs == 16 * 16 * 4 * 3
+
+
+def test_custom_leaf_hooks_and_mixed_precision_size():
+    class Custom(nn.Module):
+        weight_bits = 4
+
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(10))
+
+        def forward(self, x):
+            return x
+
+        def count_macs(self, in_shapes, out_shape):
+            return 7
+
+    gcompiler.register_leaf(Custom)
+    m = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), Custom())
+    p = gcompiler.profile(m, torch.randn(1, 1, 2, 2))
+    assert p.macs == 4 + 7
+    assert p.size_bytes(None) == 1 * 4 + 10 * 4 / 8
+
+
+def test_profile_needs_inputs():
+    with pytest.raises(TraceError, match="example inputs"):
+        gcompiler.profile(nn.Conv2d(1, 1, 1))

@@ -99,7 +99,7 @@ def _read_torch(p: Path) -> Any:
             f"checkpoint '{p}' is not a readable PyTorch checkpoint (corrupt, truncated, or another format): "
             f"{_reason(exc)}"
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, ImportError) as exc:
+    except Exception as exc:  # the unpickler surfaces damage as IndexError, EOFError, RuntimeError, ...
         raise CheckpointError(
             f"checkpoint '{p}' is not a readable PyTorch checkpoint (corrupt, truncated, or another format): "
             f"{type(exc).__name__}: {_reason(exc)}"

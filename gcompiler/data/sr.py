@@ -1,0 +1,280 @@
+"""The built-in task ``builtin:sr``: x2 super-resolution on the colour photos shipped with scikit-image.
+
+Nothing is downloaded: the images come from ``skimage.data`` (scikit-image is a runtime requirement of
+this task). The split is fixed, by name:
+
+* training: :data:`TRAIN_IMAGES`; held-out (evaluation only): :data:`HELDOUT_IMAGES`.
+  The two stereo views of ``stereo_motorcycle`` show the same scene, so both sit on the training side.
+  ``skimage.data.cat`` is the same photo as ``chelsea`` and is not used; ``colorwheel`` and ``logo`` are
+  synthetic and not used.
+
+Pairs: the high-resolution (HR) image is cut to even height and width, and its low-resolution (LR)
+partner is ``torch.nn.functional.interpolate(hr, scale_factor=1/2, mode="bicubic", antialias=True,
+align_corners=False)`` on [0, 1] floats, clamped and rounded to 8-bit levels (LR images are 8-bit images,
+as in the SR benchmarks that make them with MATLAB's ``imresize``; torch's antialiased bicubic uses
+the cubic convolution kernel with ``a = -0.5`` stretched to the downsampling factor, like PIL's).
+
+Value range: tensors of this task are in **[0, 1]**, not the [-1, 1] of the folder datasets, because SR
+networks (SRResNet, ESRGAN's RRDBNet) are trained on [0, 1] without an output activation and PSNR/SSIM
+are defined on [0, 1]; each dataset carries it as ``value_range``.
+
+Evaluation (:func:`evaluate_sr`): the network runs on each whole held-out LR image; its output (and the
+bicubic baseline, ``interpolate(lr, scale_factor=2, mode="bicubic")``) is clamped to [0, 1] and rounded
+to 8-bit levels, then PSNR and SSIM are measured against HR on the Y channel (BT.601) with a border of
+``scale`` = 2 pixels cropped, the convention of SR papers; RGB PSNR is reported too.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import DataError
+from ..metrics import psnr, ssim
+from .datasets import CropFlipDataset
+from .images import RANGE_UNIT, ScanReport, to_tensor
+
+SCALE = 2
+#: Training photos (skimage.data names; ``motorcycle_*`` are the views of ``stereo_motorcycle``).
+TRAIN_IMAGES: tuple[str, ...] = ("astronaut", "coffee", "hubble_deep_field", "immunohistochemistry",
+                                 "retina", "motorcycle_left", "motorcycle_right")
+#: Held-out photos: never used for training the teacher or students, only for evaluation.
+HELDOUT_IMAGES: tuple[str, ...] = ("chelsea", "rocket")
+
+ASSET_DIR = Path(__file__).resolve().parent.parent / "assets"
+TEACHER_WEIGHTS = ASSET_DIR / "sr_teacher_x2.safetensors"
+TEACHER_META = ASSET_DIR / "sr_teacher_x2.json"
+
+
+def _skimage_data():
+    try:
+        import skimage.data as skdata
+    except ImportError as exc:
+        raise DataError("builtin:sr needs scikit-image (its photos are the data): "
+                        "pip install 'scikit-image>=0.21' (or the gcompiler[data] extra)") from exc
+    return skdata
+
+
+@functools.lru_cache(maxsize=None)
+def load_hr(name: str) -> np.ndarray:
+    """The HR photo ``name`` as ``uint8`` (H, W, 3), cut to even height and width (read-only array)."""
+    if name not in TRAIN_IMAGES + HELDOUT_IMAGES:
+        raise DataError(f"unknown builtin:sr image {name!r}; known: {', '.join(TRAIN_IMAGES + HELDOUT_IMAGES)}")
+    skdata = _skimage_data()
+    if name.startswith("motorcycle_"):
+        left, right, _ = skdata.stereo_motorcycle()
+        img = left if name.endswith("left") else right
+    else:
+        img = getattr(skdata, name)()
+    img = np.asarray(img)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise DataError(f"skimage.data.{name} is not an 8-bit RGB image ({img.dtype}, {img.shape})")
+    h, w = img.shape[0] - img.shape[0] % SCALE, img.shape[1] - img.shape[1] % SCALE
+    out = np.ascontiguousarray(img[:h, :w])
+    out.setflags(write=False)
+    return out
+
+
+def bicubic_downsample(hr: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
+    """Antialiased bicubic downsampling of float (N, C, H, W) images in [0, 1] (H, W divisible by scale)."""
+    h, w = hr.shape[-2], hr.shape[-1]
+    if h % scale or w % scale:
+        raise DataError(f"HR size {w}x{h} is not divisible by the scale {scale}")
+    return F.interpolate(hr, size=(h // scale, w // scale), mode="bicubic", antialias=True,
+                         align_corners=False).clamp_(0.0, 1.0)
+
+
+def bicubic_upsample(lr: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
+    """The bicubic baseline: (N, C, h, w) -> (N, C, scale*h, scale*w), clamped to [0, 1]."""
+    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp_(0.0, 1.0)
+
+
+def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
+    """Clamp to [0, 1] and round to the 256 levels of an 8-bit image."""
+    return x.clamp(0.0, 1.0).mul(255.0).round().div(255.0)
+
+
+@functools.lru_cache(maxsize=None)
+def load_lr(name: str) -> np.ndarray:
+    """The LR partner of :func:`load_hr` ``(name)`` as ``uint8`` (H/2, W/2, 3) (read-only array)."""
+    hr = to_tensor(load_hr(name), RANGE_UNIT)[None]
+    lr = quantize_8bit(bicubic_downsample(hr))[0]
+    out = lr.mul(255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    out.setflags(write=False)
+    return out
+
+
+def _dihedral(t: torch.Tensor, vflip: bool, transpose: bool) -> torch.Tensor:
+    if vflip:
+        t = torch.flip(t, dims=(-2,))
+    if transpose:
+        t = t.transpose(-1, -2)
+    return t.contiguous()
+
+
+class SRTrainDataset(CropFlipDataset):
+    """Random aligned LR/HR patches from the training photos.
+
+    An item is ``{"input": (3, p, p) LR, "target": (3, 2p, 2p) HR, "index"}`` in [0, 1], ``p = crop_size``.
+    The epoch has ``patches_per_epoch`` items; each picks one of the photos uniformly at random (not
+    by area: ``retina`` alone is 45 % of the pixels and mostly flat), then a random patch, then (``augment="flip"``) a horizontal flip with
+    probability 1/2 or (``augment="dihedral"``) one of the 8 flips/rotations.
+    """
+
+    scale = SCALE
+
+    def __init__(self, *, crop_size: int = 48, patches_per_epoch: int = 1000, augment: str = "flip",
+                 images: Sequence[str] = TRAIN_IMAGES, seed: int | None = None) -> None:
+        if augment not in ("flip", "dihedral", "none"):
+            raise DataError(f"augment must be 'flip', 'dihedral' or 'none', got {augment!r}")
+        if patches_per_epoch < 1:
+            raise DataError(f"patches_per_epoch must be >= 1, got {patches_per_epoch}")
+        leaked = set(images) & set(HELDOUT_IMAGES)
+        if leaked:
+            raise DataError(f"held-out images {sorted(leaked)} cannot be used for training")
+        self.images = tuple(images)
+        self.crop_size = int(crop_size)
+        self.flip = augment != "none"
+        self.augment = augment
+        self.value_range = RANGE_UNIT
+        self.seed = seed
+        self.length = int(patches_per_epoch)
+        self.names = list(self.images)
+        self.report = ScanReport(used=len(self.images))
+        self._lr = [load_lr(n) for n in self.images]
+        self._hr = [load_hr(n) for n in self.images]
+        self._check_crop([(n, (a.shape[1], a.shape[0])) for n, a in zip(self.images, self._lr)])
+
+    def __len__(self) -> int:
+        return self.length
+
+    def load_views(self, index, rng):
+        i = int(rng.integers(0, len(self._lr)))
+        return ({"input": (self._lr[i], 1), "target": (self._hr[i], SCALE)}, {},
+                f"builtin:sr image {self.images[i]!r}")
+
+    def finish(self, index, aligned, unaligned, where, rng):
+        out = super().finish(index, aligned, unaligned, where, rng)
+        if self.augment == "dihedral":
+            vflip, transpose = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
+            for k in ("input", "target"):
+                out[k] = _dihedral(out[k], vflip, transpose)
+        return out
+
+
+class SRHeldoutDataset(CropFlipDataset):
+    """The whole held-out photos: ``{"input": LR, "target": HR, "index"}`` in [0, 1], no augmentation.
+
+    Images differ in size: use batch size 1, or pass ``crop_size`` for fixed-size crops at positions
+    seeded by ``(seed, index)`` (the same crops on every call).
+    """
+
+    scale = SCALE
+
+    def __init__(self, *, images: Sequence[str] = HELDOUT_IMAGES, crop_size: int | None = None,
+                 seed: int | None = 0) -> None:
+        self.images = tuple(images)
+        self.crop_size = None if crop_size is None else int(crop_size)
+        self.flip = False
+        self.value_range = RANGE_UNIT
+        self.seed = seed
+        self.names = list(self.images)
+        self.report = ScanReport(used=len(self.images))
+        self._lr = [load_lr(n) for n in self.images]
+        self._hr = [load_hr(n) for n in self.images]
+        self._check_crop([(n, (a.shape[1], a.shape[0])) for n, a in zip(self.images, self._lr)])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load_views(self, index, rng):
+        return ({"input": (self._lr[index], 1), "target": (self._hr[index], SCALE)}, {},
+                f"builtin:sr image {self.images[index]!r}")
+
+
+def heldout_pairs(images: Sequence[str] = HELDOUT_IMAGES) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """``[(name, lr (1, 3, h, w), hr (1, 3, 2h, 2w))]`` for the held-out photos, floats in [0, 1]."""
+    return [(n, to_tensor(load_lr(n), RANGE_UNIT)[None], to_tensor(load_hr(n), RANGE_UNIT)[None]) for n in images]
+
+
+def _measure(out: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
+    out = quantize_8bit(out)
+    return {"psnr_y": psnr(out, hr, crop_border=SCALE, y_channel=True),
+            "ssim_y": ssim(out, hr, crop_border=SCALE, y_channel=True),
+            "psnr_rgb": psnr(out, hr, crop_border=SCALE)}
+
+
+@torch.no_grad()
+def evaluate_sr(model: torch.nn.Module | None = None, *, images: Sequence[str] = HELDOUT_IMAGES,
+                device: str | torch.device = "cpu", reference: torch.nn.Module | None = None
+                ) -> dict[str, Any]:
+    """PSNR/SSIM of ``model`` (if given) and of bicubic upsampling on ``images`` (default: held out).
+
+    Returns ``{"per_image": {name: {"bicubic": m, "model": m, "model_vs_reference": {...}}},
+    "mean": {"bicubic": m, "model": m, ...}}`` where ``m = {"psnr_y", "ssim_y", "psnr_rgb"}``
+    (see the module docstring for the protocol). With ``reference`` (e.g. the teacher), the model's
+    output is also scored against the reference's output (``"model_vs_reference"``).
+    """
+    per: dict[str, dict[str, dict[str, float]]] = {}
+    for name, lr, hr in heldout_pairs(images):
+        row = {"bicubic": _measure(bicubic_upsample(lr), hr)}
+        if model is not None:
+            out = model(lr.to(device)).float().cpu()
+            if out.shape != hr.shape:
+                raise DataError(f"model output {tuple(out.shape)} on builtin:sr image {name!r} does not match "
+                                f"the HR shape {tuple(hr.shape)}: not a x{SCALE} SR model for [0, 1] RGB")
+            row["model"] = _measure(out, hr)
+            if reference is not None:
+                ref = quantize_8bit(reference(lr.to(device)).float().cpu())
+                row["model_vs_reference"] = _measure(out, ref)
+        per[name] = row
+    keys = next(iter(per.values())).keys()
+    mean = {k: {m: float(np.mean([per[n][k][m] for n in per])) for m in ("psnr_y", "ssim_y", "psnr_rgb")}
+            for k in keys}
+    return {"per_image": per, "mean": mean}
+
+
+def load_teacher(device: str | torch.device = "cpu", *, weights: str | Path | None = None) -> torch.nn.Module:
+    """The shipped x2 SR teacher (``gcompiler/assets/sr_teacher_x2.safetensors``), in eval mode.
+
+    Its architecture comes from the JSON file next to the weights (``{"arch": ..., "kwargs": {...}}``,
+    built with ``gcompiler.models.create``). Raises :class:`DataError` if the asset is missing (train
+    it with ``python scripts/train_teacher.py``) or does not match the architecture.
+    """
+    wpath = Path(weights) if weights is not None else TEACHER_WEIGHTS
+    mpath = wpath.with_suffix(".json")
+    if not wpath.is_file() or not mpath.is_file():
+        raise DataError(f"the builtin:sr teacher is missing ({str(wpath)!r} and its .json): "
+                        f"train it with `python scripts/train_teacher.py` (about 20 minutes on one CPU core)")
+    try:
+        meta = json.loads(mpath.read_text())
+        arch, kwargs = meta["arch"], dict(meta["kwargs"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"teacher metadata {str(mpath)!r} is unreadable or lacks 'arch'/'kwargs': {exc}") from exc
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .. import models
+
+    model = models.create(arch, **kwargs)
+    try:
+        state = load_file(str(wpath))
+    except (SafetensorError, OSError) as exc:
+        raise DataError(f"teacher weights {str(wpath)!r} are unreadable: {exc}") from exc
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise DataError(f"teacher weights {str(wpath)!r} do not match {arch}({kwargs}): missing "
+                        f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}; retrain with scripts/train_teacher.py")
+    return model.to(device).eval()
+
+
+def teacher_meta() -> dict[str, Any]:
+    """The JSON record shipped with the teacher (architecture, command, seed, steps, held-out numbers)."""
+    if not TEACHER_META.is_file():
+        raise DataError(f"{str(TEACHER_META)!r} is missing: train the teacher with `python scripts/train_teacher.py`")
+    return json.loads(TEACHER_META.read_text())

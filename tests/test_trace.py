@@ -134,3 +134,21 @@ def test_fake_propagation_computes_nothing_big():
     out = gcompiler.propagate_shapes(gm, torch.empty(1, 512, 2048, 2048, device="meta"), fake=True)
     assert tuple(out.shape) == (1, 512, 2048, 2048)
     assert gm.meta["input_shapes"] == [(1, 512, 2048, 2048)]
+
+
+class SizeUser(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        return self.conv(x).view(n, c, h * w).mean(-1)
+
+
+def test_nodes_returning_sizes_and_ints_get_no_tensor_meta():
+    gm = gcompiler.trace(SizeUser(), torch.randn(2, 3, 4, 4))
+    metas = {n.name: n.meta.get("tensor_meta") for n in gm.graph.nodes}
+    assert any(v is None for k, v in metas.items() if k.startswith("getattr") or k.startswith("getitem"))
+    assert tuple(metas["mean"].shape) == (2, 3)
+    assert gcompiler.profile(gm).macs == 2 * 3 * 16 * 3

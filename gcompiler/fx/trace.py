@@ -248,9 +248,12 @@ class _ShapePropagator(fx.Interpreter):
 def _tree_meta(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return _extract_tensor_metadata(value)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_tree_meta(v) for v in value) if not hasattr(value, "_fields") else \
-            tuple(_tree_meta(v) for v in value)
+    if isinstance(value, torch.Size):
+        return None
+    if isinstance(value, list):
+        return [_tree_meta(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_tree_meta(v) for v in value)
     return None
 
 

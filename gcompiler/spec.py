@@ -1,0 +1,140 @@
+"""Parsing what users type: teacher specifications, MACs targets and config files.
+
+Teacher specs (``--teacher``):
+
+* ``zoo_name`` or ``zoo_name:path/to/ckpt.pth`` — a model from :mod:`gcompiler.models`, optionally
+  with weights (``.pth`` read with ``weights_only=True``, or ``.safetensors``);
+* ``pkg.module:Class`` or ``pkg.module:Class:path/to/ckpt`` — the user's own ``nn.Module`` class,
+  constructed without arguments (``--teacher-kw key=value`` passes constructor arguments to either form);
+* ``builtin:sr`` — the ×2 super-resolution teacher shipped with the package.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+
+
+@dataclasses.dataclass
+class TeacherSpec:
+    kind: str  # "zoo" | "class" | "builtin"
+    name: str
+    checkpoint: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.checkpoint}" if self.checkpoint else self.name
+
+
+def parse_teacher(spec: str) -> TeacherSpec:
+    from . import models
+
+    spec = spec.strip()
+    if not spec:
+        raise ConfigError("--teacher is empty; give a zoo name (see `gcompiler zoo`), pkg.module:Class or builtin:sr")
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        if name != "sr":
+            raise ConfigError(f"--teacher {spec!r}: the only built-in teacher is builtin:sr")
+        return TeacherSpec("builtin", "sr")
+    head, _, rest = spec.partition(":")
+    if head in models.available():
+        return TeacherSpec("zoo", head, rest or None)
+    if "." in head and rest:
+        cls, _, ckpt = rest.partition(":")
+        if cls.isidentifier():
+            return TeacherSpec("class", f"{head}:{cls}", ckpt or None)
+    import difflib
+
+    close = difflib.get_close_matches(head, models.available(), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"--teacher {spec!r}: '{head}' is not a zoo model and not of the form pkg.module:Class.{hint} "
+                      "Forms: zoo_name[:ckpt], pkg.module:Class[:ckpt], builtin:sr")
+
+
+def build_teacher(spec: TeacherSpec, **kw: Any) -> torch.nn.Module:
+    """Instantiate (and load weights for) a parsed teacher spec; the result is in eval mode."""
+    from . import models
+    from .checkpoint import load_checkpoint
+
+    if spec.kind == "builtin":
+        from .data.sr import load_teacher
+
+        return load_teacher().eval()
+    if spec.kind == "zoo":
+        model = models.create(spec.name, **kw)
+    else:
+        mod_name, cls_name = spec.name.split(":")
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError as exc:
+            raise ConfigError(f"--teacher {spec}: cannot import module '{mod_name}': {exc}") from exc
+        cls = getattr(mod, cls_name, None)
+        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+            raise ConfigError(f"--teacher {spec}: '{cls_name}' in module '{mod_name}' is not an nn.Module class")
+        try:
+            model = cls(**kw)
+        except TypeError as exc:
+            raise ConfigError(f"--teacher {spec}: cannot construct {cls_name}({kw or ''}): {exc}; pass constructor "
+                              "arguments with --teacher-kw key=value") from exc
+    if spec.checkpoint:
+        load_checkpoint(model, spec.checkpoint)
+    return model.eval()
+
+
+def parse_target_macs(text: str | float | None, macs_before: int) -> int | None:
+    """``"2e9"`` -> 2_000_000_000 MACs; ``"8x"`` -> ``macs_before / 8``; ``None`` -> no target."""
+    if text is None or text == "":
+        return None
+    s = str(text).strip().lower()
+    try:
+        if s.endswith("x"):
+            factor = float(s[:-1])
+            if factor < 1:
+                raise ConfigError(f"--target-macs {text!r}: a reduction factor must be >= 1 (e.g. 8x)")
+            return int(macs_before / factor)
+        value = float(s.rstrip("g")) * (1e9 if s.endswith("g") else 1)
+    except ValueError:
+        raise ConfigError(f"--target-macs {text!r}: expected an absolute count like 2e9 (or 2g) or a reduction "
+                          "factor like 8x") from None
+    if value <= 0:
+        raise ConfigError(f"--target-macs {text!r}: must be positive")
+    if value >= macs_before:
+        raise ConfigError(f"--target-macs {text!r} is not below the teacher's {macs_before:.3g} MACs")
+    return int(value)
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML (.toml) or YAML (.yaml/.yml) config file into a flat dict of option names."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(path.read_text())
+        elif path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise ConfigError(f"--config {path}: reading YAML needs PyYAML (pip install pyyaml); "
+                                  "or write the config as TOML") from None
+            data = yaml.safe_load(path.read_text()) or {}
+        elif path.suffix == ".json":
+            data = json.loads(path.read_text())
+        else:
+            raise ConfigError(f"--config {path}: unknown format '{path.suffix}'; use .toml, .yaml or .json")
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"--config {path}: cannot parse: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: the top level must be a table of options")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}

@@ -30,9 +30,24 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # lazy submodules keep `import gcompiler` fast
+_LAZY = {  # public name -> (module, attribute); imported on first use to keep `import gcompiler` fast
+    "dump": ("viz", "dump"),
+    "load_checkpoint": ("checkpoint", "load_checkpoint"),
+    "save_checkpoint": ("checkpoint", "save_checkpoint"),
+    "channel_groups": ("analysis", "channel_groups"),
+    "masks": ("passes.masks", "masks"),
+    "save": ("serialize", "save"),
+    "load": ("serialize", "load"),
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str):
     import importlib
 
-    if name in ("models", "analysis", "passes", "quant", "kernels", "train", "data", "metrics"):
+    if name in ("models", "analysis", "passes", "quant", "kernels", "train", "data", "metrics", "serialize"):
         return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY:
+        mod, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{mod}", __name__), attr)
     raise AttributeError(f"module 'gcompiler' has no attribute '{name}'")

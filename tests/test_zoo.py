@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as F
 from torch import nn
 
@@ -98,14 +100,7 @@ def _flat(out):
     return [out]
 
 
-# gcompiler.fx's shape propagation rebuilds a torch.Size result (StarGAN reads x.shape to broadcast its
-# label) as torch.Size(None, ...) and fails; remove this mark when fx/trace.py:_tree_meta returns
-# None / a plain tuple for torch.Size values (torch.fx's own ShapeProp does the latter).
-_TRACE_XFAIL = {"stargan_g": pytest.mark.xfail(strict=True, raises=TypeError,
-                                               reason="fx/trace.py _tree_meta cannot rebuild torch.Size")}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_TRACE_XFAIL.get(n, ())) for n in sorted(SMALL)])
+@pytest.mark.parametrize("name", sorted(SMALL))
 def test_zoo_model_traces_with_nn_leaves_and_graph_equals_eager(name):
     kw, size = SMALL[name]
     m = models.create(name, **kw).eval()
@@ -186,7 +181,32 @@ def test_sub_mobile_config_maps_to_widths():
     assert sd["model.26.weight"].shape == (3, 24, 7, 7)
 
 
-@pytest.mark.parametrize("bad", ["16_16_32", "16_16_32_16_32_32_16_x", "0_16_32_16_32_32_16_16", ""])
+def _sub_mobile_cost(c: list[int], side: int = 256) -> tuple[int, int]:
+    """Params and MACs of a GAN Compression sub-network, by hand from the documented layer widths."""
+    stem, d1, t, u1, u2 = c[0], 2 * c[1], 4 * c[2], 2 * c[6], c[7]
+    hidden = [4 * c[3]] * 3 + [4 * c[4]] * 3 + [4 * c[5]] * 3
+    q = side // 4  # trunk resolution
+    params = (3 * 49 + 1) * stem + (stem * 9 + 1) * d1 + (d1 * 9 + 1) * t + (t * 9 + 1) * u1 + (u1 * 9 + 1) * u2
+    params += (u2 * 49 + 1) * 3
+    macs = side**2 * stem * 3 * 49 + (side // 2) ** 2 * d1 * stem * 9 + q**2 * t * d1 * 9
+    macs += (side // 2) ** 2 * u1 * t * 9 + side**2 * u2 * u1 * 9 + side**2 * 3 * u2 * 49
+    for h in hidden:  # depthwise 3x3 + pointwise 1x1, twice, all with bias
+        params += (9 + 1) * t + (t + 1) * h + (9 + 1) * h + (h + 1) * t
+        macs += q**2 * (t * 9 + h * t + h * 9 + t * h)
+    return params, macs
+
+
+@settings(deadline=None)
+@given(st.lists(st.sampled_from([16, 24, 32, 48, 64]), min_size=8, max_size=8))
+def test_sub_mobile_cost_follows_config(c):
+    m = models.create("sub_mobile_resnet_9blocks", config="_".join(map(str, c)))
+    params, macs = _sub_mobile_cost(c)
+    assert n_params(m) == params
+    assert gcompiler.profile(m, torch.zeros(1, 3, 256, 256)).macs == macs
+
+
+@pytest.mark.parametrize("bad", ["16_16_32", "16_16_32_16_32_32_16_x", "0_16_32_16_32_32_16_16", "",
+                                 16_16_32_16_32_32_16_16])
 def test_sub_mobile_bad_config(bad):
     with pytest.raises(ConfigError, match="config"):
         models.create("sub_mobile_resnet_9blocks", config=bad)

@@ -103,6 +103,11 @@ class MobileResnetGenerator(nn.Module):
 
 def parse_config(config: str | Sequence[int], model_name: str = "sub_mobile_resnet_9blocks") -> list[int]:
     """``"16_16_32_16_32_32_16_16"`` (or a sequence of ints) -> list of 8 (or legacy 6) positive ints."""
+    if isinstance(config, int) and not isinstance(config, bool):
+        raise ConfigError(
+            f"model {model_name!r}: config={config!r} is an int; a channel configuration is a string such as "
+            "'16_16_32_16_32_32_16_16' (Python reads 16_16_32... without quotes as one integer)"
+        )
     if isinstance(config, str):
         try:
             vals = [int(v) for v in config.strip().split("_")]

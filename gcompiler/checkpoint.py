@@ -234,10 +234,11 @@ def _drop_instance_norm_stats(sd: StateDict, model: nn.Module, notes: list[str])
 
 
 def _optional_missing(model: nn.Module) -> set[str]:
-    """BatchNorm ``num_batches_tracked`` buffers, absent from checkpoints older than PyTorch 0.4.1."""
+    """``num_batches_tracked`` buffers of norms with running stats: absent from files before PyTorch 0.4.1
+    (``load_state_dict`` then sets them to 0, as PyTorch itself does for such files)."""
     return {f"{name}.num_batches_tracked" if name else "num_batches_tracked"
             for name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats}
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -251,7 +252,7 @@ def load_checkpoint(model: nn.Module, path: PathLike, *, strict: bool = True) ->
 
     Contract: after a successful return every parameter and buffer of ``model`` named in the checkpoint
     (after the patches in this module's docstring) holds the checkpoint's value, cast to the model's
-    dtype and device. With ``strict=True`` (default) the key sets must match exactly, up to BatchNorm
+    dtype and device. With ``strict=True`` (default) the key sets must match exactly, up to the norm
     ``num_batches_tracked`` buffers that old files lack; with ``strict=False`` missing and unexpected keys
     are skipped (and logged), but a shape conflict is always an error. On any error the model is left
     unchanged and a CheckpointError lists the missing keys, the unexpected keys and the shape conflicts.

@@ -249,6 +249,21 @@ def test_pix2pix_unet_checkpoint_loads_including_pre_041_batchnorm(tmp_path):
     assert_loaded(m, old)
 
 
+def test_stargan_checkpoint_without_num_batches_tracked(tmp_path):
+    # yunjey/stargan layout, conv_dim 4, one residual block: InstanceNorm with affine + running stats
+    s: Shapes = {"main.0.weight": (4, 3 + 5, 7, 7), "main.3.weight": (8, 4, 4, 4), "main.6.weight": (16, 8, 4, 4),
+                 "main.9.main.0.weight": (16, 16, 3, 3), "main.9.main.3.weight": (16, 16, 3, 3),
+                 "main.10.weight": (16, 8, 4, 4), "main.13.weight": (8, 4, 4, 4), "main.16.weight": (3, 4, 7, 7)}
+    for key, c in (("main.1", 4), ("main.4", 8), ("main.7", 16), ("main.9.main.1", 16), ("main.9.main.4", 16),
+                   ("main.11", 8), ("main.14", 4)):
+        norm_stats(s, key, c, affine=True)
+    ref = {k: v for k, v in randomize(s).items() if not k.endswith("num_batches_tracked")}
+    torch.save(ref, tmp_path / "200000-G.ckpt")
+    m = models.create("stargan_g", conv_dim=4, repeat_num=1)
+    load_checkpoint(m, tmp_path / "200000-G.ckpt")
+    assert_loaded(m, ref)
+
+
 @pytest.mark.parametrize("name,config", [("mobile_resnet_9blocks", None),
                                          ("sub_mobile_resnet_9blocks", "16_16_24_16_32_64_16_24")])
 def test_gan_compression_checkpoint_loads(tmp_path, name, config):

@@ -1,0 +1,33 @@
+"""Distillation training: the engine (:class:`Trainer` + :class:`Method`), losses, taps, checkpoints, logs.
+
+Minimal use::
+
+    from gcompiler.train import Trainer, TrainConfig, Distill, DistillConfig
+    trainer = Trainer(Distill(DistillConfig(pixel="l1", gan="lsgan")), student=gm, teacher=teacher,
+                      data=loader, config=TrainConfig(out_dir="runs/x", max_steps=1000, resume=True))
+    result = trainer.fit()
+
+A method driver (GAN Slimming, AGD, ...) subclasses :class:`Method` (or :class:`Distill`) and
+supplies parameter groups, phases and hooks; see :mod:`gcompiler.train.engine`.
+"""
+from __future__ import annotations
+
+from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .distill import Distill, DistillConfig
+from .distributed import DistInfo, dist_info
+from .engine import (Method, NonFiniteError, ParamGroup, Phase, StepContext, TrainConfig, Trainer, TrainResult,
+                     adam, sgd)
+from .losses import (FeatureDistillLoss, GANLoss, PerceptualLoss, PixelDistance, build_distance, gram_matrix,
+                     pixel_loss)
+from .runlog import ScalarLogger, make_grid, read_scalars, save_grid
+from .schedules import Constant, Cosine, LinearDecay, Schedule, parse_schedule
+from .taps import TappedModel, tap_graph
+
+__all__ = [
+    "Trainer", "TrainConfig", "TrainResult", "Method", "ParamGroup", "Phase", "StepContext", "NonFiniteError",
+    "adam", "sgd", "Distill", "DistillConfig", "DistInfo", "dist_info",
+    "FeatureDistillLoss", "GANLoss", "PerceptualLoss", "PixelDistance", "build_distance", "gram_matrix", "pixel_loss",
+    "TappedModel", "tap_graph", "Schedule", "Constant", "Cosine", "LinearDecay", "parse_schedule",
+    "ScalarLogger", "read_scalars", "make_grid", "save_grid",
+    "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
+]

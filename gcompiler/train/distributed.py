@@ -1,0 +1,94 @@
+"""Process-group set-up for ``torchrun --nproc_per_node=N`` (gloo on CPU, nccl on GPU)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job: ``rank`` of ``world_size``, ``local_rank`` on its node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_info() -> DistInfo:
+    """The job layout from an initialized process group, else from torchrun's environment variables.
+
+    Use it to build data loaders before the :class:`~gcompiler.train.engine.Trainer` exists
+    (``make_loader(..., rank=info.rank, world_size=info.world_size)``).
+    """
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError as e:
+        raise ConfigError(f"malformed torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK): {e}") from None
+    return DistInfo(rank, world, local)
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> tuple[DistInfo, bool]:
+    """Join the process group described by torchrun's environment if ``WORLD_SIZE > 1``.
+
+    Backend: nccl when the run is on CUDA, gloo otherwise. Returns ``(info, created)`` where
+    ``created`` tells whether this call created the group (the caller then owns its destruction).
+    A group that already exists is reused.
+    """
+    info = dist_info()
+    if not info.enabled or (dist.is_available() and dist.is_initialized()):
+        return info, False
+    if not dist.is_available():
+        raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")
+    for var in ("MASTER_ADDR", "MASTER_PORT"):
+        if var not in os.environ:
+            raise ConfigError(f"WORLD_SIZE={info.world_size} but {var} is not set: launch with "
+                              f"`torchrun --nproc_per_node=N ...` (it sets RANK, WORLD_SIZE, MASTER_ADDR/PORT)")
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(info.local_rank)
+    dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size,
+                            timeout=timedelta(seconds=timeout_s))
+    return info, True
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (a list of one element without a process group)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def any_true(flag: bool, device: torch.device) -> bool:
+    """Logical OR of ``flag`` over all ranks."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+    return flag

@@ -1,0 +1,973 @@
+"""The training engine: teacher -> student distillation driven by a pluggable :class:`Method`.
+
+A method (plain distillation, GAN Slimming, AGD, GAN Compression, ...) supplies three things:
+
+* **parameter groups** (:class:`ParamGroup`): which parameters, which optimizer, which learning-rate
+  schedule, and an optional hook run after each optimizer step (e.g. the proximal step of an L1
+  penalty, which receives the group's *current* learning rate);
+* **phases** (:class:`Phase`): one step of training runs each phase in order; a phase computes a
+  dict of named loss terms from a :class:`StepContext`, the engine sums them, back-propagates and
+  steps the optimizers of the phase's groups (a GAN has a ``"G"`` and a ``"D"`` phase);
+* hooks: ``setup`` (create extra modules: feature mappings, discriminator, taps), ``after_step``,
+  ``progress`` (live statistics such as sparsity and MACs), ``sample_columns`` (images for grids),
+  ``state_dict``/``load_state_dict`` (method state that is not in modules).
+
+The :class:`Trainer` owns everything else: device, mixed precision (``torch.autocast`` bf16/fp16 on
+CUDA), DDP (under ``torchrun``), data streams with exact positions, atomic checkpoints with full
+resume, NaN/inf detection, a tqdm bar, CSV/TensorBoard scalars and PNG sample grids.
+
+Determinism and resume: the trainer keeps two RNG streams, one for training (the global RNGs the
+model and method use) and one for data fetching (swapped in around every batch fetch), and saves
+both with the data positions, optimizers and modules. On CPU a run resumed from a checkpoint
+reaches bitwise the weights of the uninterrupted run (tested).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import CheckpointError, ConfigError, DataError, GCompilerError
+from . import checkpoint as ckpt
+from .distributed import DistInfo, all_gather_objects, any_true, barrier, init_distributed
+from .runlog import ScalarLogger, save_grid
+from .schedules import Schedule, parse_schedule
+
+log = logging.getLogger("gcompiler.train")
+
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+PostStep = Callable[[list[nn.Parameter], float], None]
+
+
+class NonFiniteError(GCompilerError):
+    """A loss term (or a parameter) became NaN/inf; the run stopped without saving over good checkpoints.
+
+    Attributes: ``step`` (1-based update at which it happened), ``phase``, ``term`` and
+    ``checkpoint`` (the last good checkpoint directory, or ``None``).
+    """
+
+    def __init__(self, message: str, *, step: int, phase: str | None, term: str | None,
+                 checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.step, self.phase, self.term, self.checkpoint = step, phase, term, checkpoint
+
+
+# ------------------------------------------------------------------------------------------------
+# method-facing types
+
+def adam(lr: float, betas: tuple[float, float] = (0.5, 0.999), weight_decay: float = 0.0) -> OptimizerFactory:
+    """Optimizer factory: ``torch.optim.Adam(params, lr, betas, weight_decay)``."""
+    return lambda params: torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> OptimizerFactory:
+    """Optimizer factory: ``torch.optim.SGD(params, lr, momentum, weight_decay)``."""
+    return lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+@dataclass
+class ParamGroup:
+    """Parameters trained by one optimizer with one schedule.
+
+    Args:
+        name: unique name (``"weights"``, ``"masks"``, ``"arch"``, ``"disc"`` ...); used in logs
+            (``lr/<name>``) and checkpoints.
+        params: the parameters; a parameter may belong to one group only.
+        optimizer: ``factory(params) -> Optimizer`` (see :func:`adam`, :func:`sgd`); the learning
+            rates it sets are the base rates the schedule multiplies.
+        schedule: a :class:`~gcompiler.train.schedules.Schedule` or its string form
+            (``"constant"``, ``"linear_decay:0.5"``, ``"cosine"``).
+        post_step: ``hook(params, lr)`` called under ``no_grad`` right after each optimizer step of
+            this group with the learning rate just used (a proximal operator, a clamp, ...).
+        clip_grad_norm: clip the group's gradient norm to this value before the step.
+    """
+
+    name: str
+    params: Sequence[nn.Parameter]
+    optimizer: OptimizerFactory
+    schedule: Schedule | str = "constant"
+    post_step: PostStep | None = None
+    clip_grad_norm: float | None = None
+
+
+LossFn = Callable[["StepContext"], Mapping[str, torch.Tensor]]
+
+
+@dataclass
+class Phase:
+    """One forward/backward/step of a training step.
+
+    ``loss(ctx)`` returns ``{term_name: scalar tensor}`` (already weighted); the engine checks each
+    term is finite, back-propagates their sum and steps the optimizers of ``groups`` (their gradients
+    are zeroed first). The phase runs on steps where ``step % every == 0`` and takes its batch from
+    the data source ``data`` (phases naming the same source in one step share its batch).
+    """
+
+    name: str
+    groups: Sequence[str]
+    loss: LossFn
+    every: int = 1
+    data: str = "train"
+
+
+class StepContext:
+    """What a phase's loss function sees: the trainer, the step, the batch(es) and a per-step cache.
+
+    ``step`` is the 0-based index of the update being computed. ``cache`` is shared by the phases of
+    one step (a generator phase stores its detached output there for the discriminator phase; the
+    default sample grid reads ``cache["input"]``, ``cache["teacher"]``, ``cache["student"]``).
+    """
+
+    def __init__(self, trainer: "Trainer", step: int) -> None:
+        self.trainer = trainer
+        self.step = step
+        self.phase = ""
+        self.cache: dict[str, Any] = {}
+        self.losses: dict[str, float] = {}
+        self._batches: dict[str, dict[str, Any]] = {}
+
+    def batch(self, data: str = "train") -> dict[str, Any]:
+        """The step's batch from data source ``data`` (fetched on first use, on the device)."""
+        if data not in self._batches:
+            self._batches[data] = self.trainer._next_batch(data)
+        return self._batches[data]
+
+    def net(self, name: str) -> nn.Module:
+        """Shorthand for :meth:`Trainer.net`."""
+        return self.trainer.net(name)
+
+    def teacher(self, *inputs: torch.Tensor) -> Any:
+        """The teacher's output for ``inputs`` (no gradient; computed once per step and cached)."""
+        key = ("teacher", tuple(id(t) for t in inputs))
+        if key not in self.cache:
+            with torch.no_grad():
+                self.cache[key] = self.trainer.net("teacher")(*inputs)
+        return self.cache[key]
+
+
+class Method:
+    """Base class of a training recipe; override what you need (see the module docstring)."""
+
+    name = "method"
+
+    def setup(self, trainer: "Trainer") -> None:
+        """Create and register extra modules (``trainer.register_module``) and runners (``trainer.set_runner``)."""
+
+    def param_groups(self, trainer: "Trainer") -> list[ParamGroup]:
+        raise NotImplementedError(f"{type(self).__name__} must define param_groups()")
+
+    def phases(self, trainer: "Trainer") -> list[Phase]:
+        raise NotImplementedError(f"{type(self).__name__} must define phases()")
+
+    def after_step(self, trainer: "Trainer", ctx: StepContext) -> None:
+        """Called after all phases of a step (``trainer.step`` already counts it)."""
+
+    def progress(self, trainer: "Trainer") -> dict[str, float]:
+        """Live statistics for the progress bar and the logs (``"sparsity"``, ``"macs"``, ...)."""
+        return {}
+
+    def sample_columns(self, trainer: "Trainer", ctx: StepContext) -> list[torch.Tensor] | None:
+        """Images (NCHW) shown side by side in the sample grid; default input | teacher | student."""
+        cols = [ctx.cache.get(k) for k in ("input", "teacher", "student")]
+        cols = [c for c in cols if isinstance(c, torch.Tensor) and c.dim() == 4]
+        return cols or None
+
+    def describe(self) -> str:
+        """One line saying which losses / groups the method uses (logged at start)."""
+        return self.name
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state outside modules (plain data / tensors; saved in checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration and results
+
+@dataclass
+class TrainConfig:
+    """Settings of a run (everything a method does not decide).
+
+    ``out_dir`` receives ``checkpoints/``, ``scalars.csv``, ``tb/``, ``samples/`` and ``train.log``.
+    ``amp``: ``"auto"`` (bf16 on CUDA when supported, else fp16 with a grad scaler; off on CPU),
+    ``"off"``, ``"bf16"`` or ``"fp16"`` (CUDA only). ``resume=True`` continues from the newest
+    checkpoint in ``out_dir/checkpoints`` (a fresh start if there is none).
+    ``sample_every=0`` disables sample grids; ``save_every=0`` saves only at the end.
+    """
+
+    out_dir: str | os.PathLike
+    max_steps: int
+    save_every: int = 500
+    keep_last: int = 3
+    log_every: int = 10
+    sample_every: int = 0
+    seed: int = 0
+    amp: str = "auto"
+    device: str = "auto"
+    resume: bool = False
+    progress: bool = True
+    tensorboard: bool | None = None
+    find_unused_parameters: bool = False
+    value_range: tuple[float, float] = (-1.0, 1.0)
+    sample_rows: int = 4
+
+    def validate(self) -> None:
+        if not isinstance(self.max_steps, int) or self.max_steps < 1:
+            raise ConfigError(f"max_steps must be a positive integer, got {self.max_steps!r}")
+        for name in ("save_every", "log_every", "sample_every", "keep_last"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise ConfigError(f"amp must be 'auto', 'off', 'bf16' or 'fp16', got {self.amp!r}")
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    wall_s: float
+    losses: dict[str, float]
+    checkpoint: Path | None
+    run_dir: Path
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Entry:
+    module: nn.Module
+    trainable: bool
+    save: bool
+    ddp: bool
+    runner: nn.Module
+    wrapped: nn.Module | None = None
+
+
+# ------------------------------------------------------------------------------------------------
+# data sources
+
+def _rng_seed(seed: int, rank: int, salt: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, salt]).generate_state(1)[0])
+
+
+class _DataSource:
+    """An endless batch stream over a loader, with a saveable position.
+
+    Loaders with ``state_dict``/``load_state_dict`` (gcompiler's ResumableLoader) keep their own
+    position. Any other iterable (a torch DataLoader, with a DistributedSampler or not) is tracked
+    as ``(epoch, batches consumed)``: its sampler's ``set_epoch`` is called at each epoch, and on
+    resume the epoch is re-created from the data RNG state saved at its start and the consumed
+    batches are skipped (loaded and dropped).
+    """
+
+    def __init__(self, name: str, loader: Any) -> None:
+        self.name = name
+        self.loader = loader
+        self.native = hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict")
+        self.epoch = 0
+        self.consumed = 0
+        self.skip = 0
+        self.epoch_rng: dict[str, Any] | None = None
+        self._it: Iterator[Any] | None = None
+
+    def _epoch_iter(self) -> Iterator[Any]:
+        for holder in (self.loader, getattr(self.loader, "batch_sampler", None)):
+            sampler = getattr(holder, "sampler", None)
+            if sampler is not None and hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(self.epoch)
+        return iter(self.loader)
+
+    def next(self, rng_capture: Callable[[], dict], rng_restore: Callable[[dict], None]) -> Any:
+        if self.native:
+            if self._it is None:
+                self._it = self.loader.batches() if hasattr(self.loader, "batches") else self._native_stream()
+            return next(self._it)
+        for _ in range(3):  # an empty epoch right after another one means the loader is empty
+            if self._it is None:
+                if self.epoch_rng is None or self.skip == 0:
+                    self.epoch_rng = rng_capture()
+                else:
+                    rng_restore(self.epoch_rng)
+                self._it = self._epoch_iter()
+                while self.skip > 0:
+                    if next(self._it, None) is None:
+                        raise DataError(f"data source {self.name!r}: cannot skip to batch {self.consumed} of epoch "
+                                        f"{self.epoch} on resume (the loader yields fewer batches now)")
+                    self.skip -= 1
+            batch = next(self._it, None)
+            if batch is not None:
+                self.consumed += 1
+                return batch
+            self._it = None
+            self.epoch += 1
+            self.consumed = 0
+            self.epoch_rng = None
+        raise DataError(f"data source {self.name!r} yields no batches (empty dataset, or fewer samples than "
+                        f"the batch size with drop_last=True)")
+
+    def _native_stream(self) -> Iterator[Any]:
+        while True:
+            got = False
+            for b in self.loader:
+                got = True
+                yield b
+            if not got:
+                raise DataError(f"data source {self.name!r} yields no batches")
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.native:
+            return {"native": self.loader.state_dict()}
+        return {"epoch": self.epoch, "consumed": self.consumed, "epoch_rng": self.epoch_rng}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self.native:
+            if "native" not in state:
+                raise CheckpointError(f"data source {self.name!r}: the checkpoint has no position for a resumable "
+                                      f"loader (it was saved with a different kind of loader)")
+            self.loader.load_state_dict(state["native"])
+        else:
+            if "epoch" not in state:
+                raise CheckpointError(f"data source {self.name!r}: the checkpoint's position was saved by a "
+                                      f"resumable loader; use the same kind of loader to resume")
+            self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+            self.skip = self.consumed
+            self.epoch_rng = state.get("epoch_rng")
+        self._it = None
+
+    def check_replicas(self, info: DistInfo) -> None:
+        for holder in (self.loader, getattr(self.loader, "batch_sampler", None)):
+            sampler = getattr(holder, "sampler", None)
+            n = getattr(sampler, "num_replicas", None)
+            if n is not None and int(n) != info.world_size:
+                raise ConfigError(f"data source {self.name!r} is split for {n} process(es) but the job has "
+                                  f"{info.world_size}: build the loader with rank/world_size from "
+                                  f"gcompiler.train.dist_info()")
+            r = getattr(sampler, "rank", None)
+            if r is not None and n is not None and int(r) != info.rank:
+                raise ConfigError(f"data source {self.name!r} is built for rank {r} but this process is "
+                                  f"rank {info.rank}")
+
+
+def _as_batch_dict(batch: Any) -> dict[str, Any]:
+    if isinstance(batch, Mapping):
+        return dict(batch)
+    if isinstance(batch, torch.Tensor):
+        return {"input": batch}
+    if isinstance(batch, (tuple, list)) and batch and all(isinstance(b, torch.Tensor) for b in batch):
+        names = ("input", "target", "teacher")
+        if len(batch) > len(names):
+            raise DataError(f"a batch given as a sequence may hold at most {len(names)} tensors {names}, "
+                            f"got {len(batch)}; yield a dict instead")
+        return dict(zip(names, batch))
+    raise DataError(f"batches must be dicts of tensors (as gcompiler.data datasets give), a tensor or a tuple "
+                    f"(input, target), got {type(batch).__name__}")
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def _resolve_device(spec: str, info: DistInfo) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(spec)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {spec!r} requested but CUDA is not available")
+        if dev.index is None:
+            dev = torch.device("cuda", info.local_rank if info.enabled else torch.cuda.current_device())
+    return dev
+
+
+def _fmt_stat(name: str, v: float) -> str:
+    lname = name.lower()
+    if "macs" in lname or "flops" in lname:
+        for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+            if abs(v) >= div:
+                return f"{v / div:.3g}{unit}"
+        return f"{v:.3g}"
+    if "sparsity" in lname or "ratio" in lname:
+        return f"{100 * v:.1f}%"
+    return f"{v:.4g}"
+
+
+# ------------------------------------------------------------------------------------------------
+# the trainer
+
+class Trainer:
+    """Trains ``student`` against ``teacher`` with ``method``; see the module docstring.
+
+    Args:
+        method: the :class:`Method`.
+        student: the model being trained (a compiled ``torch.fx.GraphModule`` or any ``nn.Module``);
+            registered as module ``"student"``. Trained in place.
+        teacher: the frozen reference model (module ``"teacher"``), or ``None`` when the batches carry
+            ``"teacher"`` outputs (a cached-teacher dataset) and the method needs nothing else.
+        data: a loader, or ``{source_name: loader}`` (the default source is ``"train"``). A loader is
+            gcompiler's ResumableLoader (exact data position) or any iterable of batches; a batch is a
+            dict (``"input"``, ``"target"``, ``"teacher"``, ...), a tensor (the input) or a tuple
+            ``(input, target)``. Under DDP build it with ``rank``/``world_size`` from :func:`dist_info`.
+        config: :class:`TrainConfig`.
+        callbacks: ``fn(trainer, ctx)`` called after every step (after checkpointing).
+
+    Construction seeds the global RNGs from ``config.seed`` (so modules the method creates are
+    initialised reproducibly), joins the process group when launched by ``torchrun``, runs
+    ``method.setup``, builds the optimizers and, with ``config.resume``, loads the newest checkpoint.
+    """
+
+    def __init__(self, method: Method, *, student: nn.Module, teacher: nn.Module | None = None,
+                 data: Any | Mapping[str, Any], config: TrainConfig,
+                 callbacks: Sequence[Callable[["Trainer", StepContext], None]] = ()) -> None:
+        config.validate()
+        self.config = config
+        self.method = method
+        self.callbacks = list(callbacks)
+        self.info, self._owns_group = init_distributed(config.device)
+        self.device = _resolve_device(config.device, self.info)
+        self.is_main = self.info.is_main
+        self.run_dir = Path(config.out_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+        self._closed = False
+
+        self._seed_everything(config.seed)
+        self._data_rng = self._fresh_data_rng(config.seed)
+        self.amp_dtype, self.scaler = self._setup_amp()
+
+        if isinstance(data, Mapping):
+            if not data:
+                raise ConfigError("no data sources given")
+            self.sources = {str(k): _DataSource(str(k), v) for k, v in data.items()}
+        else:
+            self.sources = {"train": _DataSource("train", data)}
+        for src in self.sources.values():
+            src.check_replicas(self.info)
+
+        self._entries: dict[str, _Entry] = {}
+        self._setup_done = False
+        self.register_module("student", student, trainable=True, save=True)
+        if teacher is not None:
+            self.register_module("teacher", teacher, trainable=False, save=False)
+        self.method.setup(self)
+        self._setup_done = True
+
+        self.groups: dict[str, ParamGroup] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedules: dict[str, Schedule] = {}
+        self._base_lrs: dict[str, list[float]] = {}
+        self._build_optimizers(self.method.param_groups(self))
+        self.phases = list(self.method.phases(self))
+        self._check_phases()
+
+        self.resumed_from: Path | None = None
+        if config.resume:
+            latest = ckpt.latest_checkpoint(self.ckpt_dir)
+            if latest is not None:
+                self.load_checkpoint(latest)
+                self.resumed_from = latest
+        self._wrap_ddp()
+        self.scalars = ScalarLogger(self.run_dir, enabled=self.is_main, tensorboard=config.tensorboard,
+                                    resume_step=self.step if self.resumed_from is not None else None)
+
+    # -- RNG --------------------------------------------------------------------------------------
+    def _seed_everything(self, seed: int) -> None:
+        import random
+
+        s = _rng_seed(seed, 0, 0x7EA1)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+
+    def _fresh_data_rng(self, seed: int) -> dict[str, Any]:
+        import random
+
+        saved = ckpt.capture_rng_state()
+        s = _rng_seed(seed, self.info.rank, 0xDA7A)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+        state = ckpt.capture_rng_state()
+        ckpt.restore_rng_state(saved)
+        return state
+
+    @contextlib.contextmanager
+    def _data_rng_scope(self) -> Iterator[None]:
+        train_state = ckpt.capture_rng_state()
+        ckpt.restore_rng_state(self._data_rng)
+        try:
+            yield
+        finally:
+            self._data_rng = ckpt.capture_rng_state()
+            ckpt.restore_rng_state(train_state)
+
+    # -- AMP --------------------------------------------------------------------------------------
+    def _setup_amp(self) -> tuple[torch.dtype | None, Any]:
+        amp, cuda = self.config.amp, self.device.type == "cuda"
+        if amp == "off" or (amp == "auto" and not cuda):
+            return None, None
+        if amp == "fp16" and not cuda:
+            raise ConfigError("amp='fp16' needs a CUDA device (use 'bf16' or 'off' on CPU)")
+        if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+            return torch.bfloat16, None
+        return torch.float16, torch.amp.GradScaler("cuda")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The mixed-precision context of this run (a no-op when AMP is off)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    # -- modules ----------------------------------------------------------------------------------
+    def register_module(self, name: str, module: nn.Module, *, trainable: bool = True, save: bool | None = None,
+                        ddp: bool | None = None) -> nn.Module:
+        """Add a module to the run (moved to the device; returned).
+
+        ``trainable=False`` freezes it (eval mode, no gradients: the teacher, a VGG). ``save`` (default:
+        ``trainable``) puts its state in checkpoints. ``ddp`` (default: ``trainable``) wraps its runner in
+        DistributedDataParallel under torchrun. Only during ``Method.setup`` (or before).
+        """
+        if self._setup_done:
+            raise ConfigError(f"register_module({name!r}) must be called in Method.setup")
+        if name in self._entries:
+            raise ConfigError(f"a module named {name!r} is already registered")
+        if not isinstance(module, nn.Module):
+            raise ConfigError(f"module {name!r} must be an nn.Module, got {type(module).__name__}")
+        module = module.to(self.device)
+        if not trainable:
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
+        else:
+            module.train()
+        self._entries[name] = _Entry(module, trainable, trainable if save is None else save,
+                                     trainable if ddp is None else ddp, module)
+        return module
+
+    def set_runner(self, name: str, runner: nn.Module) -> None:
+        """Run module ``name`` through ``runner`` (e.g. a TappedModel sharing its parameters).
+
+        ``net(name)`` then returns the runner (DDP-wrapped when distributed) while checkpoints still
+        hold the registered module's state. Only during ``Method.setup``.
+        """
+        if self._setup_done:
+            raise ConfigError(f"set_runner({name!r}) must be called in Method.setup")
+        if name not in self._entries:
+            raise ConfigError(f"set_runner: no module named {name!r} is registered")
+        e = self._entries[name]
+        e.runner = runner.to(self.device)
+        e.runner.train(e.trainable)
+
+    def module(self, name: str) -> nn.Module:
+        """The registered module ``name`` itself (not its runner, never DDP-wrapped)."""
+        if name not in self._entries:
+            raise ConfigError(f"no module named {name!r} is registered (have: {sorted(self._entries)})")
+        return self._entries[name].module
+
+    def net(self, name: str) -> nn.Module:
+        """What to call to run module ``name``: its runner, DDP-wrapped under torchrun."""
+        if name not in self._entries:
+            raise ConfigError(f"no module named {name!r} is registered (have: {sorted(self._entries)})")
+        e = self._entries[name]
+        return e.wrapped if e.wrapped is not None else e.runner
+
+    def has_module(self, name: str) -> bool:
+        return name in self._entries
+
+    @property
+    def student(self) -> nn.Module:
+        return self._entries["student"].module
+
+    def _wrap_ddp(self) -> None:
+        if not self.info.enabled:
+            return
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        for name, e in self._entries.items():
+            if e.ddp and any(p.requires_grad for p in e.runner.parameters()):
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                e.wrapped = DDP(e.runner, device_ids=ids, find_unused_parameters=self.config.find_unused_parameters)
+
+    def example_input(self) -> torch.Tensor:
+        """One example input (batch 1) on the device: the student's traced input shape, else sample 0 of the data."""
+        meta = getattr(self.student, "meta", None)
+        if isinstance(meta, dict) and meta.get("input_shapes"):
+            shape = tuple(meta["input_shapes"][0])
+            g = torch.Generator().manual_seed(0)
+            return (torch.rand((1, *shape[1:]), generator=g) * 2 - 1).to(self.device)
+        src = next(iter(self.sources.values()))
+        dataset = getattr(src.loader, "dataset", None)
+        if dataset is None:
+            raise ConfigError("cannot find an example input: the student has no traced input shape and the data "
+                              "loader exposes no .dataset")
+        state = ckpt.capture_rng_state()
+        try:
+            item = _as_batch_dict(dataset[0])
+        finally:
+            ckpt.restore_rng_state(state)
+        x = item["input"]
+        return (x if x.dim() == 4 else x.unsqueeze(0)).to(self.device)
+
+    # -- optimizers -------------------------------------------------------------------------------
+    def _build_optimizers(self, groups: Sequence[ParamGroup]) -> None:
+        owner: dict[int, str] = {}
+        for g in groups:
+            if g.name in self.groups:
+                raise ConfigError(f"two parameter groups are named {g.name!r}")
+            params = list(dict.fromkeys(g.params))
+            if not params:
+                raise ConfigError(f"parameter group {g.name!r} has no parameters")
+            for p in params:
+                if not isinstance(p, torch.Tensor) or not p.requires_grad:
+                    raise ConfigError(f"parameter group {g.name!r} holds a tensor that does not require grad")
+                if id(p) in owner:
+                    raise ConfigError(f"a parameter of shape {tuple(p.shape)} is in groups {owner[id(p)]!r} and "
+                                      f"{g.name!r}; each parameter must belong to one group")
+                if p.device != self.device:
+                    raise ConfigError(f"parameter group {g.name!r} holds a parameter on {p.device}, not on the run's "
+                                      f"device {self.device}: register its module with trainer.register_module")
+                owner[id(p)] = g.name
+            opt = g.optimizer(params)
+            self.groups[g.name] = ParamGroup(g.name, params, g.optimizer, g.schedule, g.post_step, g.clip_grad_norm)
+            self.optimizers[g.name] = opt
+            self.schedules[g.name] = parse_schedule(g.schedule)
+            self._base_lrs[g.name] = [float(pg["lr"]) for pg in opt.param_groups]
+
+    def _check_phases(self) -> None:
+        if not self.phases:
+            raise ConfigError(f"method {self.method.name!r} defines no phases")
+        used = set()
+        for ph in self.phases:
+            if ph.every < 1:
+                raise ConfigError(f"phase {ph.name!r}: every must be >= 1, got {ph.every}")
+            if ph.data not in self.sources:
+                raise ConfigError(f"phase {ph.name!r} reads data source {ph.data!r} but the trainer has "
+                                  f"{sorted(self.sources)}")
+            for g in ph.groups:
+                if g not in self.groups:
+                    raise ConfigError(f"phase {ph.name!r} steps parameter group {g!r}, which does not exist "
+                                      f"(groups: {sorted(self.groups)})")
+                used.add(g)
+        unused = set(self.groups) - used
+        if unused:
+            raise ConfigError(f"parameter group(s) {sorted(unused)} are stepped by no phase")
+
+    def lr(self, group: str) -> float:
+        """The learning rate (of the first torch param group) that ``group`` uses at the current step."""
+        return self._base_lrs[group][0] * self.schedules[group](self.step, self.config.max_steps)
+
+    def _apply_schedules(self) -> None:
+        for name, opt in self.optimizers.items():
+            f = self.schedules[name](self.step, self.config.max_steps)
+            for pg, base in zip(opt.param_groups, self._base_lrs[name]):
+                pg["lr"] = base * f
+
+    # -- data -------------------------------------------------------------------------------------
+    def _next_batch(self, source: str) -> dict[str, Any]:
+        src = self.sources[source]
+        with self._data_rng_scope():
+            batch = src.next(ckpt.capture_rng_state, ckpt.restore_rng_state)
+        return _to_device(_as_batch_dict(batch), self.device)
+
+    # -- one step ---------------------------------------------------------------------------------
+    def _run_phase(self, ph: Phase, ctx: StepContext) -> None:
+        ctx.phase = ph.name
+        for g in ph.groups:
+            self.optimizers[g].zero_grad(set_to_none=True)
+        with self.autocast():
+            terms = dict(ph.loss(ctx))
+        if not terms:
+            raise ConfigError(f"phase {ph.name!r} of method {self.method.name!r} returned no loss terms")
+        values: dict[str, float] = {}
+        bad: list[str] = []
+        for k, v in terms.items():
+            if not isinstance(v, torch.Tensor) or v.numel() != 1:
+                raise ConfigError(f"loss term {ph.name}/{k} must be a scalar tensor, got "
+                                  f"{tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}")
+            f = float(v.detach())
+            values[k] = f
+            if not math.isfinite(f):
+                bad.append(k)
+        if any_true(bool(bad), self.device):
+            self._raise_nonfinite(ph.name, bad, values)
+        total = sum(terms.values())
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+        else:
+            total.backward()
+        for g in ph.groups:
+            opt, grp = self.optimizers[g], self.groups[g]
+            if self.scaler is not None:
+                self.scaler.unscale_(opt)
+            if grp.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(grp.params, grp.clip_grad_norm)
+            if self.scaler is not None:
+                self.scaler.step(opt)
+            else:
+                opt.step()
+            if grp.post_step is not None:
+                with torch.no_grad():
+                    grp.post_step(list(grp.params), float(opt.param_groups[0]["lr"]))
+        if self.scaler is not None:
+            self.scaler.update()
+        for k, f in values.items():
+            ctx.losses[f"{ph.name}/{k}"] = f
+        ctx.losses[f"{ph.name}/total"] = float(sum(values.values()))
+
+    def _raise_nonfinite(self, phase: str, bad: list[str], values: Mapping[str, float]) -> None:
+        step = self.step + 1
+        if bad:
+            what = ", ".join(f"'{phase}/{k}' = {values[k]}" for k in bad)
+            where = f"loss {what}"
+            term = bad[0]
+        else:
+            where = f"a loss of phase '{phase}' on another process"
+            term = None
+        last = ckpt.latest_checkpoint(self.ckpt_dir)
+        keep = (f"the last good checkpoint is {last} (step {ckpt.list_checkpoints(self.ckpt_dir)[-1][0]}); "
+                f"continue from it with resume (--resume), e.g. after lowering the learning rate"
+                if last is not None else "no checkpoint had been saved yet")
+        msg = f"non-finite {where} at step {step} (method {self.method.name!r}); training stopped and {keep}"
+        if self.is_main:
+            log.error(msg)
+        raise NonFiniteError(msg, step=step, phase=phase, term=term, checkpoint=last)
+
+    def train_step(self) -> StepContext:
+        """Run one step (all due phases), advance ``self.step`` and call ``method.after_step``."""
+        ctx = StepContext(self, self.step)
+        self._apply_schedules()
+        for ph in self.phases:
+            if self.step % ph.every == 0:
+                ctx.batch(ph.data)
+                self._run_phase(ph, ctx)
+        self.step += 1
+        self.method.after_step(self, ctx)
+        return ctx
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Train until ``config.max_steps``; save, log and draw samples on the way. Returns a summary."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        handler = None
+        t_start = time.perf_counter()
+        ctx: StepContext | None = None
+        acc: dict[str, list[float]] = {}
+        last_losses: dict[str, float] = {}
+        stats: dict[str, float] = {}
+        try:
+            if self.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                handler = logging.FileHandler(self.run_dir / "train.log")
+                handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+                log.addHandler(handler)
+                if log.level == logging.NOTSET or log.level > logging.INFO:
+                    log.setLevel(logging.INFO)
+                self._log_start()
+            bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (self.is_main and cfg.progress),
+                       desc=self.method.name, dynamic_ncols=True, leave=True)
+            with bar:
+                if self.step >= cfg.max_steps and self.is_main:
+                    log.info(f"already at step {self.step} of {cfg.max_steps}: nothing to train")
+                t_log = time.perf_counter()
+                steps_since = 0
+                while self.step < cfg.max_steps:
+                    ctx = self.train_step()
+                    steps_since += 1
+                    for k, v in ctx.losses.items():
+                        acc.setdefault(k, []).append(v)
+                    last_losses = dict(ctx.losses)
+                    final = self.step >= cfg.max_steps
+                    if (cfg.save_every and self.step % cfg.save_every == 0) or final:
+                        self.save_checkpoint(losses=last_losses)
+                    if (cfg.log_every and self.step % cfg.log_every == 0) or final or self.step == 1:
+                        now = time.perf_counter()
+                        stats = {k: float(v) for k, v in self.method.progress(self).items()}
+                        self._log_scalars(acc, stats, (now - t_log) / max(steps_since, 1), now - t_start)
+                        bar.set_postfix_str(self._postfix(acc, stats), refresh=False)
+                        acc, t_log, steps_since = {}, now, 0
+                    if cfg.sample_every and self.is_main and (self.step % cfg.sample_every == 0 or final):
+                        self._save_samples(ctx)
+                    bar.update(1)
+                    for cb in self.callbacks:
+                        cb(self, ctx)
+            if self.step >= cfg.max_steps and self.last_checkpoint is None:
+                self.last_checkpoint = ckpt.latest_checkpoint(self.ckpt_dir)
+            wall = time.perf_counter() - t_start
+            if self.is_main:
+                log.info(f"finished at step {self.step} in {wall:.1f}s; checkpoint {self.last_checkpoint}")
+            return TrainResult(self.step, wall, last_losses, self.last_checkpoint, self.run_dir, stats)
+        finally:
+            if handler is not None:
+                log.removeHandler(handler)
+                handler.close()
+            self.close()
+
+    def _log_start(self) -> None:
+        cfg = self.config
+        groups = "; ".join(f"{n}: {type(o).__name__} lr {self._base_lrs[n][0]:g} {self.schedules[n].describe()}"
+                           f" ({sum(p.numel() for p in self.groups[n].params)} params)"
+                           for n, o in self.optimizers.items())
+        amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        log.info(f"method {self.method.name}: {self.method.describe()}")
+        log.info(f"device {self.device}, amp {amp}, processes {self.info.world_size}, steps {cfg.max_steps}, "
+                 f"seed {cfg.seed}; groups: {groups}")
+        if self.resumed_from is not None:
+            log.info(f"resumed from {self.resumed_from} at step {self.step}")
+        if self.scalars.note:
+            log.info(self.scalars.note)
+
+    def _log_scalars(self, acc: Mapping[str, list[float]], stats: Mapping[str, float], step_s: float,
+                     wall: float) -> None:
+        if not self.is_main:
+            return
+        scalars = {f"loss/{k}": sum(v) / len(v) for k, v in acc.items()}
+        scalars.update({f"lr/{n}": self.optimizers[n].param_groups[0]["lr"] for n in self.optimizers})
+        scalars.update({f"stats/{k}": v for k, v in stats.items()})
+        scalars["time/step_s"] = step_s
+        self.scalars.log(self.step, scalars, wall)
+
+    def _postfix(self, acc: Mapping[str, list[float]], stats: Mapping[str, float]) -> str:
+        parts = [f"{k.split('/')[0]}={sum(v) / len(v):.4g}" for k, v in acc.items() if k.endswith("/total")]
+        parts += [f"{k}={_fmt_stat(k, v)}" for k, v in stats.items()]
+        return ", ".join(parts)
+
+    def _save_samples(self, ctx: StepContext) -> None:
+        cols = self.method.sample_columns(self, ctx)
+        if not cols:
+            return
+        try:
+            save_grid(cols, self.run_dir / "samples" / f"step_{self.step:08d}.png", self.config.value_range,
+                      max_rows=self.config.sample_rows)
+        except (OSError, ValueError) as e:
+            log.warning(f"could not write the sample grid at step {self.step}: {e}")
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _check_finite_params(self) -> None:
+        for name, e in self._entries.items():
+            if not e.save:
+                continue
+            for pname, t in e.module.state_dict().items():
+                if t.is_floating_point() and not torch.isfinite(t).all():
+                    last = ckpt.latest_checkpoint(self.ckpt_dir)
+                    msg = (f"tensor {name}.{pname} holds NaN/inf after step {self.step}; not saving it. The last good "
+                           f"checkpoint is {last}" if last else
+                           f"tensor {name}.{pname} holds NaN/inf after step {self.step}; no checkpoint had been saved")
+                    raise NonFiniteError(msg, step=self.step, phase=None, term=f"{name}.{pname}", checkpoint=last)
+
+    def _rank_state(self) -> dict[str, Any]:
+        return {"rng": ckpt.capture_rng_state(), "data_rng": self._data_rng,
+                "data": {n: s.state_dict() for n, s in self.sources.items()}}
+
+    def save_checkpoint(self, losses: Mapping[str, float] | None = None) -> Path | None:
+        """Save the full run state at the current step (rank 0 writes; all ranks must call it)."""
+        self._check_finite_params()
+        ranks = all_gather_objects(self._rank_state())
+        path = None
+        if self.is_main:
+            tensors = {}
+            for name, e in self._entries.items():
+                if e.save:
+                    for k, v in e.module.state_dict().items():
+                        tensors[f"{name}.{k}"] = v
+            state = {
+                "step": self.step,
+                "max_steps": self.config.max_steps,
+                "world_size": self.info.world_size,
+                "seed": self.config.seed,
+                "method": self.method.name,
+                "method_state": self.method.state_dict(),
+                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "ranks": ranks,
+                "losses": {k: float(v) for k, v in (losses or {}).items()},
+            }
+            meta = {"method": self.method.name, "max_steps": self.config.max_steps,
+                    "losses": {k: float(v) for k, v in (losses or {}).items()},
+                    "modules": sorted(n for n, e in self._entries.items() if e.save)}
+            path = ckpt.save_checkpoint(self.ckpt_dir, self.step, tensors, state, meta, keep_last=self.config.keep_last)
+        barrier()
+        self.last_checkpoint = path if path is not None else self.ckpt_dir / ckpt.checkpoint_name(self.step)
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore modules, optimizers, scaler, step, RNG streams, data positions and method state."""
+        tensors, state, _meta = ckpt.load_checkpoint(path, map_location="cpu")
+        if state.get("method") not in (None, self.method.name):
+            raise CheckpointError(f"{path} was written by method {state.get('method')!r}, this run is "
+                                  f"{self.method.name!r}")
+        ws = int(state.get("world_size", 1))
+        if ws != self.info.world_size:
+            raise CheckpointError(f"{path} was written by a {ws}-process run; resume it with the same number of "
+                                  f"processes (this run has {self.info.world_size}) for an exact continuation")
+        by_module: dict[str, dict[str, torch.Tensor]] = {}
+        for key, t in tensors.items():
+            mod, _, sub = key.partition(".")
+            by_module.setdefault(mod, {})[sub] = t
+        for name, e in self._entries.items():
+            if not e.save:
+                continue
+            if name not in by_module:
+                raise CheckpointError(f"{path} has no tensors for module {name!r} (it has {sorted(by_module)})")
+            try:
+                e.module.load_state_dict(by_module[name], strict=True)
+            except RuntimeError as err:
+                raise CheckpointError(f"{path}: module {name!r} does not match the checkpoint: {err}") from err
+        extra = set(by_module) - {n for n, e in self._entries.items() if e.save}
+        if extra:
+            raise CheckpointError(f"{path} holds modules {sorted(extra)} that this run does not have")
+        opt_states = state.get("optimizers", {})
+        if set(opt_states) != set(self.optimizers):
+            raise CheckpointError(f"{path} has optimizer groups {sorted(opt_states)}, this run has "
+                                  f"{sorted(self.optimizers)}")
+        for n, o in self.optimizers.items():
+            try:
+                o.load_state_dict(opt_states[n])
+            except (ValueError, KeyError, RuntimeError) as err:
+                raise CheckpointError(f"{path}: optimizer of group {n!r} does not match: {err}") from err
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.method.load_state_dict(state.get("method_state", {}))
+        if int(state.get("max_steps", self.config.max_steps)) != self.config.max_steps and self.is_main:
+            log.warning(f"{path} was saved by a run of {state['max_steps']} steps, this one has "
+                        f"{self.config.max_steps}: schedules now follow the new length")
+        mine = state["ranks"][self.info.rank]
+        for n, src in self.sources.items():
+            if n not in mine["data"]:
+                raise CheckpointError(f"{path} has no position for data source {n!r} (it has {sorted(mine['data'])})")
+            src.load_state_dict(mine["data"][n])
+        self._data_rng = mine["data_rng"]
+        ckpt.restore_rng_state(mine["rng"])
+        self.step = int(state["step"])
+        self.last_checkpoint = Path(path)
+
+    def close(self) -> None:
+        """Close the loggers and leave the process group if this trainer created it."""
+        if self._closed:
+            return
+        self._closed = True
+        if hasattr(self, "scalars"):
+            self.scalars.close()
+        if self._owns_group:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()

@@ -45,7 +45,8 @@ __all__ += list(_LAZY)
 def __getattr__(name: str):
     import importlib
 
-    if name in ("models", "analysis", "passes", "quant", "kernels", "train", "data", "metrics", "serialize"):
+    if name in ("models", "analysis", "passes", "quant", "kernels", "train", "data", "metrics", "serialize",
+                "checkpoint", "viz", "spec"):
         return importlib.import_module(f".{name}", __name__)
     if name in _LAZY:
         mod, attr = _LAZY[name]

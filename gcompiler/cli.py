@@ -6,6 +6,7 @@ argparse sub-parser with a description that teaches its use.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Callable
 
@@ -31,12 +32,10 @@ def _parse_kw(items: list[str]) -> dict[str, object]:
         if "=" not in item:
             raise GCompilerError(f"--kw {item!r}: expected key=value, e.g. --kw ngf=32")
         k, v = item.split("=", 1)
-        for cast in (int, float):
-            try:
-                out[k] = cast(v)
-                break
-            except ValueError:
-                continue
+        if re.fullmatch(r"[+-]?\d+", v):  # int() would also accept "16_16_32", a channel config string
+            out[k] = int(v)
+        elif re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", v):
+            out[k] = float(v)
         else:
             out[k] = {"true": True, "false": False}.get(v.lower(), v)
     return out
@@ -81,7 +80,7 @@ def zoo_table(size: int | None = None) -> str:
         spec = models.spec(name)
         try:
             model = models.create(name)
-            inputs = spec.example_inputs(size=size)
+            inputs = spec.example_inputs(size=size if spec.has_spatial_input else None)
         except GCompilerError as exc:  # e.g. a feature extractor whose weights need a file
             rows.append((name, spec.family, spec.kind, "-", "-", "-", "-", f"({exc.__class__.__name__})"))
             continue

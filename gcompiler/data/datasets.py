@@ -103,10 +103,12 @@ def _as_tensor(a: Array, value_range: tuple[float, float]) -> torch.Tensor:
 class CropFlipDataset(Dataset):
     """Base class: subclasses provide ``__len__``, :meth:`load_views` and ``names``.
 
-    ``load_views(index, rng)`` returns ``(aligned, unaligned, where)``: aligned views as
-    ``{name: (uint8 HWC array or float CHW tensor, scale)}`` with ``"input"`` at scale 1, unaligned
-    views as ``{name: array}`` (each cropped and flipped on its own), and a description of the source
-    for error messages.
+    An item comes from a *source*, a whole image (or pair) the aligned views are cut from:
+    :meth:`source_of` maps an item index to its source (the identity by default; a random photo for
+    ``builtin:sr``), :meth:`num_sources` counts them, and ``load_views(source, rng)`` returns
+    ``(aligned, unaligned, where)``: aligned views as ``{name: (uint8 HWC array or float CHW tensor,
+    scale)}`` with ``"input"`` at scale 1, unaligned views as ``{name: array}`` (each cropped and flipped
+    on its own), and a description of the source for error messages.
     """
 
     value_range: tuple[float, float] = RANGE_GAN
@@ -118,7 +120,15 @@ class CropFlipDataset(Dataset):
     report: ScanReport
     names: list[str]
 
-    def load_views(self, index: int, rng: np.random.Generator
+    def num_sources(self) -> int:
+        """Number of whole source images (or pairs) the items are cut from."""
+        return len(self)
+
+    def source_of(self, index: int, rng: np.random.Generator) -> int:
+        """The source of item ``index`` (may draw from ``rng``)."""
+        return index
+
+    def load_views(self, source: int, rng: np.random.Generator
                    ) -> tuple[dict[str, tuple[Array, int]], dict[str, Array], str]:
         raise NotImplementedError
 
@@ -137,7 +147,7 @@ class CropFlipDataset(Dataset):
         index, rng = sample_rng(key, self.seed)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
-        aligned, unaligned, where = self.load_views(index, rng)
+        aligned, unaligned, where = self.load_views(self.source_of(index, rng), rng)
         return self.finish(index, aligned, unaligned, where, rng)
 
     def _check_crop(self, sizes: Sequence[tuple[str, tuple[int, int]]]) -> None:
@@ -340,8 +350,14 @@ class UnpairedFolderDataset(CropFlipDataset):
     def __len__(self) -> int:
         return max(len(self.files_a), len(self.files_b))
 
+    def num_sources(self) -> int:
+        return len(self.files_a)
+
+    def source_of(self, index, rng):
+        return index % len(self.files_a)
+
     def load_views(self, index, rng):
-        pa = self.files_a[index % len(self.files_a)]
+        pa = self.files_a[index]
         pb = self.files_b[int(rng.integers(0, len(self.files_b)))]
         return ({"input": (load_image(pa, self.channels), 1)},
                 {"reference": load_image(pb, self.channels)}, f"image {str(pa)!r}")
@@ -388,7 +404,7 @@ class TeacherCachedDataset(CropFlipDataset):
         self.teacher_scale: int | None = None
         rng = np.random.default_rng(0)  # only the unaligned views use it; they are discarded here
         with torch.no_grad():
-            for i in tqdm(range(len(base)), desc="caching teacher outputs", disable=not progress):
+            for i in tqdm(range(base.num_sources()), desc="caching teacher outputs", disable=not progress):
                 aligned, _, where = base.load_views(i, rng)
                 path = cache / f"{fp}_{i:06d}.safetensors" if cache is not None else None
                 if path is not None and path.exists():
@@ -417,6 +433,15 @@ class TeacherCachedDataset(CropFlipDataset):
 
     def __len__(self) -> int:
         return len(self.base)
+
+    def num_sources(self) -> int:
+        return self.base.num_sources()
+
+    def source_of(self, index, rng):
+        return self.base.source_of(index, rng)
+
+    def finish(self, index, aligned, unaligned, where, rng):
+        return self.base.finish(index, aligned, unaligned, where, rng)
 
     def load_views(self, index, rng):
         aligned, unaligned, where = self.base.load_views(index, rng)

@@ -153,8 +153,13 @@ class SRTrainDataset(CropFlipDataset):
     def __len__(self) -> int:
         return self.length
 
-    def load_views(self, index, rng):
-        i = int(rng.integers(0, len(self._lr)))
+    def num_sources(self) -> int:
+        return len(self._lr)
+
+    def source_of(self, index, rng):
+        return int(rng.integers(0, len(self._lr)))
+
+    def load_views(self, i, rng):
         return ({"input": (self._lr[i], 1), "target": (self._hr[i], SCALE)}, {},
                 f"builtin:sr image {self.images[i]!r}")
 
@@ -162,8 +167,9 @@ class SRTrainDataset(CropFlipDataset):
         out = super().finish(index, aligned, unaligned, where, rng)
         if self.augment == "dihedral":
             vflip, transpose = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
-            for k in ("input", "target"):
-                out[k] = _dihedral(out[k], vflip, transpose)
+            for k, v in out.items():
+                if isinstance(v, torch.Tensor):  # input, target and a cached "teacher" view alike
+                    out[k] = _dihedral(v, vflip, transpose)
         return out
 
 

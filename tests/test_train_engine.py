@@ -486,7 +486,7 @@ def test_sample_grid_resizes_sr_inputs(tmp_path):
     assert tuple(grid.shape) == (2 * 8 + 3 * 2, 3 * 8 + 4 * 2, 3)
     # nearest x2 upscaling: the bright corner pixel becomes a 2x2 block, the rest stays black
     assert grid[2:4, 2:4].min() == 255 and grid[2:10, 4:10].max() == 0 and grid[4:10, 2:4].max() == 0
-    assert int(grid[2, 12]) == 128  # 0 in [-1, 1] -> mid gray
+    assert grid[2, 12].tolist() == [128, 128, 128]  # 0 in [-1, 1] -> mid gray
     gray = make_grid([torch.zeros(1, 1, 8, 8)], (-1.0, 1.0))
     assert tuple(gray.shape) == (12, 12, 3)
     path = save_grid([lr_in, out], tmp_path / "g.png")

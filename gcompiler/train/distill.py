@@ -207,6 +207,10 @@ class Distill(Method):
                 if "target" not in batch:
                     raise DataError("target='target' but the batch has no ground-truth 'target' (unpaired data?)")
                 tgt = batch["target"]
+                if tgt.shape != s_out.shape:
+                    raise DataError(f"the batch's ground truth 'target' is {tuple(tgt.shape)} but the models output "
+                                    f"{tuple(s_out.shape)}: the teacher does not fit this data (another scale or "
+                                    f"number of channels?)")
             else:
                 tgt = t_out
             terms["pixel"] = cfg.pixel_weight * pixel_loss(cfg.pixel, s_out, tgt)

@@ -50,8 +50,8 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> tuple[Di
     """Join the process group described by torchrun's environment if ``WORLD_SIZE > 1``.
 
     Backend: nccl when the run is on CUDA, gloo otherwise. Returns ``(info, created)`` where
-    ``created`` tells whether this call created the group (the caller then owns its destruction).
-    A group that already exists is reused.
+    ``created`` tells whether this call created the group. A group that already exists is reused;
+    one created here stays up for later trainers of the same process and is left at exit.
     """
     info = dist_info()
     if not info.enabled or (dist.is_available() and dist.is_initialized()):
@@ -68,7 +68,17 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> tuple[Di
         torch.cuda.set_device(info.local_rank)
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size,
                             timeout=timedelta(seconds=timeout_s))
+    import atexit
+
+    atexit.register(shutdown)
     return info, True
+
+
+def shutdown() -> None:
+    """Leave the process group (idempotent). Called at interpreter exit when :func:`init_distributed`
+    created the group, so several trainers (train, then fine-tune) can share one torchrun job."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

@@ -204,7 +204,10 @@ class TrainConfig:
     ``amp``: ``"auto"`` (bf16 on CUDA when supported, else fp16 with a grad scaler; off on CPU),
     ``"off"``, ``"bf16"`` or ``"fp16"`` (CUDA only). ``resume=True`` continues from the newest
     checkpoint in ``out_dir/checkpoints`` (a fresh start if there is none).
-    ``sample_every=0`` disables sample grids; ``save_every=0`` saves only at the end.
+    ``sample_every=0`` disables sample grids; ``save_every=0`` saves only at the end;
+    ``keep_last=0`` keeps every checkpoint. ``value_range`` of the images (for sample grids):
+    ``None`` takes the dataset's ``value_range`` attribute (gcompiler datasets have one; ``builtin:sr``
+    is [0, 1]), else [-1, 1].
     """
 
     out_dir: str | os.PathLike
@@ -220,7 +223,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool | None = None
     find_unused_parameters: bool = False
-    value_range: tuple[float, float] = (-1.0, 1.0)
+    value_range: tuple[float, float] | None = None
     sample_rows: int = 4
 
     def validate(self) -> None:
@@ -236,8 +239,12 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """What :meth:`Trainer.fit` returns. ``wall_s``: seconds of this call; ``total_wall_s``: of the whole
+    run, earlier sessions included (as of the last checkpoint they left)."""
+
     steps: int
     wall_s: float
+    total_wall_s: float
     losses: dict[str, float]
     checkpoint: Path | None
     run_dir: Path
@@ -447,6 +454,8 @@ class Trainer:
         self.step = 0
         self.last_checkpoint: Path | None = None
         self._closed = False
+        self._wall_offset = 0.0  # training seconds of earlier (interrupted) sessions of this run
+        self._t_fit: float | None = None
 
         self._seed_everything(config.seed)
         self._data_rng = self._fresh_data_rng(config.seed)
@@ -460,6 +469,7 @@ class Trainer:
             self.sources = {"train": _DataSource("train", data)}
         for src in self.sources.values():
             src.check_replicas(self.info)
+        self.value_range = self._value_range()
 
         self._entries: dict[str, _Entry] = {}
         self._setup_done = False
@@ -486,6 +496,16 @@ class Trainer:
         self._wrap_ddp()
         self.scalars = ScalarLogger(self.run_dir, enabled=self.is_main, tensorboard=config.tensorboard,
                                     resume_step=self.step if self.resumed_from is not None else None)
+
+    def _value_range(self) -> tuple[float, float]:
+        if self.config.value_range is not None:
+            lo, hi = self.config.value_range
+        else:
+            ds = getattr(self.sources[next(iter(self.sources))].loader, "dataset", None)
+            lo, hi = getattr(ds, "value_range", (-1.0, 1.0))
+        if not float(lo) < float(hi):
+            raise ConfigError(f"value_range must be (low, high) with low < high, got {(lo, hi)}")
+        return float(lo), float(hi)
 
     # -- RNG --------------------------------------------------------------------------------------
     def _seed_everything(self, seed: int) -> None:
@@ -769,6 +789,7 @@ class Trainer:
         cfg = self.config
         handler = None
         t_start = time.perf_counter()
+        self._t_fit = t_start
         ctx: StepContext | None = None
         acc: dict[str, list[float]] = {}
         last_losses: dict[str, float] = {}
@@ -814,7 +835,8 @@ class Trainer:
             wall = time.perf_counter() - t_start
             if self.is_main:
                 log.info(f"finished at step {self.step} in {wall:.1f}s; checkpoint {self.last_checkpoint}")
-            return TrainResult(self.step, wall, last_losses, self.last_checkpoint, self.run_dir, stats)
+            return TrainResult(self.step, wall, self._wall_offset + wall, last_losses, self.last_checkpoint,
+                               self.run_dir, stats)
         finally:
             if handler is not None:
                 log.removeHandler(handler)
@@ -855,7 +877,7 @@ class Trainer:
         if not cols:
             return
         try:
-            save_grid(cols, self.run_dir / "samples" / f"step_{self.step:08d}.png", self.config.value_range,
+            save_grid(cols, self.run_dir / "samples" / f"step_{self.step:08d}.png", self.value_range,
                       max_rows=self.config.sample_rows)
         except (OSError, ValueError) as e:
             log.warning(f"could not write the sample grid at step {self.step}: {e}")
@@ -899,6 +921,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "ranks": ranks,
                 "losses": {k: float(v) for k, v in (losses or {}).items()},
+                "wall_s": self._wall_offset + (time.perf_counter() - self._t_fit if self._t_fit else 0.0),
             }
             meta = {"method": self.method.name, "max_steps": self.config.max_steps,
                     "losses": {k: float(v) for k, v in (losses or {}).items()},
@@ -957,17 +980,14 @@ class Trainer:
         self._data_rng = mine["data_rng"]
         ckpt.restore_rng_state(mine["rng"])
         self.step = int(state["step"])
+        self._wall_offset = float(state.get("wall_s", 0.0))
         self.last_checkpoint = Path(path)
 
     def close(self) -> None:
-        """Close the loggers and leave the process group if this trainer created it."""
+        """Close the loggers (the process group, if any, stays up for later trainers; see
+        :func:`gcompiler.train.distributed.shutdown`)."""
         if self._closed:
             return
         self._closed = True
         if hasattr(self, "scalars"):
             self.scalars.close()
-        if self._owns_group:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()

@@ -578,6 +578,31 @@ def transpose_taps(geo: ConvGeometry) -> tuple[list[list[tuple[int, int, int]]],
     return table, counts
 
 
+_TABLES: dict = {}
+
+
+def _transpose_tables(KH: int, KW: int, stride: tuple, padding: tuple, dilation: tuple, device: torch.device):
+    """Cached device tensors of :func:`transpose_taps`: the ``[phases, KH*KW, 3]`` tap table, the tap counts and
+    a ``[phases, KH*KW]`` 0/1 mask of the taps per phase (created once per geometry, outside any graph
+    capture, so that later calls do no host-to-device copies)."""
+    key = (KH, KW, tuple(stride), tuple(padding), tuple(dilation), str(device))
+    if key not in _TABLES:
+        geo = ConvGeometry(1, 1, 1, 1, 1, KH, KW, tuple(stride), tuple(padding), tuple(dilation), 1, "zeros", 1, 1,
+                           True)
+        table, counts = transpose_taps(geo)
+        ntk = KH * KW
+        flat, mask = [], []
+        for taps in table:
+            row = [v for tap in taps for v in tap]
+            flat.extend(row + [0] * (3 * ntk - len(row)))
+            hit = {tap[0] for tap in taps}
+            mask.append([1 if t in hit else 0 for t in range(ntk)])
+        _TABLES[key] = (torch.tensor(flat, dtype=torch.int32, device=device),
+                        torch.tensor(counts, dtype=torch.int32, device=device),
+                        torch.tensor(mask, dtype=torch.int32, device=device))
+    return _TABLES[key]
+
+
 def conv_transpose2d(x: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, x_zero_point: int,
                      epi: Epilogue) -> Union[torch.Tensor, ConvResult]:
     """Launch :func:`_conv_transpose2d_kernel` (weight ``[C_out, KH, KW, C_in/g]``)."""
@@ -586,20 +611,14 @@ def conv_transpose2d(x: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, x_zero
     w = w.contiguous()
     unsigned, zp_corr = _zero_point_terms(x, x_zero_point)
     sh, sw = geo.stride
-    table, counts = transpose_taps(geo)
-    ntk = geo.KH * geo.KW
-    flat_table = []
-    for taps in table:
-        row = [v for tap in taps for v in tap]
-        flat_table.extend(row + [0] * (3 * ntk - len(row)))
-    taps_t = torch.tensor(flat_table, dtype=torch.int32, device=x.device)
-    ntaps_t = torch.tensor(counts, dtype=torch.int32, device=x.device)
+    taps_t, ntaps_t, phase_mask = _transpose_tables(geo.KH, geo.KW, geo.stride, geo.padding, geo.dilation,
+                                                    x.device)
     buf = _Buffers((geo.N, geo.OH, geo.OW, geo.C_out), x.device, epi, with_acc=True)
     wsum = None
     if zp_corr != 0:
-        w32 = w.to(torch.int32).reshape(geo.C_out, ntk, geo.cin_g).sum(dim=2)
-        wsum = torch.stack([w32[:, [t[0] for t in taps]].sum(dim=1) if taps else torch.zeros_like(w32[:, 0])
-                            for taps in table]).to(torch.int32).contiguous()
+        # per phase: sum of W over the taps that reach it (int32 exact; device ops only, graph-capturable)
+        w32 = w.to(torch.int32).reshape(geo.C_out, geo.KH * geo.KW, geo.cin_g).sum(dim=2, dtype=torch.int32)
+        wsum = (w32[None, :, :] * phase_mask[:, None, :]).sum(dim=2, dtype=torch.int32).contiguous()
     res = epi.residual
     ohp, owp = triton.cdiv(geo.OH, sh), triton.cdiv(geo.OW, sw)
     args = (x, w, buf.i(wsum), taps_t, ntaps_t, epi.scale, buf.f(epi.bias),

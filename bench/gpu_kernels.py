@@ -1,0 +1,262 @@
+#!/usr/bin/env python
+"""Per-layer GPU benchmark of the int8 Triton kernels against cuDNN fp16 (channels-last) and torch.compile.
+
+Layers are those of CycleGAN's ``resnet_9blocks`` (ngf 64) at a given input resolution (default 256), plus
+the layer shapes of slim GS-8 and mobile (depthwise-separable) generators. Every variant computes the same
+layer in its natural deployment form:
+
+* ``int8``: :func:`gcompiler.kernels.conv2d_int8` (or the depthwise / transposed kernel) on a uint8 NHWC
+  input, fused epilogue ``scale, bias, ReLU, requantize to uint8`` (for layers followed by InstanceNorm:
+  float output plus the fused statistics instead);
+* ``cudnn``: ``F.conv2d`` / ``F.conv_transpose2d`` in fp16 on channels-last tensors with ``F.pad`` for
+  reflect padding and a separate ReLU (eager PyTorch, ``cudnn.benchmark`` on);
+* ``compile``: the same fp16 function through ``torch.compile(mode="max-autotune-no-cudagraphs")``.
+
+Each is timed with CUDA graphs (``triton.testing.do_bench_cudagraph``) so Python launch overhead is excluded
+for all three alike. Throughput counts useful multiply-adds x 2 (transposed convs at *input* resolution,
+i.e. the MACs actually needed, not the output-resolution convention of the papers' tables); "% peak" is
+relative to the device's dense int8 tensor-core peak (fp16 peak for the fp16 columns). Before timing, the
+int8 kernel's int32 accumulator is checked against the exact reference on the GPU.
+
+Usage: ``python bench/gpu_kernels.py [--batch 1 8] [--res 256] [--layers trunk,up1] [--no-compile]
+[--json out.json] [--markdown]``. Without CUDA it exits with status 2 and says so.
+End-to-end generator benchmarks are added with the lowering pass.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+# Dense (no sparsity) tensor-core peaks in tera-ops/s from the vendors' data sheets: (int8, fp16).
+PEAKS = {
+    "H100 SXM": (1979.0, 989.4),
+    "H100 NVL": (1671.0, 835.5),
+    "H100 PCIe": (1513.0, 756.5),
+    "H100": (1979.0, 989.4),  # unspecified H100: assume SXM
+    "H200": (1979.0, 989.4),
+    "GH200": (1979.0, 989.4),
+    "A100": (624.0, 312.0),
+    "L40S": (733.0, 366.0),
+    "L4": (242.0, 121.0),
+    "A10": (250.0, 125.0),
+}
+
+
+def device_peaks(name: str) -> tuple[Optional[float], Optional[float]]:
+    """(int8 TOPS, fp16 TFLOPS) for a CUDA device name, longest matching key first; (None, None) if unknown."""
+    tokens = set(re.split(r"[\s\-_]+", name.upper()))
+    for key in sorted(PEAKS, key=len, reverse=True):
+        if all(part in tokens for part in key.upper().split()):
+            return PEAKS[key]
+    return None, None
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    name: str
+    kind: str  # "conv", "convT", "dw"
+    cin: int
+    cout: int
+    k: int
+    stride: int
+    pad: int
+    pad_mode: str
+    hw: int  # input spatial size
+    norm_after: bool  # followed by InstanceNorm: int8 variant emits float + stats instead of requantizing
+    output_padding: int = 0
+
+    def out_hw(self) -> int:
+        if self.kind == "convT":
+            return (self.hw - 1) * self.stride - 2 * self.pad + self.k + self.output_padding
+        return (self.hw + 2 * self.pad - self.k) // self.stride + 1
+
+    def useful_macs(self, batch: int) -> int:
+        if self.kind == "convT":  # every input pixel meets every tap once
+            return batch * self.hw * self.hw * self.cin * self.cout * self.k * self.k
+        per_out = self.k * self.k * (1 if self.kind == "dw" else self.cin)
+        return batch * self.out_hw() ** 2 * self.cout * per_out
+
+
+def layers(res: int) -> list[Layer]:
+    r, r2, r4 = res, res // 2, res // 4
+    return [
+        Layer("stem7x7 3->64", "conv", 3, 64, 7, 1, 3, "reflect", r, True),
+        Layer("down1 64->128 s2", "conv", 64, 128, 3, 2, 1, "zeros", r, True),
+        Layer("down2 128->256 s2", "conv", 128, 256, 3, 2, 1, "zeros", r2, True),
+        Layer("trunk 256->256", "conv", 256, 256, 3, 1, 1, "reflect", r4, True),
+        Layer("trunk 256->256 fused-requant", "conv", 256, 256, 3, 1, 1, "reflect", r4, False),
+        Layer("up1 convT 256->128", "convT", 256, 128, 3, 2, 1, "zeros", r4, True, 1),
+        Layer("up2 convT 128->64", "convT", 128, 64, 3, 2, 1, "zeros", r2, True, 1),
+        Layer("head7x7 64->3", "conv", 64, 3, 7, 1, 3, "reflect", r, False),
+        Layer("slim GS-8 block 256->32", "conv", 256, 32, 3, 1, 1, "reflect", r4, True),
+        Layer("slim GS-8 block 32->256", "conv", 32, 256, 3, 1, 1, "reflect", r4, True),
+        Layer("mobile dw3x3 256", "dw", 256, 256, 3, 1, 1, "reflect", r4, True),
+        Layer("mobile pw1x1 256->256", "conv", 256, 256, 1, 1, 0, "zeros", r4, True),
+    ]
+
+
+def _int8_call(layer: Layer, batch: int, dev: torch.device) -> tuple[Callable, Callable]:
+    """(timed function, accumulator check) for the int8 Triton kernel."""
+    from gcompiler.kernels import (conv2d_int8, conv2d_int8_ref, conv_transpose2d_int8, conv_transpose2d_int8_ref,
+                                   depthwise_conv2d_int8, depthwise_conv2d_int8_ref)
+    g = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randint(0, 256, (batch, layer.hw, layer.hw, layer.cin), device=dev, dtype=torch.uint8, generator=g)
+    wshape = (layer.cout, layer.k, layer.k, 1 if layer.kind == "dw" else layer.cin)
+    w = torch.randint(-127, 128, wshape, device=dev, dtype=torch.int8, generator=g)
+    scale = torch.full((layer.cout,), 1e-5, device=dev)
+    bias = torch.zeros(layer.cout, device=dev)
+    if layer.norm_after:
+        epi = dict(scale=scale, bias=bias, out_dtype=torch.float32, return_stats=True)
+    else:
+        epi = dict(scale=scale, bias=bias, activation="relu", out_scale=4 / 255, out_dtype=torch.uint8)
+    if layer.kind == "conv":
+        geo = dict(stride=layer.stride, padding=layer.pad, pad_mode=layer.pad_mode)
+        wsum = w.to(torch.int32).sum((1, 2, 3), dtype=torch.int32)
+
+        def fn():
+            return conv2d_int8(x, w, **geo, **epi, weight_sums=wsum, backend="triton")
+
+        def check():
+            a = conv2d_int8(x[:1], w, **geo, scale=scale, return_acc=True, backend="triton").acc
+            return torch.equal(a, conv2d_int8_ref(x[:1], w, **geo, scale=scale, return_acc=True).acc)
+    elif layer.kind == "dw":
+        geo = dict(stride=layer.stride, padding=layer.pad, pad_mode=layer.pad_mode)
+
+        def fn():
+            return depthwise_conv2d_int8(x, w, **geo, **epi, backend="triton")
+
+        def check():
+            a = depthwise_conv2d_int8(x[:1], w, **geo, scale=scale, return_acc=True, backend="triton").acc
+            return torch.equal(a, depthwise_conv2d_int8_ref(x[:1], w, **geo, scale=scale, return_acc=True).acc)
+    else:
+        geo = dict(stride=layer.stride, padding=layer.pad, output_padding=layer.output_padding)
+
+        def fn():
+            return conv_transpose2d_int8(x, w, **geo, **epi, backend="triton")
+
+        def check():
+            a = conv_transpose2d_int8(x[:1], w, **geo, scale=scale, return_acc=True, backend="triton").acc
+            return torch.equal(a, conv_transpose2d_int8_ref(x[:1], w, **geo, scale=scale, return_acc=True).acc)
+    return fn, check
+
+
+def _fp16_fn(layer: Layer, batch: int, dev: torch.device) -> Callable:
+    g = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(batch, layer.cin, layer.hw, layer.hw, device=dev, generator=g).half() \
+        .to(memory_format=torch.channels_last)
+    if layer.kind == "convT":
+        w = torch.randn(layer.cin, layer.cout, layer.k, layer.k, device=dev, generator=g).half()
+    else:
+        w = torch.randn(layer.cout, 1 if layer.kind == "dw" else layer.cin, layer.k, layer.k, device=dev,
+                        generator=g).half()
+    w = (w * 0.01).to(memory_format=torch.channels_last)
+    b = torch.zeros(layer.cout, device=dev).half()
+    groups = layer.cin if layer.kind == "dw" else 1
+    p = layer.pad
+
+    if layer.kind == "convT":
+        def fn(x=x):
+            return F.relu(F.conv_transpose2d(x, w, b, layer.stride, p, layer.output_padding))
+    elif layer.pad_mode == "reflect":
+        def fn(x=x):
+            return F.relu(F.conv2d(F.pad(x, (p, p, p, p), mode="reflect"), w, b, layer.stride, 0, 1, groups))
+    else:
+        def fn(x=x):
+            return F.relu(F.conv2d(x, w, b, layer.stride, p, 1, groups))
+    return fn
+
+
+def _time_ms(fn: Callable, reps: int) -> float:
+    import triton.testing
+    fn()
+    torch.cuda.synchronize()
+    return float(triton.testing.do_bench_cudagraph(fn, rep=reps))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Per-layer int8 Triton vs cuDNN fp16 vs torch.compile")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--res", type=int, default=256, help="generator input resolution (trunk runs at res/4)")
+    parser.add_argument("--layers", default="", help="comma-separated substrings of layer names to keep")
+    parser.add_argument("--rep", type=int, default=200, help="milliseconds of timed repetitions per measurement")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to build)")
+    parser.add_argument("--peak-tops", type=float, default=None, help="override the int8 peak (TOPS)")
+    parser.add_argument("--json", default=None, help="write the rows to this JSON file")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table for BENCHMARKS.md")
+    args = parser.parse_args(argv)
+
+    if not torch.cuda.is_available():
+        print("bench/gpu_kernels.py: no CUDA device (torch.cuda.is_available() is False). This benchmark needs an "
+              "NVIDIA GPU; kernel correctness on CPU is covered by tests/test_kernels.py (Triton interpreter).",
+              file=sys.stderr)
+        return 2
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        print("bench/gpu_kernels.py: triton is not installed", file=sys.stderr)
+        return 2
+
+    dev = torch.device("cuda")
+    name = torch.cuda.get_device_name(dev)
+    peak_i8, peak_f16 = device_peaks(name)
+    if args.peak_tops:
+        peak_i8 = args.peak_tops
+    torch.backends.cudnn.benchmark = True
+    keep = [s.strip() for s in args.layers.split(",") if s.strip()]
+    print(f"device: {name} | int8 dense peak: {peak_i8 or 'unknown'} TOPS | fp16 dense peak: "
+          f"{peak_f16 or 'unknown'} TFLOPS | torch {torch.__version__} | triton {triton.__version__}")
+
+    rows = []
+    for layer in layers(args.res):
+        if keep and not any(k in layer.name for k in keep):
+            continue
+        for batch in args.batch:
+            ops = 2 * layer.useful_macs(batch)
+            int8_fn, check = _int8_call(layer, batch, dev)
+            ok = bool(check())
+            t_i8 = _time_ms(int8_fn, args.rep)
+            f16 = _fp16_fn(layer, batch, dev)
+            t_f16 = _time_ms(f16, args.rep)
+            t_cmp = None
+            if not args.no_compile:
+                compiled = torch.compile(f16, mode="max-autotune-no-cudagraphs", dynamic=False)
+                t_cmp = _time_ms(compiled, args.rep)
+            row = dict(device=name, layer=layer.name, batch=batch, hw=layer.hw, gmacs=layer.useful_macs(batch) / 1e9,
+                       exact=ok, int8_ms=t_i8, int8_tops=ops / t_i8 / 1e9,
+                       int8_pct_peak=(100 * ops / t_i8 / 1e9 / peak_i8) if peak_i8 else None,
+                       cudnn_fp16_ms=t_f16, cudnn_tflops=ops / t_f16 / 1e9,
+                       cudnn_pct_fp16_peak=(100 * ops / t_f16 / 1e9 / peak_f16) if peak_f16 else None,
+                       compile_fp16_ms=t_cmp, speedup_vs_cudnn=t_f16 / t_i8,
+                       speedup_vs_compile=(t_cmp / t_i8) if t_cmp else None)
+            rows.append(row)
+            pct = f"{row['int8_pct_peak']:5.1f}%" if row["int8_pct_peak"] is not None else "  n/a"
+            cmp = f"{t_cmp:8.4f}" if t_cmp else "     n/a"
+            print(f"{layer.name:<30} b{batch:<2} {row['gmacs']:7.3f} GMAC | int8 {t_i8:8.4f} ms "
+                  f"{row['int8_tops']:7.1f} TOPS {pct} {'exact' if ok else 'MISMATCH'} | cudnn fp16 {t_f16:8.4f} ms "
+                  f"{row['cudnn_tflops']:6.1f} TFLOPS | compile {cmp} ms | x{row['speedup_vs_cudnn']:.2f} vs cudnn",
+                  flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    if args.markdown:
+        print(f"\n**{name}**, CUDA graphs, {args.res}² generator input\n")
+        print("| layer | batch | GMAC | int8 ms | int8 TOPS | % int8 peak | cuDNN fp16 ms | compile fp16 ms "
+              "| int8 speedup vs cuDNN |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            pct = f"{r['int8_pct_peak']:.1f}" if r["int8_pct_peak"] is not None else "n/a"
+            cmp = f"{r['compile_fp16_ms']:.4f}" if r["compile_fp16_ms"] else "n/a"
+            print(f"| {r['layer']} | {r['batch']} | {r['gmacs']:.3f} | {r['int8_ms']:.4f} | {r['int8_tops']:.1f} | "
+                  f"{pct} | {r['cudnn_fp16_ms']:.4f} | {cmp} | {r['speedup_vs_cudnn']:.2f} |")
+    return 0 if all(r["exact"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

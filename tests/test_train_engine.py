@@ -493,3 +493,79 @@ def test_sample_grid_resizes_sr_inputs(tmp_path):
     from PIL import Image
 
     assert Image.open(path).size == (2 * 8 + 3 * 2, 2 * 8 + 3 * 2)
+
+
+def test_distill_extra_groups_train_masks_with_a_proximal_step(tmp_path):
+    """The GS pattern: masks in their own SGD group (cosine) whose proximal L1 step zeroes channels."""
+    from gcompiler.data.loader import make_loader
+    from gcompiler.passes.masks import ChannelMask
+
+    teacher, student = W.models()
+    student = gcompiler.compile(student, "insert-masks", torch.zeros(1, 3, W.CROP, W.CROP))
+    scales = [m.scale for m in student.modules() if isinstance(m, ChannelMask)]
+    assert scales
+
+    class Slim(Distill):
+        name = "slim"
+
+        def extra_groups(self, trainer):
+            def prox(params, lr):
+                for p in params:
+                    p.copy_(p.sign() * (p.abs() - 4.0 * lr).clamp_min(0))
+
+            return [ParamGroup("masks", scales, sgd(0.1, momentum=0.5), Cosine(), post_step=prox)]
+
+        def progress(self, trainer):
+            z = torch.cat([s.detach().flatten() for s in scales])
+            return {"sparsity": float((z == 0).float().mean())}
+
+    trainer = Trainer(Slim(DistillConfig(lr=1e-3)), student=student, teacher=teacher,
+                      data=make_loader(W.RandomImages(), batch_size=4, num_workers=0),
+                      config=TrainConfig(out_dir=tmp_path, max_steps=6, save_every=0, log_every=3, progress=False))
+    mask_ids = {id(p) for p in scales}
+    assert {id(p) for p in trainer.groups["masks"].params} == mask_ids
+    assert not mask_ids & {id(p) for p in trainer.groups["weights"].params}
+    assert [ph.groups for ph in trainer.phases] == [["weights", "masks"]]
+    res = trainer.fit()
+    # soft-thresholding by 4 * lr per step (4 x the sum of the cosine lrs = 1.4 > 1 = initial |scale|): exact zeros
+    assert res.stats["sparsity"] > 0 and any((s == 0).any() for s in scales)
+    assert [v for _, tag, v in read_scalars(tmp_path / "scalars.csv") if tag == "stats/sparsity"][-1] > 0
+
+
+def test_phases_on_two_data_sources_keep_their_own_positions(tmp_path):
+    """The AGD pattern: weights on one data source every step, architecture on another every 2nd step."""
+    from gcompiler.data.loader import make_loader
+
+    teacher, student = W.models()
+    alpha = nn.Parameter(torch.zeros(1))
+
+    class TwoSources(Method):
+        name = "two-sources"
+
+        def setup(self, trainer):
+            holder = nn.Module()
+            holder.alpha = alpha
+            trainer.register_module("arch", holder)
+
+        def param_groups(self, trainer):
+            return [ParamGroup("weights", list(trainer.module("student").parameters()), adam(1e-3)),
+                    ParamGroup("arch", [alpha], adam(1e-2))]
+
+        def phases(self, trainer):
+            def loss(ctx):
+                x = ctx.batch()["input"]  # the running phase's data source
+                out = ctx.trainer.net("student")(x) * (1 + ctx.trainer.module("arch").alpha)
+                return {"l1": F.l1_loss(out, ctx.teacher(x))}
+
+            return [Phase("w", ["weights"], loss), Phase("a", ["arch"], loss, every=2, data="arch")]
+
+    data = {"train": make_loader(W.RandomImages(), batch_size=2, num_workers=0, seed=1),
+            "arch": make_loader(W.RandomImages(n=8, seed=3), batch_size=2, num_workers=0, seed=2)}
+    trainer = Trainer(TwoSources(), student=student, teacher=teacher, data=data,
+                      config=TrainConfig(out_dir=tmp_path, max_steps=6, save_every=6, progress=False))
+    trainer.fit()
+    _, state = _final_tensors(tmp_path)
+    pos = state["ranks"][0]["data"]
+    assert pos["train"]["native"]["index"] == 12          # 6 batches of 2 of the 16-image epoch
+    assert (pos["arch"]["native"]["epoch"], pos["arch"]["native"]["index"]) == (0, 6)  # 3 batches of 2
+    assert float(alpha.detach()) != 0.0

@@ -122,7 +122,8 @@ class Phase:
 class StepContext:
     """What a phase's loss function sees: the trainer, the step, the batch(es) and a per-step cache.
 
-    ``step`` is the 0-based index of the update being computed. ``cache`` is shared by the phases of
+    ``step`` is the 0-based index of the update being computed; ``phase`` and ``data`` name the running
+    phase and its data source. ``cache`` is shared by the phases of
     one step (a generator phase stores its detached output there for the discriminator phase; the
     default sample grid reads ``cache["input"]``, ``cache["teacher"]``, ``cache["student"]``).
     """
@@ -131,12 +132,16 @@ class StepContext:
         self.trainer = trainer
         self.step = step
         self.phase = ""
+        self.data = "train"
         self.cache: dict[str, Any] = {}
         self.losses: dict[str, float] = {}
         self._batches: dict[str, dict[str, Any]] = {}
 
-    def batch(self, data: str = "train") -> dict[str, Any]:
-        """The step's batch from data source ``data`` (fetched on first use, on the device)."""
+    def batch(self, data: str | None = None) -> dict[str, Any]:
+        """The step's batch from data source ``data`` (default: the running phase's source), fetched on
+        first use and moved to the device."""
+        if data is None:
+            data = self.data
         if data not in self._batches:
             self._batches[data] = self.trainer._next_batch(data)
         return self._batches[data]
@@ -150,8 +155,9 @@ class StepContext:
         key = ("teacher", tuple(id(t) for t in inputs))
         if key not in self.cache:
             with torch.no_grad():
-                self.cache[key] = self.trainer.net("teacher")(*inputs)
-        return self.cache[key]
+                # the inputs are kept with the output so their ids cannot be reused within the step
+                self.cache[key] = (inputs, self.trainer.net("teacher")(*inputs))
+        return self.cache[key][1]
 
 
 class Method:
@@ -708,7 +714,7 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------------
     def _run_phase(self, ph: Phase, ctx: StepContext) -> None:
-        ctx.phase = ph.name
+        ctx.phase, ctx.data = ph.name, ph.data
         for g in ph.groups:
             self.optimizers[g].zero_grad(set_to_none=True)
         with self.autocast():

@@ -142,7 +142,7 @@ class FeatureDistillLoss(nn.Module):
         total = None
         for (s, t), conv in zip(self.pairs, self.maps.values()):
             fs, ft = student_feats[s], teacher_feats[t]
-            mapped = conv(fs.to(conv.weight.dtype) if not torch.is_autocast_enabled() else fs)
+            mapped = conv(fs)
             if mapped.shape[-2:] != ft.shape[-2:]:
                 raise ConfigError(f"feature distillation {s!r} -> {t!r}: spatial sizes differ "
                                   f"({tuple(mapped.shape[-2:])} vs {tuple(ft.shape[-2:])}); tap nodes at the same "

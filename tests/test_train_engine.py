@@ -90,7 +90,7 @@ def test_gan_losses_hand_computed():
         GANLoss("wgan")
 
 
-def test_gram_and_perceptual_loss(caplog):
+def test_gram_and_perceptual_loss(caplog, tmp_path):
     f = torch.tensor([[[[1.0, 2.0]], [[0.0, 1.0]]]])  # N=1, C=2, H=1, W=2
     # F F^T = [[5, 2], [2, 1]], / (C*H*W = 4)
     assert torch.allclose(gram_matrix(f), torch.tensor([[[1.25, 0.5], [0.5, 0.25]]]))
@@ -112,6 +112,14 @@ def test_gram_and_perceptual_loss(caplog):
     sum(loss(xr, y).values()).backward()
     assert xr.grad is not None and xr.grad.abs().sum() > 0
     assert all(p.grad is None for p in vgg.parameters())
+    # VGG weights supplied as a file: the perceptual distance is built on them
+    from safetensors.torch import save_file
+
+    wfile = Path(tmp_path) / "vgg16.safetensors"
+    save_file({k: v.contiguous() for k, v in vgg.state_dict().items()}, str(wfile))
+    built, note = build_distance("perceptual", vgg_weights=wfile)
+    assert isinstance(built, PerceptualLoss) and "Gram" in note
+    assert built(x, y)["style"].item() == pytest.approx(diff["style"].item(), rel=1e-5)
     with caplog.at_level(logging.WARNING, logger="gcompiler.train"):
         dist, note = build_distance("perceptual")
     assert "no VGG16 weights" in caplog.text and "MSE on pixels" in note
@@ -569,3 +577,20 @@ def test_phases_on_two_data_sources_keep_their_own_positions(tmp_path):
     assert pos["train"]["native"]["index"] == 12          # 6 batches of 2 of the 16-image epoch
     assert (pos["arch"]["native"]["epoch"], pos["arch"]["native"]["index"]) == (0, 6)  # 3 batches of 2
     assert float(alpha.detach()) != 0.0
+
+
+def test_scalar_logger_without_tensorboard(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    from gcompiler.train import ScalarLogger
+
+    sl = ScalarLogger(tmp_path, tensorboard=None)
+    assert not sl.tensorboard_enabled and "scalars.csv only" in sl.note
+    sl.log(1, {"loss/a": 0.5})
+    sl.log(2, {"loss/a": 0.25})
+    sl.close()
+    # a resumed run at step 1 drops the rows the interrupted run wrote after it
+    sl2 = ScalarLogger(tmp_path, tensorboard=False, resume_step=1)
+    sl2.log(2, {"loss/a": 0.125})
+    sl2.close()
+    assert read_scalars(tmp_path / "scalars.csv") == [(1, "loss/a", 0.5), (2, "loss/a", 0.125)]
+    assert not (tmp_path / "tb").exists()

@@ -106,8 +106,12 @@ def epilogues(draw, out_shape, K_red: int, gen_seed: int):
     kw["out_dtype"] = out_dtype
     if out_dtype != torch.float32:
         kw["out_scale"] = draw(st.sampled_from([0.01, 0.02, 1 / 64, 0.037]))
-        kw["out_zero_point"] = draw(st.integers(*QR[out_dtype]).filter(lambda z: True)) if draw(st.booleans()) \
-            else (0 if out_dtype == torch.int8 else 128)
+        lo, hi = QR[out_dtype]
+        if draw(st.booleans()):  # a narrower activation range, e.g. 4 bits
+            lo, hi = (0, 15) if out_dtype == torch.uint8 else (-7, 7)
+            kw["out_range"] = (lo, hi)
+            kw["out_scale"] *= 8
+        kw["out_zero_point"] = draw(st.integers(lo, hi)) if draw(st.booleans()) else max(lo, 0)
         kw["return_float"] = True
     kw["return_stats"] = draw(st.booleans())
     kw["return_acc"] = True
@@ -125,16 +129,24 @@ def conv_cases(draw):
     KH, KW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
-    pad_mode = draw(st.sampled_from(["zeros", "reflect"]))
-    H = draw(st.integers(max(1, dilation[0] * (KH - 1) + 1 - 2 * padding[0], padding[0] + 1), 7))
-    W = draw(st.integers(max(1, dilation[1] * (KW - 1) + 1 - 2 * padding[1], padding[1] + 1), 7))
+    if draw(st.booleans()):
+        padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+        left = right = padding[1]
+        top = bottom = padding[0]
+    else:  # asymmetric (left, right, top, bottom), as IntConv2d stores absorbed pads
+        padding = tuple(draw(st.integers(0, 2)) for _ in range(4))
+        left, right, top, bottom = padding
+    pad_mode = draw(st.sampled_from(["zeros", "reflect", "replicate"]))
+    lo_h = max(1, dilation[0] * (KH - 1) + 1 - top - bottom, max(top, bottom) + 1 if pad_mode == "reflect" else 1)
+    lo_w = max(1, dilation[1] * (KW - 1) + 1 - left - right, max(left, right) + 1 if pad_mode == "reflect" else 1)
+    H = draw(st.integers(lo_h, max(lo_h, 7)))
+    W = draw(st.integers(lo_w, max(lo_w, 7)))
     x_dtype = draw(st.sampled_from([torch.int8, torch.uint8]))
     zp = draw(st.integers(*QR[x_dtype])) if draw(st.booleans()) else 0
     x = _rand_int(gen, (N, H, W, cin_g * groups), x_dtype)
     w = _rand_int(gen, (cout_g * groups, KH, KW, cin_g), torch.int8)
-    OH = (H + 2 * padding[0] - dilation[0] * (KH - 1) - 1) // stride[0] + 1
-    OW = (W + 2 * padding[1] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
+    OH = (H + top + bottom - dilation[0] * (KH - 1) - 1) // stride[0] + 1
+    OW = (W + left + right - dilation[1] * (KW - 1) - 1) // stride[1] + 1
     geo = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, pad_mode=pad_mode, x_zero_point=zp)
     epi = draw(epilogues((N, OH, OW, cout_g * groups), KH * KW * cin_g, seed + 1))
     k_loop = draw(st.sampled_from(["tap", "flat"]))
@@ -205,7 +217,7 @@ def depthwise_cases(draw):
     k = draw(st.sampled_from([1, 3, 5]))
     stride, dilation = draw(st.integers(1, 2)), draw(st.integers(1, 2))
     pad = draw(st.integers(0, 2))
-    pad_mode = draw(st.sampled_from(["zeros", "reflect"]))
+    pad_mode = draw(st.sampled_from(["zeros", "reflect", "replicate"]))
     lo = max(1, dilation * (k - 1) + 1 - 2 * pad, pad + 1)
     H, W = draw(st.integers(lo, max(lo, 7))), draw(st.integers(lo, max(lo, 7)))
     x_dtype = draw(st.sampled_from([torch.int8, torch.uint8]))
@@ -263,15 +275,17 @@ def test_instance_norm_act_quant_matches_reference(case):
 
 def test_reference_matches_naive_loop_convolution():
     gen = torch.Generator().manual_seed(3)
-    for (N, H, W, cin_g, cout_g, g, k, s, p, d, mode, dt, zp) in [
-            (2, 5, 6, 3, 2, 2, 3, 2, 1, 1, "zeros", torch.uint8, 17),
-            (1, 6, 5, 2, 3, 1, 3, 1, 2, 2, "reflect", torch.int8, -5),
-            (1, 4, 4, 4, 1, 4, 2, 1, 1, 1, "zeros", torch.int8, 0)]:
+    for (N, H, W, cin_g, cout_g, g, k, s, pad4, d, mode, dt, zp) in [
+            (2, 5, 6, 3, 2, 2, 3, 2, (1, 1, 1, 1), 1, "zeros", torch.uint8, 17),
+            (1, 6, 5, 2, 3, 1, 3, 1, (2, 1, 0, 2), 2, "reflect", torch.int8, -5),
+            (1, 4, 5, 2, 2, 1, 3, 1, (3, 0, 1, 2), 1, "replicate", torch.uint8, 0),
+            (1, 4, 4, 4, 1, 4, 2, 1, (0, 1, 1, 0), 1, "zeros", torch.int8, 0)]:
         x = _rand_int(gen, (N, H, W, cin_g * g), dt)
         w = _rand_int(gen, (cout_g * g, k, k, cin_g), torch.int8)
-        acc = conv2d_int8_ref(x, w, stride=s, padding=p, dilation=d, groups=g, pad_mode=mode, x_zero_point=zp,
+        acc = conv2d_int8_ref(x, w, stride=s, padding=pad4, dilation=d, groups=g, pad_mode=mode, x_zero_point=zp,
                               scale=torch.ones(cout_g * g), return_acc=True).acc
         xn, wn = x.numpy().astype(np.int64) - zp, w.numpy().astype(np.int64)
+        left, _, top, _ = pad4
         OH, OW = acc.shape[1:3]
         expect = np.zeros((N, OH, OW, cout_g * g), dtype=np.int64)
         for n in range(N):
@@ -282,15 +296,20 @@ def test_reference_matches_naive_loop_convolution():
                         total = 0
                         for kh in range(k):
                             for kw in range(k):
-                                ih, iw = oh * s - p + kh * d, ow * s - p + kw * d
+                                ih, iw = oh * s - top + kh * d, ow * s - left + kw * d
                                 if mode == "reflect":
                                     ih = -ih if ih < 0 else (2 * H - 2 - ih if ih >= H else ih)
                                     iw = -iw if iw < 0 else (2 * W - 2 - iw if iw >= W else iw)
+                                elif mode == "replicate":
+                                    ih, iw = min(max(ih, 0), H - 1), min(max(iw, 0), W - 1)
                                 elif not (0 <= ih < H and 0 <= iw < W):
                                     continue
                                 total += int(wn[co, kh, kw] @ xn[n, ih, iw, grp * cin_g:(grp + 1) * cin_g])
                         expect[n, oh, ow, co] = total
         assert np.array_equal(acc.numpy(), expect)
+        got = conv2d_int8(x, w, stride=s, padding=pad4, dilation=d, groups=g, pad_mode=mode, x_zero_point=zp,
+                          scale=torch.ones(cout_g * g), return_acc=True, backend="triton").acc
+        assert np.array_equal(got.numpy(), expect)
 
 
 def test_reflect_padding_and_round_half_even_by_hand():
@@ -433,6 +452,10 @@ def test_argument_errors(fn):
         (dict(w=torch.zeros(6, 3, 3, 2, dtype=torch.int8), groups=3), "divisible by groups"),
         (dict(padding=5, pad_mode="reflect"), "reflect padding"),
         (dict(pad_mode="circular"), "pad_mode"),
+        (dict(padding=(1, 1, 1, 5), pad_mode="reflect"), "reflect padding"),
+        (dict(out_dtype=torch.uint8, out_scale=0.1, out_range=(0, 300)), "out_range"),
+        (dict(out_dtype=torch.uint8, out_scale=0.1, out_range=(0, 15), out_zero_point=20), "out_zero_point"),
+        (dict(out_range=(0, 15)), "integer out_dtype"),
         (dict(out_dtype=torch.int8), "out_scale"),
         (dict(out_dtype=torch.float16), "out_dtype"),
         (dict(x_zero_point=300), "x_zero_point"),

@@ -23,6 +23,9 @@ from ..errors import KernelError
 
 IntPair = Union[int, Sequence[int]]
 
+#: padding modes of forward convolutions (index arithmetic in the loaders, never a padded copy)
+PAD_MODES = {"zeros": 0, "reflect": 1, "replicate": 2}
+
 #: activation name -> code used by the kernels (a ``tl.constexpr``)
 ACTIVATIONS = {"none": 0, "relu": 1, "leaky_relu": 2, "tanh": 3}
 
@@ -70,6 +73,8 @@ class ConvGeometry:
     OW: int
     transposed: bool = False
     output_padding: tuple[int, int] = (0, 0)
+    #: forward convs: (left, right, top, bottom) as in F.pad; ``padding`` is then (top, left), the offsets
+    pad4: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     @property
     def cin_g(self) -> int:
@@ -106,6 +111,8 @@ class Epilogue:
     out_dtype: torch.dtype
     out_scale: float
     out_zero_point: int
+    out_qmin: int
+    out_qmax: int
     return_stats: bool
     return_acc: bool
     return_float: bool
@@ -124,11 +131,11 @@ class Epilogue:
 
     @property
     def qmin(self) -> int:
-        return QRANGES[self.out_dtype][0] if self.quantized else 0
+        return self.out_qmin
 
     @property
     def qmax(self) -> int:
-        return QRANGES[self.out_dtype][1] if self.quantized else 0
+        return self.out_qmax
 
     @property
     def extras(self) -> bool:
@@ -176,19 +183,37 @@ def _check_weight(w: torch.Tensor, where: str) -> None:
         raise KernelError(f"{where}: w must be int8, got {w.dtype}; quantize the weight first")
 
 
-def conv_geometry(x: torch.Tensor, w: torch.Tensor, *, stride: IntPair, padding: IntPair, dilation: IntPair,
-                  groups: int, pad_mode: str, x_zero_point: int, where: str) -> ConvGeometry:
+def padding4(padding: Union[int, Sequence[int]], where: str) -> tuple[int, int, int, int]:
+    """``p`` -> all sides; ``(ph, pw)`` -> symmetric; ``(left, right, top, bottom)`` (F.pad order) as is."""
+    if isinstance(padding, bool):
+        raise KernelError(f"{where}: padding must be an int, (ph, pw) or (left, right, top, bottom); got {padding!r}")
+    if isinstance(padding, int):
+        return (padding,) * 4  # type: ignore[return-value]
+    try:
+        items = tuple(padding)
+    except TypeError:
+        items = ()
+    if not items or not all(isinstance(v, int) and not isinstance(v, bool) for v in items) or len(items) not in (2, 4):
+        raise KernelError(f"{where}: padding must be an int, (ph, pw) or (left, right, top, bottom); got {padding!r}")
+    if len(items) == 2:
+        return (items[1], items[1], items[0], items[0])
+    return items  # type: ignore[return-value]
+
+
+def conv_geometry(x: torch.Tensor, w: torch.Tensor, *, stride: IntPair, padding: Union[int, Sequence[int]],
+                  dilation: IntPair, groups: int, pad_mode: str, x_zero_point: int, where: str) -> ConvGeometry:
     """Validate a forward convolution's operands and return its geometry."""
     _check_activation_input(x, x_zero_point, where)
     _check_weight(w, where)
-    s, p, d = pair(stride, "stride", where), pair(padding, "padding", where), pair(dilation, "dilation", where)
-    if min(s) < 1 or min(d) < 1 or min(p) < 0:
+    s, d = pair(stride, "stride", where), pair(dilation, "dilation", where)
+    p4 = padding4(padding, where)
+    if min(s) < 1 or min(d) < 1 or min(p4) < 0:
         raise KernelError(f"{where}: need stride >= 1, dilation >= 1, padding >= 0; got stride={s}, "
-                          f"dilation={d}, padding={p}")
+                          f"dilation={d}, padding={padding}")
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise KernelError(f"{where}: groups must be a positive int, got {groups!r}")
-    if pad_mode not in ("zeros", "reflect"):
-        raise KernelError(f"{where}: pad_mode must be 'zeros' or 'reflect', got {pad_mode!r}")
+    if pad_mode not in PAD_MODES:
+        raise KernelError(f"{where}: pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
     check_same_device(where, x, w=w)
     N, H, W, C_in = x.shape
     C_out, KH, KW, cin_g = w.shape
@@ -200,14 +225,16 @@ def conv_geometry(x: torch.Tensor, w: torch.Tensor, *, stride: IntPair, padding:
             f"{where}: x has {C_in} channels in dim 3 but w [C_out, KH, KW, C_in/groups] = {tuple(w.shape)} "
             f"with groups={groups} expects {cin_g * groups}; x must be NHWC (convert with nchw_to_nhwc) and "
             f"w OHWI (convert with weight_oihw_to_ohwi)")
-    if pad_mode == "reflect" and (p[0] >= H or p[1] >= W):
-        raise KernelError(f"{where}: reflect padding {p} must be smaller than the input size {(H, W)}")
-    OH = (H + 2 * p[0] - d[0] * (KH - 1) - 1) // s[0] + 1
-    OW = (W + 2 * p[1] - d[1] * (KW - 1) - 1) // s[1] + 1
+    left, right, top, bottom = p4
+    if pad_mode == "reflect" and (max(top, bottom) >= H or max(left, right) >= W):
+        raise KernelError(f"{where}: reflect padding {p4} (left, right, top, bottom) must be smaller than the "
+                          f"input size {(H, W)}")
+    OH = (H + top + bottom - d[0] * (KH - 1) - 1) // s[0] + 1
+    OW = (W + left + right - d[1] * (KW - 1) - 1) // s[1] + 1
     if OH < 1 or OW < 1 or N < 1:
-        raise KernelError(f"{where}: empty output: input {N}x{H}x{W}, kernel {KH}x{KW}, stride {s}, padding {p}, "
+        raise KernelError(f"{where}: empty output: input {N}x{H}x{W}, kernel {KH}x{KW}, stride {s}, padding {p4}, "
                           f"dilation {d} give {N}x{OH}x{OW}")
-    geo = ConvGeometry(N, H, W, C_in, C_out, KH, KW, s, p, d, groups, pad_mode, OH, OW)
+    geo = ConvGeometry(N, H, W, C_in, C_out, KH, KW, s, (top, left), d, groups, pad_mode, OH, OW, pad4=p4)
     _check_sizes(geo, where)
     return geo
 
@@ -280,7 +307,8 @@ def epilogue_spec(*, out_shape: tuple[int, int, int, int], device: torch.device,
                   residual: Optional[torch.Tensor], residual_scale: Optional[float], residual_zero_point: int,
                   residual_before_act: bool, out_scale: Optional[float], out_zero_point: int,
                   out_dtype: torch.dtype, return_stats: bool, return_acc: bool, return_float: bool,
-                  where: str, needs_scale: bool = True) -> Epilogue:
+                  where: str, needs_scale: bool = True,
+                  out_range: Optional[tuple[int, int]] = None) -> Epilogue:
     """Validate the epilogue arguments of a kernel whose output is ``out_shape`` (NHWC)."""
     C = out_shape[3]
     scale = _float_vector(scale, "scale", C, where, required=needs_scale)
@@ -293,6 +321,9 @@ def epilogue_spec(*, out_shape: tuple[int, int, int, int], device: torch.device,
         raise KernelError(f"{where}: out_dtype must be torch.int8, torch.uint8 or torch.float32, got {out_dtype}")
     o_scale = 1.0
     o_zp = 0
+    qlo = qhi = 0
+    if out_range is not None and out_dtype not in QRANGES:
+        raise KernelError(f"{where}: out_range needs an integer out_dtype, got {out_dtype}")
     if out_dtype in QRANGES:
         if out_scale is None:
             raise KernelError(f"{where}: out_dtype={out_dtype} requantizes the output and needs out_scale")
@@ -300,9 +331,17 @@ def epilogue_spec(*, out_shape: tuple[int, int, int, int], device: torch.device,
         if isinstance(out_zero_point, bool) or not isinstance(out_zero_point, int):
             raise KernelError(f"{where}: out_zero_point must be an int, got {out_zero_point!r}")
         lo, hi = QRANGES[out_dtype]
-        if not lo <= out_zero_point <= hi:
-            raise KernelError(f"{where}: out_zero_point {out_zero_point} is outside the {out_dtype} range "
-                              f"[{lo}, {hi}]")
+        qlo, qhi = lo, hi
+        if out_range is not None:
+            ok = (isinstance(out_range, (tuple, list)) and len(out_range) == 2
+                  and all(isinstance(v, int) and not isinstance(v, bool) for v in out_range))
+            if not ok or not lo <= out_range[0] < out_range[1] <= hi:
+                raise KernelError(f"{where}: out_range must be (qmin, qmax) with {lo} <= qmin < qmax <= {hi} for "
+                                  f"{out_dtype} (e.g. (0, 15) for 4-bit unsigned activations), got {out_range!r}")
+            qlo, qhi = int(out_range[0]), int(out_range[1])
+        if not qlo <= out_zero_point <= qhi:
+            raise KernelError(f"{where}: out_zero_point {out_zero_point} is outside the output range "
+                              f"[{qlo}, {qhi}]")
         o_zp = out_zero_point
     elif return_float:
         raise KernelError(f"{where}: return_float only makes sense with an integer out_dtype (the output is "
@@ -332,8 +371,8 @@ def epilogue_spec(*, out_shape: tuple[int, int, int, int], device: torch.device,
         if t is not None and t.device != device:
             raise KernelError(f"{where}: {name} is on {t.device} but x is on {device}")
     return Epilogue(scale, bias, activation, float(negative_slope), residual, r_scale, r_zp,
-                    bool(residual_before_act), out_dtype, o_scale, o_zp, bool(return_stats), bool(return_acc),
-                    bool(return_float))
+                    bool(residual_before_act), out_dtype, o_scale, o_zp, qlo, qhi, bool(return_stats),
+                    bool(return_acc), bool(return_float))
 
 
 def check_same_device(where: str, x: torch.Tensor, **others: Optional[torch.Tensor]) -> None:

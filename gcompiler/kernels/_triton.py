@@ -20,7 +20,8 @@ Kernel structure (all kernels):
   ``acc -= (zp - 128) * sum_k W[c, k]`` (precomputed per channel, per phase for transposed convs). For
   signed activations use int8 with zero point 0 (no flip needed);
 * zero-padded positions load the raw zero point (the quantized real 0), so the global correction stays
-  exact; reflect padding reflects the row indices instead (no pad copy);
+  exact; reflect / replicate padding reflects / clamps the row indices instead (no pad copy); padding may
+  be asymmetric (only the top/left offsets enter the kernel, the output size carries the rest);
 * the epilogue casts to float32 once: ``y = acc * scale + bias`` (no FMA contraction: the kernels are
   launched with ``enable_fp_fusion=False`` so the float results equal PyTorch's bit for bit), residual and
   activation, statistics, then ``q = rint(clamp(y / out_scale, qmin - zp, qmax - zp)) + zp`` with IEEE
@@ -34,7 +35,7 @@ from typing import Optional, Union
 import torch
 
 from ..errors import KernelError
-from ._common import ConvGeometry, ConvResult, Epilogue, pack_result
+from ._common import PAD_MODES, ConvGeometry, ConvResult, Epilogue, pack_result
 
 try:
     import triton
@@ -80,10 +81,15 @@ def _tanh(y):
 
 
 @triton.jit
-def _reflect(i, size):
-    # single reflection about the edges (valid for padding < size, checked on the host)
-    i = tl.where(i < 0, -i, i)
-    return tl.where(i >= size, 2 * size - 2 - i, i)
+def _pad_index(i, size, PAD_MODE: tl.constexpr):
+    # PAD_MODE 1 (reflect): single reflection about the edges (valid for padding < size, checked on the
+    # host); 2 (replicate): clamp to the edge. Zero padding (0) masks the load instead.
+    if PAD_MODE == 1:
+        i = tl.where(i < 0, -i, i)
+        i = tl.where(i >= size, 2 * size - 2 - i, i)
+    else:
+        i = tl.minimum(tl.maximum(i, 0), size - 1)
+    return i
 
 
 @triton.jit
@@ -158,7 +164,7 @@ def _conv2d_kernel(
         N_BATCH, H, W, C_in, OH, OW, C_out, CIN_G, COUT_G, K_TOTAL,
         x_zp, zp_corr, res_scale, res_zp, out_scale, out_zp, slope,
         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr,
-        PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, REFLECT: tl.constexpr, X_UNSIGNED: tl.constexpr,
+        PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, PAD_MODE: tl.constexpr, X_UNSIGNED: tl.constexpr,
         HAS_ZP: tl.constexpr, PAD_ZP: tl.constexpr, FLAT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
         ACT: tl.constexpr, HAS_RES: tl.constexpr, RES_IS_INT: tl.constexpr, RES_BEFORE_ACT: tl.constexpr,
         QUANT: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, STATS: tl.constexpr, STORE_ACC: tl.constexpr,
@@ -198,9 +204,9 @@ def _conv2d_kernel(
             ih = ih0[:, None] + kh[None, :] * DH
             iw = iw0[:, None] + kw[None, :] * DW
             a_mask = rows_ok[:, None] & k_ok[None, :]
-            if REFLECT:
-                ih = _reflect(ih, H)
-                iw = _reflect(iw, W)
+            if PAD_MODE != 0:
+                ih = _pad_index(ih, H, PAD_MODE)
+                iw = _pad_index(iw, W, PAD_MODE)
             else:
                 a_mask = a_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             if PAD_ZP:
@@ -221,9 +227,9 @@ def _conv2d_kernel(
             ih = ih0 + kh * DH
             iw = iw0 + kw * DW
             r_ok = rows_ok
-            if REFLECT:
-                ih = _reflect(ih, H)
-                iw = _reflect(iw, W)
+            if PAD_MODE != 0:
+                ih = _pad_index(ih, H, PAD_MODE)
+                iw = _pad_index(iw, W, PAD_MODE)
             else:
                 r_ok = r_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             ci = cb * BLOCK_K + rk
@@ -330,7 +336,7 @@ def _dwconv2d_kernel(
         N_BATCH, H, W, C, OH, OW,
         x_zp, res_scale, res_zp, out_scale, out_zp, slope,
         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr,
-        PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, REFLECT: tl.constexpr, HAS_BIAS: tl.constexpr,
+        PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, PAD_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
         ACT: tl.constexpr, HAS_RES: tl.constexpr, RES_IS_INT: tl.constexpr, RES_BEFORE_ACT: tl.constexpr,
         QUANT: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, STATS: tl.constexpr,
         STORE_ACC: tl.constexpr, STORE_FLOAT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -358,9 +364,9 @@ def _dwconv2d_kernel(
         ih = ih0 + kh * DH
         iw = iw0 + kw * DW
         r_ok = rows_ok
-        if REFLECT:
-            ih = _reflect(ih, H)
-            iw = _reflect(iw, W)
+        if PAD_MODE != 0:
+            ih = _pad_index(ih, H, PAD_MODE)
+            iw = _pad_index(iw, W, PAD_MODE)
         else:
             r_ok = r_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         xv = tl.load(x_base + ((ih * W + iw) * C)[:, None] + c[None, :], mask=r_ok[:, None] & c_ok[None, :],
@@ -513,7 +519,7 @@ def _pad_needs_zp(geo: ConvGeometry, x_zero_point: int) -> bool:
     # Zero padding must read the zero point (the quantized real 0). When that is 0 (or padding reflects)
     # the masked loads fill 0, which the zero-filling async copies do for free; a non-zero fill value costs
     # a select per loaded element.
-    return x_zero_point != 0 and geo.pad_mode == "zeros" and max(geo.padding) > 0
+    return x_zero_point != 0 and geo.pad_mode == "zeros" and max(geo.pad4) > 0
 
 
 def choose_k_loop(cin_g: int, k_loop: str) -> bool:
@@ -546,7 +552,7 @@ def conv2d(x: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, x_zero_point: in
             x_zero_point, zp_corr, epi.residual_scale, epi.residual_zero_point, epi.out_scale,
             epi.out_zero_point, epi.negative_slope)
     flags = dict(KH=geo.KH, KW=geo.KW, SH=geo.stride[0], SW=geo.stride[1], PH=geo.padding[0], PW=geo.padding[1],
-                 DH=geo.dilation[0], DW=geo.dilation[1], REFLECT=geo.pad_mode == "reflect", X_UNSIGNED=unsigned,
+                 DH=geo.dilation[0], DW=geo.dilation[1], PAD_MODE=PAD_MODES[geo.pad_mode], X_UNSIGNED=unsigned,
                  HAS_ZP=zp_corr != 0, PAD_ZP=_pad_needs_zp(geo, x_zero_point), FLAT_K=flat,
                  HAS_BIAS=epi.bias is not None, STATS=epi.return_stats,
                  STORE_ACC=buf.acc is not None, **_epilogue_flags(epi, buf))
@@ -659,7 +665,7 @@ def dwconv2d(x: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, x_zero_point: 
             x_zero_point, epi.residual_scale, epi.residual_zero_point, epi.out_scale, epi.out_zero_point,
             epi.negative_slope)
     flags = dict(KH=geo.KH, KW=geo.KW, SH=geo.stride[0], SW=geo.stride[1], PH=geo.padding[0], PW=geo.padding[1],
-                 DH=geo.dilation[0], DW=geo.dilation[1], REFLECT=geo.pad_mode == "reflect",
+                 DH=geo.dilation[0], DW=geo.dilation[1], PAD_MODE=PAD_MODES[geo.pad_mode],
                  HAS_BIAS=epi.bias is not None, STATS=epi.return_stats, STORE_ACC=buf.acc is not None,
                  **_epilogue_flags(epi, buf))
     ohw = geo.OH * geo.OW

@@ -144,7 +144,7 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[Optional[int], Optional[int]]:
 
 
 def _conv_flags(**over: Any) -> dict:
-    flags = dict(KH=3, KW=3, SH=1, SW=1, PH=1, PW=1, DH=1, DW=1, REFLECT=True, X_UNSIGNED=True, HAS_ZP=True,
+    flags = dict(KH=3, KW=3, SH=1, SW=1, PH=1, PW=1, DH=1, DW=1, PAD_MODE=1, X_UNSIGNED=True, HAS_ZP=True,
                  PAD_ZP=False, FLAT_K=False, HAS_BIAS=True, STATS=False, STORE_ACC=False, **_EPILOGUE_DEFAULTS)
     flags.update(over)
     return flags
@@ -158,21 +158,21 @@ def standard_variants(quick: bool = False) -> list[dict]:
              constexprs={**_conv_flags(STATS=True, ACT=0, QUANT=False, QMAX=0), **big}, out_dtype="*fp32",
              num_warps=8, num_stages=4),
         dict(name="conv3x3 s2 zeros int8 relu->uint8", kernel="_conv2d_kernel",
-             constexprs={**_conv_flags(SH=2, SW=2, REFLECT=False, X_UNSIGNED=False, HAS_ZP=False), **big},
+             constexprs={**_conv_flags(SH=2, SW=2, PAD_MODE=0, X_UNSIGNED=False, HAS_ZP=False), **big},
              x_dtype="*i8", num_warps=8, num_stages=4),
         dict(name="conv1x1 flat uint8 +res(int8)", kernel="_conv2d_kernel",
-             constexprs={**_conv_flags(KH=1, KW=1, PH=0, PW=0, REFLECT=False, FLAT_K=True, HAS_RES=True,
+             constexprs={**_conv_flags(KH=1, KW=1, PH=0, PW=0, PAD_MODE=0, FLAT_K=True, HAS_RES=True,
                                        RES_IS_INT=True, ACT=0), "BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64},
              res_dtype="*i8", num_warps=4, num_stages=4),
         dict(name="conv zeros pad zp!=0 (select fill)", kernel="_conv2d_kernel",
-             constexprs={**_conv_flags(REFLECT=False, PAD_ZP=True), **big}, num_warps=4, num_stages=4),
+             constexprs={**_conv_flags(PAD_MODE=0, PAD_ZP=True), **big}, num_warps=4, num_stages=4),
         dict(name="convT 3x3 s2 uint8->fp32 +stats", kernel="_conv_transpose2d_kernel",
              constexprs=dict(KH=3, KW=3, SH=2, SW=2, X_UNSIGNED=True, HAS_ZP=True, PAD_ZP=False, HAS_BIAS=True,
                              STATS=True, STORE_ACC=False, **{**_EPILOGUE_DEFAULTS, "ACT": 0, "QUANT": False,
                                                              "QMAX": 0}, **big),
              out_dtype="*fp32", num_warps=8, num_stages=4),
         dict(name="depthwise 3x3 reflect uint8", kernel="_dwconv2d_kernel",
-             constexprs=dict(KH=3, KW=3, SH=1, SW=1, PH=1, PW=1, DH=1, DW=1, REFLECT=True, HAS_BIAS=True,
+             constexprs=dict(KH=3, KW=3, SH=1, SW=1, PH=1, PW=1, DH=1, DW=1, PAD_MODE=1, HAS_BIAS=True,
                              STATS=False, STORE_ACC=False, BLOCK_M=64, BLOCK_N=64, **_EPILOGUE_DEFAULTS),
              num_warps=8, num_stages=2),
         dict(name="instancenorm relu ->uint8", kernel="_instance_norm_kernel",

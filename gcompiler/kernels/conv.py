@@ -25,6 +25,7 @@ Contract shared by the convolutions (BRIEF section 6):
   per-channel sum and sum of squares of this ``y`` are returned (for a following InstanceNorm). With an
   integer ``out_dtype``: ``q = clamp(round_half_even(y / out_scale) + out_zero_point, qmin, qmax)``.
   ``scale`` is ``s_x * s_w[c]`` (float32 ``[C_out]``); ``out_scale`` a positive float (per tensor).
+* requantization clamps to ``out_range`` (default: the full range of ``out_dtype``).
 * result: the NHWC output, or a :class:`ConvResult` when ``return_stats``, ``return_acc`` (the int32
   accumulator, for exactness tests) or ``return_float`` (the float ``y`` before requantization) is set.
 
@@ -90,12 +91,16 @@ def conv2d_int8(x: torch.Tensor, w: torch.Tensor, *, stride: IntPair = 1, paddin
                 negative_slope: float = 0.2, residual: Optional[torch.Tensor] = None,
                 residual_scale: Optional[float] = None, residual_zero_point: int = 0,
                 residual_before_act: bool = False, out_scale: Optional[float] = None, out_zero_point: int = 0,
+                out_range: Optional[tuple[int, int]] = None,
                 out_dtype: torch.dtype = torch.float32, return_stats: bool = False, return_acc: bool = False,
                 return_float: bool = False, weight_sums: Optional[torch.Tensor] = None, backend: str = "auto",
                 k_loop: str = "auto") -> Union[torch.Tensor, ConvResult]:
     """Int8 2-D convolution with a fused epilogue (module docstring: layouts, accumulator, epilogue).
 
-    ``pad_mode``: ``"zeros"`` or ``"reflect"`` (index reflection in the loader; ``padding < H, W``).
+    ``padding``: ``p``, ``(ph, pw)`` or ``(left, right, top, bottom)`` (F.pad order, as in
+    :class:`gcompiler.quant.int_ops.IntConv2d`). ``pad_mode``: ``"zeros"`` (the real value 0), ``"reflect"``
+    (PyTorch's ReflectionPad2d; padding < H, W) or ``"replicate"``, all by index arithmetic in the loader.
+    ``out_range``: ``(qmin, qmax)`` inside the dtype range for narrower activations (e.g. ``(0, 15)``).
     ``weight_sums``: optional precomputed int32 ``[C_out]`` ``w.sum((1, 2, 3))`` for the zero-point correction
     (computed per call otherwise). ``k_loop``: ``"auto"``/``"tap"``/``"flat"`` K-loop strategy of the Triton
     kernel (tests force both). ``scale`` is required.
@@ -107,7 +112,7 @@ def conv2d_int8(x: torch.Tensor, w: torch.Tensor, *, stride: IntPair = 1, paddin
                         activation=activation, negative_slope=negative_slope, residual=residual,
                         residual_scale=residual_scale, residual_zero_point=residual_zero_point,
                         residual_before_act=residual_before_act, out_scale=out_scale, out_zero_point=out_zero_point,
-                        out_dtype=out_dtype, return_stats=return_stats, return_acc=return_acc,
+                        out_range=out_range, out_dtype=out_dtype, return_stats=return_stats, return_acc=return_acc,
                         return_float=return_float, where=where)
     if weight_sums is not None:
         if not isinstance(weight_sums, torch.Tensor) or weight_sums.dtype != torch.int32 or \
@@ -129,6 +134,7 @@ def depthwise_conv2d_int8(x: torch.Tensor, w: torch.Tensor, *, stride: IntPair =
                           residual: Optional[torch.Tensor] = None, residual_scale: Optional[float] = None,
                           residual_zero_point: int = 0, residual_before_act: bool = False,
                           out_scale: Optional[float] = None, out_zero_point: int = 0,
+                          out_range: Optional[tuple[int, int]] = None,
                           out_dtype: torch.dtype = torch.float32, return_stats: bool = False,
                           return_acc: bool = False, return_float: bool = False,
                           backend: str = "auto") -> Union[torch.Tensor, ConvResult]:
@@ -148,7 +154,7 @@ def depthwise_conv2d_int8(x: torch.Tensor, w: torch.Tensor, *, stride: IntPair =
                         activation=activation, negative_slope=negative_slope, residual=residual,
                         residual_scale=residual_scale, residual_zero_point=residual_zero_point,
                         residual_before_act=residual_before_act, out_scale=out_scale, out_zero_point=out_zero_point,
-                        out_dtype=out_dtype, return_stats=return_stats, return_acc=return_acc,
+                        out_range=out_range, out_dtype=out_dtype, return_stats=return_stats, return_acc=return_acc,
                         return_float=return_float, where=where)
     if _use_triton(backend, x, where):
         from . import _triton
@@ -163,6 +169,7 @@ def conv_transpose2d_int8(x: torch.Tensor, w: torch.Tensor, *, stride: IntPair =
                           residual: Optional[torch.Tensor] = None, residual_scale: Optional[float] = None,
                           residual_zero_point: int = 0, residual_before_act: bool = False,
                           out_scale: Optional[float] = None, out_zero_point: int = 0,
+                          out_range: Optional[tuple[int, int]] = None,
                           out_dtype: torch.dtype = torch.float32, return_stats: bool = False,
                           return_acc: bool = False, return_float: bool = False,
                           backend: str = "auto") -> Union[torch.Tensor, ConvResult]:
@@ -184,7 +191,7 @@ def conv_transpose2d_int8(x: torch.Tensor, w: torch.Tensor, *, stride: IntPair =
                         activation=activation, negative_slope=negative_slope, residual=residual,
                         residual_scale=residual_scale, residual_zero_point=residual_zero_point,
                         residual_before_act=residual_before_act, out_scale=out_scale, out_zero_point=out_zero_point,
-                        out_dtype=out_dtype, return_stats=return_stats, return_acc=return_acc,
+                        out_range=out_range, out_dtype=out_dtype, return_stats=return_stats, return_acc=return_acc,
                         return_float=return_float, where=where)
     if _use_triton(backend, x, where):
         from . import _triton
@@ -198,6 +205,7 @@ def instance_norm_act_quant(y: torch.Tensor, sums: torch.Tensor, sumsq: torch.Te
                             residual: Optional[torch.Tensor] = None, residual_scale: Optional[float] = None,
                             residual_zero_point: int = 0, residual_before_act: bool = False,
                             out_scale: Optional[float] = None, out_zero_point: int = 0,
+                            out_range: Optional[tuple[int, int]] = None,
                             out_dtype: torch.dtype = torch.int8, return_float: bool = False,
                             backend: str = "auto") -> Union[torch.Tensor, ConvResult]:
     """Fused InstanceNorm-apply + activation (+ residual) + quantization on a float32 NHWC ``y``.
@@ -218,8 +226,8 @@ def instance_norm_act_quant(y: torch.Tensor, sums: torch.Tensor, sumsq: torch.Te
     epi = _ref.norm_epilogue_spec(y, activation=activation, negative_slope=negative_slope, residual=residual,
                                   residual_scale=residual_scale, residual_zero_point=residual_zero_point,
                                   residual_before_act=residual_before_act, out_scale=out_scale,
-                                  out_zero_point=out_zero_point, out_dtype=out_dtype, return_float=return_float,
-                                  where=where)
+                                  out_zero_point=out_zero_point, out_range=out_range, out_dtype=out_dtype,
+                                  return_float=return_float, where=where)
     if _use_triton(backend, y, where):
         from . import _triton
         return _triton.instance_norm(y, sums, sumsq, gamma, beta, eps, epi)
@@ -227,5 +235,5 @@ def instance_norm_act_quant(y: torch.Tensor, sums: torch.Tensor, sumsq: torch.Te
                                             negative_slope=negative_slope, residual=residual,
                                             residual_scale=residual_scale, residual_zero_point=residual_zero_point,
                                             residual_before_act=residual_before_act, out_scale=out_scale,
-                                            out_zero_point=out_zero_point, out_dtype=out_dtype,
-                                            return_float=return_float)
+                                            out_zero_point=out_zero_point, out_range=out_range,
+                                            out_dtype=out_dtype, return_float=return_float)

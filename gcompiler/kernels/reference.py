@@ -5,7 +5,7 @@ float64 and convolved with ``torch.nn.functional.conv2d`` / ``conv_transpose2d``
 of magnitude <= 255 * 128 and every partial sum stays far below 2**53 (the kernels reject K > ``MAX_K``),
 so float64 represents all of them exactly whatever the summation order, and the rounded result is the exact
 integer sum ``sum_k W[c, k] * (x[k] - zp)``. Zero padding pads the *centered* input with 0 (the real value 0);
-reflect padding reflects the quantized input (``F.pad(mode="reflect")``) before the convolution.
+reflect / replicate padding pads the input with ``F.pad`` before the convolution.
 
 The float epilogue is evaluated in float32 with the same operation order as the Triton kernels:
 ``y = acc.float() * scale + bias``; ``residual`` added before or after the activation;
@@ -103,12 +103,11 @@ def _exact_int32(acc64: torch.Tensor) -> torch.Tensor:
 def conv2d_acc(x: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, x_zero_point: int) -> torch.Tensor:
     """Exact int32 accumulator ``[N, OH, OW, C_out]`` of a forward conv (see the module docstring)."""
     xc = x.permute(0, 3, 1, 2).to(torch.float64) - float(x_zero_point)
-    pad = geo.padding
-    if geo.pad_mode == "reflect" and max(pad) > 0:
-        xc = F.pad(xc, (pad[1], pad[1], pad[0], pad[0]), mode="reflect")
-        pad = (0, 0)
+    if max(geo.pad4) > 0:
+        mode = "constant" if geo.pad_mode == "zeros" else geo.pad_mode
+        xc = F.pad(xc, geo.pad4, mode=mode)
     wf = w.permute(0, 3, 1, 2).to(torch.float64)
-    acc = F.conv2d(xc, wf, None, geo.stride, pad, geo.dilation, geo.groups)
+    acc = F.conv2d(xc, wf, None, geo.stride, 0, geo.dilation, geo.groups)
     return _exact_int32(acc.permute(0, 2, 3, 1).contiguous())
 
 
@@ -154,7 +153,7 @@ def finish_epilogue(y: torch.Tensor, epi: Epilogue):
         sumsq = (y64 * y64).sum(dim=(1, 2)).to(torch.float32)
     if not epi.quantized:
         return y, sums, sumsq, None
-    lo, hi = QRANGES[epi.out_dtype]
+    lo, hi = epi.qmin, epi.qmax
     q = torch.round(y / _f32(epi.out_scale, dev)) + float(epi.out_zero_point)
     q = torch.clamp(q, lo, hi).to(epi.out_dtype)
     return q, sums, sumsq, y
@@ -178,6 +177,7 @@ def conv2d_int8_ref(x: torch.Tensor, w: torch.Tensor, *, stride: IntPair = 1, pa
                     activation: str = "none", negative_slope: float = 0.2, residual: Optional[torch.Tensor] = None,
                     residual_scale: Optional[float] = None, residual_zero_point: int = 0,
                     residual_before_act: bool = False, out_scale: Optional[float] = None, out_zero_point: int = 0,
+                    out_range: Optional[tuple[int, int]] = None,
                     out_dtype: torch.dtype = torch.float32, return_stats: bool = False, return_acc: bool = False,
                     return_float: bool = False) -> Union[torch.Tensor, ConvResult]:
     """Reference of :func:`gcompiler.kernels.conv2d_int8` (same arguments, same contract)."""
@@ -188,8 +188,8 @@ def conv2d_int8_ref(x: torch.Tensor, w: torch.Tensor, *, stride: IntPair = 1, pa
                         activation=activation, negative_slope=negative_slope, residual=residual,
                         residual_scale=residual_scale, residual_zero_point=residual_zero_point,
                         residual_before_act=residual_before_act, out_scale=out_scale,
-                        out_zero_point=out_zero_point, out_dtype=out_dtype, return_stats=return_stats,
-                        return_acc=return_acc, return_float=return_float, where=where)
+                        out_zero_point=out_zero_point, out_range=out_range, out_dtype=out_dtype,
+                        return_stats=return_stats, return_acc=return_acc, return_float=return_float, where=where)
     return conv_epilogue(conv2d_acc(x, w, geo, x_zero_point), epi)
 
 
@@ -210,7 +210,8 @@ def conv_transpose2d_int8_ref(x: torch.Tensor, w: torch.Tensor, *, stride: IntPa
                               negative_slope: float = 0.2, residual: Optional[torch.Tensor] = None,
                               residual_scale: Optional[float] = None, residual_zero_point: int = 0,
                               residual_before_act: bool = False, out_scale: Optional[float] = None,
-                              out_zero_point: int = 0, out_dtype: torch.dtype = torch.float32,
+                              out_zero_point: int = 0, out_range: Optional[tuple[int, int]] = None,
+                              out_dtype: torch.dtype = torch.float32,
                               return_stats: bool = False, return_acc: bool = False,
                               return_float: bool = False) -> Union[torch.Tensor, ConvResult]:
     """Reference of :func:`gcompiler.kernels.conv_transpose2d_int8` (weight ``[C_out, KH, KW, C_in/g]``)."""
@@ -221,8 +222,8 @@ def conv_transpose2d_int8_ref(x: torch.Tensor, w: torch.Tensor, *, stride: IntPa
                         activation=activation, negative_slope=negative_slope, residual=residual,
                         residual_scale=residual_scale, residual_zero_point=residual_zero_point,
                         residual_before_act=residual_before_act, out_scale=out_scale,
-                        out_zero_point=out_zero_point, out_dtype=out_dtype, return_stats=return_stats,
-                        return_acc=return_acc, return_float=return_float, where=where)
+                        out_zero_point=out_zero_point, out_range=out_range, out_dtype=out_dtype,
+                        return_stats=return_stats, return_acc=return_acc, return_float=return_float, where=where)
     return conv_epilogue(conv_transpose2d_acc(x, w, geo, x_zero_point), epi)
 
 
@@ -253,13 +254,14 @@ def norm_inputs(y: torch.Tensor, sums: torch.Tensor, sumsq: torch.Tensor, gamma:
 def norm_epilogue_spec(y: torch.Tensor, *, activation: str, negative_slope: float,
                        residual: Optional[torch.Tensor], residual_scale: Optional[float], residual_zero_point: int,
                        residual_before_act: bool, out_scale: Optional[float], out_zero_point: int,
-                       out_dtype: torch.dtype, return_float: bool, where: str) -> Epilogue:
+                       out_dtype: torch.dtype, return_float: bool, where: str,
+                       out_range: Optional[tuple[int, int]] = None) -> Epilogue:
     return epilogue_spec(out_shape=tuple(y.shape), device=y.device, scale=None, bias=None, activation=activation,
                          negative_slope=negative_slope, residual=residual, residual_scale=residual_scale,
                          residual_zero_point=residual_zero_point, residual_before_act=residual_before_act,
-                         out_scale=out_scale, out_zero_point=out_zero_point, out_dtype=out_dtype,
-                         return_stats=False, return_acc=False, return_float=return_float, where=where,
-                         needs_scale=False)
+                         out_scale=out_scale, out_zero_point=out_zero_point, out_range=out_range,
+                         out_dtype=out_dtype, return_stats=False, return_acc=False, return_float=return_float,
+                         where=where, needs_scale=False)
 
 
 def normalize_ref(y: torch.Tensor, sums: torch.Tensor, sumsq: torch.Tensor, gamma: Optional[torch.Tensor],
@@ -286,6 +288,7 @@ def instance_norm_act_quant_ref(y: torch.Tensor, sums: torch.Tensor, sumsq: torc
                                 residual: Optional[torch.Tensor] = None, residual_scale: Optional[float] = None,
                                 residual_zero_point: int = 0, residual_before_act: bool = False,
                                 out_scale: Optional[float] = None, out_zero_point: int = 0,
+                    out_range: Optional[tuple[int, int]] = None,
                                 out_dtype: torch.dtype = torch.int8,
                                 return_float: bool = False) -> Union[torch.Tensor, ConvResult]:
     """Reference of :func:`gcompiler.kernels.instance_norm_act_quant`."""
@@ -294,7 +297,7 @@ def instance_norm_act_quant_ref(y: torch.Tensor, sums: torch.Tensor, sumsq: torc
     epi = norm_epilogue_spec(y, activation=activation, negative_slope=negative_slope, residual=residual,
                              residual_scale=residual_scale, residual_zero_point=residual_zero_point,
                              residual_before_act=residual_before_act, out_scale=out_scale,
-                             out_zero_point=out_zero_point, out_dtype=out_dtype, return_float=return_float,
-                             where=where)
+                             out_zero_point=out_zero_point, out_range=out_range, out_dtype=out_dtype,
+                             return_float=return_float, where=where)
     out, _, _, out_float = finish_epilogue(normalize_ref(y, sums, sumsq, gamma, beta, eps), epi)
     return pack_result(epi, out, None, None, None, out_float)

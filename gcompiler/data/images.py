@@ -95,7 +95,7 @@ def probe_image(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             size = im.size
             im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image {str(path)!r}: {exc}") from exc
     # EXIF rotations by 90 degrees swap the stored size; load_image applies them.
     try:
@@ -138,7 +138,7 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
             arr = np.asarray(im.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot decode image {str(path)!r}: {exc}") from exc
     if arr.ndim == 2:
         arr = arr[:, :, None]

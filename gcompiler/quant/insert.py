@@ -16,6 +16,8 @@ part float. Examples::
     "model.19:w8;model.22:w8"                the two transposed convs of resnet_9blocks get 8-bit weights
     "*conv_block*:w4;model_26:float"         4-bit weights in the residual blocks, last conv left in float
 
+Rules contain no commas, so the option reads unquoted in pipeline text
+(``"insert-fake-quant{act_bits=8,overrides=model_1:w8a8;*:w4a4}"``); surrounding quotes are stripped.
 Every rule must match at least one conv that it decides; an unused rule (a typo, or one shadowed by an earlier
 rule) is an error that lists the conv names. The image input of a conv fed directly by a graph input (through
 padding only) stays float unless ``quantize_first_input`` is set, whatever the overrides say.
@@ -68,6 +70,9 @@ _PART = re.compile(r"([wa])(\d+|f)")
 def parse_overrides(text: str) -> list[OverrideRule]:
     """Parse the ``overrides`` option (grammar in the module docstring)."""
     rules: list[OverrideRule] = []
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1]  # quoted in pipeline text
     for raw in text.split(";"):
         rule = raw.strip()
         if not rule:

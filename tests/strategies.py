@@ -11,8 +11,8 @@ loop, so every net traces with ``gcompiler.trace``.  The pieces mirror the gener
   or conv + pixel shuffle,
 * BatchNorm / InstanceNorm (affine or not) / no norm, ReLU / LeakyReLU / Tanh (as modules or functions),
 * reflect / replicate / zero padding, both as pad modules and as ``Conv2d(padding_mode=...)``,
-* a cat along the width (couples its inputs' channels) and, optionally, a channel shuffle through
-  view / transpose / reshape (no known channel mapping: the channel analysis must pin it).
+* a cat along the width (couples its inputs' channels) and, optionally, a channel permutation (shuffle
+  through view / transpose / reshape, roll, flip: no known channel mapping, the analysis must pin it).
 
 Widths are 2..16 channels and inputs 8..32 pixels so one example runs in milliseconds.  Norm parameters
 and running statistics are randomized (never the identity defaults) and the net is in eval mode.
@@ -38,7 +38,8 @@ class Op:
     (``(a, b)``), ``scale`` (``(src, factor)``), ``cat`` (``(srcs,)``, dim 1), ``cat_w`` (``(a, b)``,
     dim 3, then width-halving average pool), ``interp`` (``(src, mode)``, ×2), ``pixel_shuffle``
     (``(src, r)``), ``act`` (``(src, name)``: functional relu / leaky_relu / tanh / sigmoid) and
-    ``channel_shuffle`` (``(src, groups, channels)``: view / transpose / reshape).
+    ``channel_shuffle`` (``(src, groups, channels)``: view / transpose / reshape), ``roll`` and ``flip``
+    (``(src,)``: along dim 1).
     """
 
     kind: str
@@ -85,6 +86,10 @@ class GeneratedNet(nn.Module):
                 v = vals[a[0]]
                 y = {"relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[a[1]](v) \
                     if a[1] != "leaky_relu" else F.leaky_relu(v, 0.2)
+            elif k == "roll":
+                y = torch.roll(vals[a[0]], shifts=1, dims=1)
+            elif k == "flip":
+                y = vals[a[0]].flip(1)
             elif k == "channel_shuffle":
                 v, g, c = vals[a[0]], a[1], a[2]
                 n, h, w = v.size(0), v.size(2), v.size(3)
@@ -254,8 +259,12 @@ class _Builder:
         return self.emit(Op("cat_w", (v, other)), (c, h, w))
 
     def shuffle(self, v: int) -> int:
-        """A channel shuffle through view / transpose / reshape: no known channel mapping."""
+        """A channel permutation with no known channel mapping: a shuffle through view / transpose /
+        reshape, or a roll / flip along dim 1 (these keep the shape, so only the mapping betrays them)."""
         c, h, w = self.shapes[v]
+        kind = self.draw(st.sampled_from(["view", "roll", "flip"]))
+        if kind != "view":
+            return self.emit(Op(kind, (v,)), (c, h, w))
         if c % 2:
             v = self.conv_norm_act(v, c + 1)
             c += 1
@@ -327,7 +336,8 @@ def generator_nets(draw: Any, *, allow_unknown: bool = True, max_blocks: int = 3
 
     Args:
         allow_unknown: also draw an op whose channel mapping is unknown (a channel shuffle through
-            view / transpose / reshape), which the channel analysis must pin.
+            view / transpose / reshape, ``torch.roll`` or ``flip`` along dim 1), which the channel analysis
+            must pin.
         max_blocks: most body blocks (residual / dense / gate / cat along width / shuffle) at the bottleneck.
         max_down: most stride-2 downsamplings (each matched by an upsampling stage).
     """

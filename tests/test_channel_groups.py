@@ -408,14 +408,18 @@ class Unknowns(nn.Module):
         self.e = nn.Conv2d(3, 4, 3, 1, 1)
         self.fc2 = nn.Linear(4, 4)
         self.fc3 = nn.Linear(4, 2)
+        self.f = nn.Conv2d(3, 4, 3, 1, 1)
+        self.o = nn.ModuleList(nn.Conv2d(k, 2, 1) for k in (4, 1, 4, 4))
 
     def forward(self, x):
-        a = self.a(x).permute(0, 1, 3, 2)  # keeps dim 1 but is not whitelisted: pinned
-        b = self.b(x).mean(1, keepdim=True)  # reduces channels
-        c = self.gn(self.c(x))  # GroupNorm with 2 channels per group
+        # every result goes through a conv, so no group is pinned merely for being returned
+        a = self.o[0](self.a(x).permute(0, 1, 3, 2))  # keeps dim 1 but is not whitelisted: pinned
+        b = self.o[1](self.b(x).mean(1, keepdim=True))  # reduces channels
+        c = self.o[2](self.gn(self.c(x)))  # GroupNorm with 2 channels per group
         d = self.fc(torch.flatten(self.d(x), 1))  # linear consuming a flattened conv
         e = self.fc3(torch.relu(self.fc2(self.e(x).mean((2, 3)))))  # [N, C] linear chain: known
-        return a, b, c, d, e
+        f = self.o[3](torch.roll(self.f(x), 1, 1))  # same shape, permuted channels
+        return a, b, c, d, e, f
 
 
 def test_unknown_ops_pin_with_reason():
@@ -426,6 +430,9 @@ def test_unknown_ops_pin_with_reason():
     assert not b.prunable and "mean" in b.reason and "reduces over the channel" in b.reason
     assert not c.prunable and "GroupNorm(2, 4)" in c.reason
     assert not d.prunable and "flatten" in d.reason
+    f = group_of(groups, "f")
+    assert not f.prunable and "torch.roll" in f.reason
+    assert not any("graph output" in g.reason for g in (a, b, c, d, f))
     e, fc2 = group_of(groups, "e"), group_of(groups, "fc2")
     assert e.prunable and e.consumers == ["fc2"] and e.consumer_slices["fc2"].kind == "linear"
     assert fc2.prunable and fc2.producers == ["fc2"] and fc2.consumers == ["fc3"]

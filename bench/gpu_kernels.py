@@ -18,9 +18,17 @@ i.e. the MACs actually needed, not the output-resolution convention of the paper
 relative to the device's dense int8 tensor-core peak (fp16 peak for the fp16 columns). Before timing, the
 int8 kernel's int32 accumulator is checked against the exact reference on the GPU.
 
-Usage: ``python bench/gpu_kernels.py [--batch 1 8] [--res 256] [--layers trunk,up1] [--no-compile]
-[--json out.json] [--markdown]``. Without CUDA it exits with status 2 and says so.
-End-to-end generator benchmarks are added with the lowering pass.
+End to end (``--e2e``, on by default): ``resnet_9blocks`` dense and a slim GS-8-style generator (the
+widths inside the residual blocks, the stem and the upsampling layers cut to ``--slim-keep`` of the dense
+ones, the 256-channel trunk kept whole, as the public GS CycleGAN model prunes), 8-bit weights and unsigned
+8-bit activations (clip 4), lowered by ``lower-to-triton`` (int8 Triton kernels, 16-bit cuDNN for the RGB
+layers), against the float generator in fp16 channels-last (cuDNN) and through ``torch.compile``; each
+eager (Python dispatch included) and CUDA-graphed. Weights are random (speed does not depend on them).
+
+Usage: ``python bench/gpu_kernels.py [--batch 1 8] [--res 256] [--layers trunk,up1] [--no-layers]
+[--no-e2e] [--no-compile] [--json out.json] [--markdown]``. Without CUDA it exits with status 2 and says so;
+``--cpu-check`` instead builds the end-to-end generators at a tiny resolution on CPU and checks the lowered
+graphs against their integer reference graphs (no timing).
 """
 from __future__ import annotations
 
@@ -173,11 +181,121 @@ def _fp16_fn(layer: Layer, batch: int, dev: torch.device) -> Callable:
     return fn
 
 
-def _time_ms(fn: Callable, reps: int) -> float:
+def _time_ms(fn: Callable, reps: int, graph: bool = True) -> float:
     import triton.testing
     fn()
     torch.cuda.synchronize()
-    return float(triton.testing.do_bench_cudagraph(fn, rep=reps))
+    if graph:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=reps))
+    return float(triton.testing.do_bench(fn, rep=reps))
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+def slim_gs_generator(res: int, keep: float, batch: int = 1) -> torch.nn.Module:
+    """A GS-8-style slim ``resnet_9blocks``: every prunable channel group except the residual trunk keeps the
+    first ``keep`` of its channels (rounded up to a multiple of 8), the trunk stays whole; returned as the
+    pruned float graph (``insert-masks`` -> zero masks -> ``eliminate-dead-channels``)."""
+    import math
+
+    from gcompiler import models
+    from gcompiler.fx.trace import trace
+    from gcompiler.passes.manager import run_pipeline
+    from gcompiler.passes.masks import masks
+
+    torch.manual_seed(0)
+    m = models.create("resnet_9blocks").eval()
+    x = torch.randn(batch, 3, res, res)
+    gm = trace(m, x)
+    gm, _ = run_pipeline(gm, "insert-masks", verify="lint")
+    record = gm.meta["masks"]["groups"]
+    with torch.no_grad():
+        for name, t in masks(gm).items():
+            if len(record[name]["modules"]) > 1:  # shared by several producers: the residual trunk
+                continue
+            k = min(t.numel(), max(8, 8 * math.ceil(keep * t.numel() / 8)))
+            t[k:] = 0
+    gm, _ = run_pipeline(gm, "eliminate-dead-channels", verify="lint")
+    return gm
+
+
+def quantized_pair(model: torch.nn.Module, x: torch.Tensor, backend: str):
+    """(integer reference graph, lowered graph) of ``model`` at GS-8 (8-bit weights, unsigned 8-bit inputs)."""
+    import copy
+
+    from gcompiler.kernels.lower import lower_to_triton
+    from gcompiler.passes.manager import compile as gcompile
+
+    int_gm = gcompile(model, "fold-norms,insert-fake-quant{weight_bits=8,act_bits=8,act_clip=4.0},convert-to-int",
+                      x, verify="lint")
+    lowered = lower_to_triton(copy.deepcopy(int_gm), backend=backend)
+    return int_gm, lowered
+
+
+def e2e_models(res: int, keep: float, batch: int) -> dict:
+    from gcompiler import models
+    torch.manual_seed(0)
+    return {"resnet_9blocks dense": models.create("resnet_9blocks").eval(),
+            f"slim GS-8 (keep {keep:g})": slim_gs_generator(res, keep, batch)}
+
+
+def run_e2e(args, dev: torch.device, name: str, peak_i8: Optional[float]) -> list[dict]:
+    import copy
+
+    from gcompiler.profiler import profile
+    rows = []
+    for batch in args.batch:
+        for label, model in e2e_models(args.res, args.slim_keep, batch).items():
+            x_cpu = torch.randn(batch, 3, args.res, args.res)
+            macs = profile(model, x_cpu).macs
+            int_gm, lowered = quantized_pair(model, x_cpu, backend="triton")
+            lowered = lowered.to(dev)
+            x = x_cpu.to(dev)
+            with torch.no_grad():
+                lowered(x)  # autotunes every kernel
+                f16 = copy.deepcopy(model).to(dev).half().to(memory_format=torch.channels_last)
+                xh = x.half().contiguous(memory_format=torch.channels_last)
+
+                def run_int8():
+                    return lowered(x)
+
+                def run_f16():
+                    return f16(xh)
+                t = {"int8 graph": _time_ms(run_int8, args.rep), "int8 eager": _time_ms(run_int8, args.rep, False),
+                     "fp16 graph": _time_ms(run_f16, args.rep), "fp16 eager": _time_ms(run_f16, args.rep, False)}
+                if not args.no_compile:
+                    comp = torch.compile(f16, mode="max-autotune-no-cudagraphs", dynamic=False)
+                    t["compile graph"] = _time_ms(lambda: comp(xh), args.rep)
+                # agreement with the integer reference graph (exact float64 accumulation, on the GPU)
+                ref = int_gm.to(dev)(x)
+                err = float((lowered(x).float() - ref).abs().max() / ref.abs().max())
+            paths = [r["path"] for r in lowered.meta["lower_to_triton"]]
+            row = dict(device=name, model=label, batch=batch, res=args.res, gmacs=macs / 1e9, rel_err_vs_int=err,
+                       int8_layers=paths.count("int8"), fp16_layers=paths.count("fp16"),
+                       **{f"{k} ms": v for k, v in t.items()},
+                       speedup_graph=t["fp16 graph"] / t["int8 graph"],
+                       speedup_vs_compile=(t["compile graph"] / t["int8 graph"]) if "compile graph" in t else None)
+            rows.append(row)
+            times = " | ".join(f"{k} {v:.3f} ms" for k, v in t.items())
+            print(f"E2E {label:<26} b{batch:<2} {macs / 1e9:7.2f} GMAC | {times} | x{row['speedup_graph']:.2f} "
+                  f"vs cuDNN fp16 (graphs) | int8 layers {row['int8_layers']}, fp16 {row['fp16_layers']} | "
+                  f"rel.err vs int graph {err:.1e}", flush=True)
+    return rows
+
+
+def cpu_check(res: int, keep: float) -> int:
+    """Build both end-to-end generators at a tiny resolution on CPU; lowered graphs vs integer graphs."""
+    ok = True
+    for label, model in e2e_models(res, keep, 1).items():
+        x = torch.randn(1, 3, res, res)
+        int_gm, lowered = quantized_pair(model, x, backend="auto")
+        with torch.no_grad():
+            ref, out = int_gm(x), lowered(x)
+        err = float((out - ref).abs().max() / ref.abs().max())
+        paths = [r["path"] for r in lowered.meta["lower_to_triton"]]
+        print(f"{label}: {paths.count('int8')} int8 / {paths.count('fp16')} fp16 layers, rel.err {err:.1e}")
+        ok = ok and err < 0.1  # the lower-to-triton contract (rounding flips propagate in random nets)
+    return 0 if ok else 1
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -190,8 +308,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--peak-tops", type=float, default=None, help="override the int8 peak (TOPS)")
     parser.add_argument("--json", default=None, help="write the rows to this JSON file")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table for BENCHMARKS.md")
+    parser.add_argument("--no-layers", action="store_true", help="skip the per-layer benchmark")
+    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end generators")
+    parser.add_argument("--slim-keep", type=float, default=0.25,
+                        help="fraction of the non-trunk channels the slim GS-8 generator keeps")
+    parser.add_argument("--cpu-check", action="store_true",
+                        help="no GPU needed: build the end-to-end graphs at --res (use e.g. 32) and check them")
     args = parser.parse_args(argv)
 
+    if args.cpu_check:
+        return cpu_check(args.res, args.slim_keep)
     if not torch.cuda.is_available():
         print("bench/gpu_kernels.py: no CUDA device (torch.cuda.is_available() is False). This benchmark needs an "
               "NVIDIA GPU; kernel correctness on CPU is covered by tests/test_kernels.py (Triton interpreter).",
@@ -214,7 +340,7 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{peak_f16 or 'unknown'} TFLOPS | torch {torch.__version__} | triton {triton.__version__}")
 
     rows = []
-    for layer in layers(args.res):
+    for layer in ([] if args.no_layers else layers(args.res)):
         if keep and not any(k in layer.name for k in keep):
             continue
         for batch in args.batch:
@@ -242,9 +368,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"{row['int8_tops']:7.1f} TOPS {pct} {'exact' if ok else 'MISMATCH'} | cudnn fp16 {t_f16:8.4f} ms "
                   f"{row['cudnn_tflops']:6.1f} TFLOPS | compile {cmp} ms | x{row['speedup_vs_cudnn']:.2f} vs cudnn",
                   flush=True)
+    e2e_rows = [] if args.no_e2e else run_e2e(args, dev, name, peak_i8)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"layers": rows, "e2e": e2e_rows}, f, indent=1)
     if args.markdown:
         print(f"\n**{name}**, CUDA graphs, {args.res}² generator input\n")
         print("| layer | batch | GMAC | int8 ms | int8 TOPS | % int8 peak | cuDNN fp16 ms | compile fp16 ms "
@@ -255,7 +382,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             cmp = f"{r['compile_fp16_ms']:.4f}" if r["compile_fp16_ms"] else "n/a"
             print(f"| {r['layer']} | {r['batch']} | {r['gmacs']:.3f} | {r['int8_ms']:.4f} | {r['int8_tops']:.1f} | "
                   f"{pct} | {r['cudnn_fp16_ms']:.4f} | {cmp} | {r['speedup_vs_cudnn']:.2f} |")
-    return 0 if all(r["exact"] for r in rows) else 1
+        if e2e_rows:
+            print("\n| generator | batch | GMAC | int8 ms (graph) | int8 ms (eager) | fp16 cuDNN ms (graph) | "
+                  "fp16 ms (eager) | compile ms | int8 speedup (graphs) |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            for r in e2e_rows:
+                cmp = f"{r['compile graph ms']:.3f}" if "compile graph ms" in r else "n/a"
+                print(f"| {r['model']} | {r['batch']} | {r['gmacs']:.2f} | {r['int8 graph ms']:.3f} | "
+                      f"{r['int8 eager ms']:.3f} | {r['fp16 graph ms']:.3f} | {r['fp16 eager ms']:.3f} | {cmp} | "
+                      f"{r['speedup_graph']:.2f} |")
+    ok = all(r["exact"] for r in rows) and all(r["rel_err_vs_int"] < 0.1 for r in e2e_rows)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -28,8 +28,12 @@ With an InstanceNorm the conv kernel emits its per-sample per-channel statistics
 
 Contract: approximate. The int8 accumulation is exact and the epilogue evaluates the integer graph's float
 ops in the same float32 order, but the fused InstanceNorm uses one-pass statistics (``E[y^2] - E[y]^2``,
-float32 atomics) instead of PyTorch's, and the fp16 path rounds to fp16: a value near a rounding boundary
-can move by one quantization step, which later layers propagate. The decisions are recorded in
+float32 atomics; variance within ~1e-6 relative where PyTorch's is within ~1e-7) and the fp16 path rounds
+to fp16: a value within that error of a rounding boundary moves by one quantization step, and later layers
+propagate it. Measured: outputs equal to 1e-6 on the small zoo generators; on an untrained dense
+``resnet_9blocks`` at 32x32 one flip in the last residual block grows to 2311 one-or-two-step differences
+at the head's input and 4.3e-2 x max|y| at the output (random weights amplify; teacher-forced, every layer
+agrees). Hence the registered tolerance 0.1 x max|y|. The decisions are recorded in
 ``gm.meta["lower_to_triton"]`` (one dict per conv: node, path, reason, fused nodes).
 """
 from __future__ import annotations
@@ -330,7 +334,7 @@ class _Lowering:
                 self.records.append(dict(node=node.name, path="keep", reason=reason, fused=[]))
 
 
-@register_pass("lower-to-triton", contract=Contract.approximate(0.05))
+@register_pass("lower-to-triton", contract=Contract.approximate(0.1))
 def lower_to_triton(gm: fx.GraphModule, *, backend: str = "auto", small_layers: str = "fp16",
                     min_reduction: int = 64, min_out_channels: int = 16, fuse_norm: bool = True,
                     half: bool = True) -> fx.GraphModule:
@@ -342,8 +346,8 @@ def lower_to_triton(gm: fx.GraphModule, *, backend: str = "auto", small_layers: 
     size below which a layer counts as small; ``fuse_norm``: fuse InstanceNorm through conv statistics;
     ``half``: the 16-bit path computes in fp16 on CUDA (fp32 otherwise).
 
-    Contract: approximate, tolerance 0.05 x max|y| (module docstring; measured differences on the zoo are a few
-    quantization steps of the output at most).
+    Contract: approximate, tolerance 0.1 x max|y| (module docstring: rounding-boundary flips of the fused
+    InstanceNorm and the fp16 path propagate).
     """
     if backend not in ("auto", "triton", "reference"):
         raise PassError(f"lower-to-triton: backend must be auto, triton or reference, got {backend!r}")

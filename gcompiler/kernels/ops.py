@@ -174,9 +174,8 @@ def conv2d_dequant(x: Tensor, w: Tensor, bias: Optional[Tensor], x_scale: float,
     ``x`` is used as is) and a float ``w`` in PyTorch's layout (dequantized weights). ``padding``: forward convs
     ``(left, right, top, bottom)`` in ``pad_mode``; transposed convs ``(ph, pw)`` (crop). With ``half`` on
     CUDA the conv runs in fp16 channels-last (cuDNN) and the result is returned in float32."""
-    xr = x if x.is_floating_point() else (x.to(torch.float32) - float(x_zero_point)) * \
-        torch.tensor(x_scale, dtype=torch.float32, device=x.device)
-    xr = xr.to(torch.float32)
+    # a Python scalar (not a device tensor): no host-to-device copy, so the op can be CUDA-graph captured
+    xr = x.to(torch.float32) if x.is_floating_point() else (x.to(torch.float32) - float(x_zero_point)) * x_scale
     dtype = torch.float16 if (half and x.is_cuda) else torch.float32
     xr = xr.to(dtype).contiguous(memory_format=torch.channels_last)
     wt = w.to(dtype)

@@ -13,7 +13,6 @@ Three kinds of evidence:
 from __future__ import annotations
 
 import copy
-import operator
 
 import pytest
 import torch
@@ -545,6 +544,40 @@ def test_custom_rules_for_leaf_modules():
     assert g.prunable
     with pytest.raises(ValueError, match="passthrough"):
         register_channel_rule(Registered, "guess")
+
+
+def test_shared_modules_tie_their_call_sites():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+            self.shared = nn.Conv2d(4, 5, 3, 1, 1)
+            self.relu = nn.ReLU()  # stateless: sharing it ties nothing
+            self.o1, self.o2 = nn.Conv2d(5, 2, 1), nn.Conv2d(5, 2, 1)
+
+        def forward(self, x):
+            return self.o1(self.relu(self.shared(self.a(x)))) + self.o2(self.relu(self.shared(self.b(x))))
+
+    gm = trace(M(), torch.randn(1, 3, 4, 4))
+    groups = channel_groups(gm)
+    calls = [n.name for n in gm.graph.nodes if n.target == "shared"]
+    relus = [n.name for n in gm.graph.nodes if n.target == "relu"]
+    assert group_of(groups, "a") is group_of(groups, "b")  # both feed the same weights
+    out = group_of(groups, calls[0])
+    assert out is group_of(groups, calls[1]) and out.prunable and set(out.producers) == set(calls)
+    assert set(out.consumers) == {"o1", "o2"} and set(relus) <= set(out.members)
+
+    class N(nn.Module):  # a shared ReLU between unrelated convs couples nothing
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.relu = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 6, 1), nn.ReLU()
+            self.o1, self.o2 = nn.Conv2d(4, 2, 1), nn.Conv2d(6, 2, 1)
+
+        def forward(self, x):
+            return self.o1(self.relu(self.a(x))) + self.o2(self.relu(self.b(x)))
+
+    groups = channel_groups(trace(N(), torch.randn(1, 3, 4, 4)))
+    assert group_of(groups, "a") is not group_of(groups, "b") and group_of(groups, "a").prunable
 
 
 def test_bad_input_errors():

@@ -18,7 +18,6 @@ See ``docs/channel_groups.md`` for the rules and how the pruning passes use the 
 from __future__ import annotations
 
 import dataclasses
-import math
 import operator
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -470,6 +469,36 @@ class _Analysis:
             self.order[node.name] = i
             handler = getattr(self, f"visit_{node.op}")
             handler(node)
+        self.tie_shared_modules()
+
+    def tie_shared_modules(self) -> None:
+        """A module with parameters or buffers called at several places has one set of weights, so its
+        call sites must lose the same channels: join their outputs, and their inputs, channel by channel."""
+        sites: dict[str, list[torch.fx.Node]] = defaultdict(list)
+        for node in self.gm.graph.nodes:
+            if node.op == "call_module":
+                sites[str(node.target)].append(node)
+        for target, nodes in sites.items():
+            m = self.modules.get(target)
+            if len(nodes) < 2 or m is None or \
+                    (next(m.parameters(), None) is None and next(m.buffers(), None) is None):
+                continue
+            for role in ("output", "input"):
+                spaces = []
+                for n in nodes:
+                    src = n if role == "output" else (n.args[0] if n.args else None)
+                    sp = self.space(src) if isinstance(src, torch.fx.Node) else None
+                    spaces.append((src, sp))
+                sizes = {sp.size if sp else None for _, sp in spaces}
+                if len(sizes) != 1 or None in sizes:
+                    for src, sp in spaces:
+                        if sp is not None:
+                            self.pin(src, f"module '{target}' is called at {len(nodes)} places with different "
+                                          f"channel layouts")
+                    continue
+                first = spaces[0][1]
+                for _, sp in spaces[1:]:
+                    self.same(first, sp)
 
     def visit_placeholder(self, node: torch.fx.Node) -> None:
         if "tensor_meta" not in node.meta and not node.users:

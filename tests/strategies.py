@@ -38,7 +38,7 @@ class Op:
     (``(a, b)``), ``scale`` (``(src, factor)``), ``cat`` (``(srcs,)``, dim 1), ``cat_w`` (``(a, b)``,
     dim 3, then width-halving average pool), ``interp`` (``(src, mode)``, ×2), ``pixel_shuffle``
     (``(src, r)``), ``act`` (``(src, name)``: functional relu / leaky_relu / tanh / sigmoid) and
-    ``channel_shuffle`` (``(src, groups, channels)``: view / transpose / reshape), ``roll`` and ``flip``
+    ``channel_shuffle`` (``(src, groups)``: view / transpose / reshape), ``roll`` and ``flip``
     (``(src,)``: along dim 1).
     """
 
@@ -91,8 +91,8 @@ class GeneratedNet(nn.Module):
             elif k == "flip":
                 y = vals[a[0]].flip(1)
             elif k == "channel_shuffle":
-                v, g, c = vals[a[0]], a[1], a[2]
-                n, h, w = v.size(0), v.size(2), v.size(3)
+                v, g = vals[a[0]], a[1]
+                n, c, h, w = v.shape
                 y = v.view(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
             else:
                 raise ValueError(f"unknown op kind {k!r}")
@@ -268,7 +268,7 @@ class _Builder:
         if c % 2:
             v = self.conv_norm_act(v, c + 1)
             c += 1
-        return self.emit(Op("channel_shuffle", (v, 2, c)), (c, h, w))
+        return self.emit(Op("channel_shuffle", (v, 2)), (c, h, w))
 
     def up(self, v: int) -> int:
         c, h, w = self.shapes[v]

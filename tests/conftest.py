@@ -10,6 +10,8 @@ Tests import the shared strategies as ``from strategies import generator_nets``.
 Torch runs single-threaded in tests (override with ``GCOMPILER_TEST_THREADS``): the tests run thousands
 of tiny ops, for which thread start-up and spinning cost more than they save (5x slower with 2 threads
 on a loaded 2-core machine, measured on the generated nets of tests/strategies.py).
+
+The pass manager's verifier runs at level ``numeric`` (``GCOMPILER_VERIFY``) in tests.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import torch
 from hypothesis import HealthCheck, settings
 
 torch.set_num_threads(int(os.environ.get("GCOMPILER_TEST_THREADS", "1")))
+# The pass manager compares every pass's output with its contract under the test suite.
+os.environ.setdefault("GCOMPILER_VERIFY", "numeric")
 
 _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:

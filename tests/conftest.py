@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import os
 import sys
+
+# The pass manager compares every pass's output with its contract under the test suite.
+os.environ.setdefault("GCOMPILER_VERIFY", "numeric")
+# Triton kernels run on the CPU interpreter in tests; it must be chosen before triton is first imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 from pathlib import Path
 
 import torch
 from hypothesis import HealthCheck, settings
 
 torch.set_num_threads(int(os.environ.get("GCOMPILER_TEST_THREADS", "1")))
-# The pass manager compares every pass's output with its contract under the test suite.
-os.environ.setdefault("GCOMPILER_VERIFY", "numeric")
-# Triton kernels run on the CPU interpreter in tests; it must be chosen before triton is first imported.
-os.environ.setdefault("TRITON_INTERPRET", "1")
 
 _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 from .errors import TraceError
 from .fx.trace import propagate_shapes, trace
+from torch.fx.passes.shape_prop import TensorMetadata
+
 from .fx.utils import node_shape
 
 
@@ -126,6 +128,29 @@ def _function_macs(node: fx.Node, gm: fx.GraphModule) -> int:
     return 0
 
 
+def _lowered_conv(node: fx.Node, gm: fx.GraphModule) -> tuple[int, list[str]] | None:
+    """MACs and weight/bias attribute names of a ``torch.ops.gcompiler`` conv op (see gcompiler.kernels.ops)."""
+    name = getattr(node.target, "name", lambda: "")()
+    if not name.startswith("gcompiler::") or "conv" not in name:
+        return None
+    meta = node.meta.get("tensor_meta")
+    out = meta[0] if isinstance(meta, (tuple, list)) and not isinstance(meta, TensorMetadata) else meta
+    w = _arg_shape(node, 1, "w", gm)
+    if out is None or w is None:
+        return 0, []
+    if name == "gcompiler::conv2d_dequant":  # PyTorch layout; transposed weights are [C_in, C_out/g, k, k]
+        groups = node.args[9] if len(node.args) > 9 else node.kwargs.get("groups", 1)
+        transposed = node.args[10] if len(node.args) > 10 else node.kwargs.get("transposed", False)
+        per_out = (w[0] // groups if transposed else w[1]) * math.prod(w[2:])
+        bias_idx = 2
+    else:  # [C_out, KH, KW, C_in/groups]
+        per_out = w[1] * w[2] * w[3]
+        bias_idx = 4 if name == "gcompiler::qconv2d" else 3
+    attrs = [a.target for a in (node.args[1], node.args[bias_idx] if len(node.args) > bias_idx else None)
+             if isinstance(a, fx.Node) and a.op == "get_attr"]
+    return math.prod(out.shape) * per_out, [str(t) for t in attrs]
+
+
 def _arg_shape(node: fx.Node, idx: int, name: str, gm: fx.GraphModule) -> torch.Size | None:
     a = node.args[idx] if len(node.args) > idx else node.kwargs.get(name)
     if isinstance(a, fx.Node):
@@ -183,7 +208,17 @@ def profile(model_or_graph: nn.Module, *example_inputs: torch.Tensor) -> Profile
             bits = int(getattr(mod, "weight_bits", 32) or 32)
             op = type(mod).__name__
         elif node.op == "call_function":
-            macs = _function_macs(node, gm)
+            lowered = _lowered_conv(node, gm)
+            if lowered is not None:
+                macs, attrs = lowered
+                for t in attrs:  # lowered weights are buffers: count them as this node's parameters
+                    val = _get_attr(gm, t)
+                    if id(val) not in owned:
+                        owned.add(id(val))
+                        params += val.numel()
+                bits = 8
+            else:
+                macs = _function_macs(node, gm)
             op = getattr(node.target, "__name__", str(node.target))
         elif node.op == "get_attr":
             val = _get_attr(gm, str(node.target))

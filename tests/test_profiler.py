@@ -64,3 +64,16 @@ def test_custom_leaf_hooks_and_mixed_precision_size():
 def test_profile_needs_inputs():
     with pytest.raises(TraceError, match="example inputs"):
         gcompiler.profile(nn.Conv2d(1, 1, 1))
+
+
+def test_counts_survive_quantization_and_lowering_to_triton_ops():
+    m = gcompiler.models.create("resnet_9blocks", ngf=8, n_blocks=2)
+    x = torch.randn(1, 3, 32, 32)
+    dense = gcompiler.profile(m, x)
+    gm = gcompiler.compile(m, "insert-fake-quant", x, verify="shapes")
+    fq = gcompiler.profile(gm)
+    lowered = gcompiler.compile(gm, "convert-to-int,lower-to-triton", verify="shapes")
+    assert any(n.op == "call_function" and "gcompiler" in str(n.target) for n in lowered.graph.nodes)
+    low = gcompiler.profile(lowered)
+    assert dense.macs == fq.macs == low.macs
+    assert dense.params == fq.params == low.params

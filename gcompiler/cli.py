@@ -140,7 +140,7 @@ def _load_commands() -> None:
     # Commands defined in other modules register on import.
     import importlib
 
-    for mod in ("gcompiler.demo", "gcompiler.train.cli"):
+    for mod in ("gcompiler.demo", "gcompiler.train.cli", "gcompiler.compress"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

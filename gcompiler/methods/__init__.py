@@ -1,0 +1,191 @@
+"""Compression methods that ``gcompiler compress --method NAME`` runs (GAN Slimming first; AGD, GAN
+Compression and self-supervised pruning plug in the same way).
+
+A method is registered with :func:`register_method`::
+
+    @dataclass
+    class MyOptions:                      # every field is an option: --opt key=value, or [my] in --config
+        lr: float = 2e-4
+        "Adam learning rate of the student's weights."   # a string right after a field is its help
+
+    @register_method("my", options=MyOptions, summary="one line for --help",
+                     defaults={"max_steps": 300, "finetune_steps": 100})
+    def run_my(job: CompressJob, opts: MyOptions) -> dict:
+        ...                                # train, prune, fine-tune; return the summary (see CompressJob)
+
+The runner receives a :class:`~gcompiler.methods.base.CompressJob`: the teacher, the data, the run
+directory and the settings shared by every method (steps, bits, target MACs, seed, device ...), plus
+helpers that every method needs (loaders, reference profile, evaluation, export). Built-in methods are
+imported lazily from :data:`BUILTIN` the first time the registry is consulted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from ..errors import ConfigError
+
+#: Built-in method name -> module that registers it on import.
+BUILTIN: dict[str, str] = {"gs": "gcompiler.methods.gs"}
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registered compression method."""
+
+    name: str
+    run: Callable[..., dict[str, Any]]
+    options: type
+    summary: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def option_fields(self) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(self.options))
+
+    def option_help(self) -> str:
+        """One line per option: ``name = default  help``."""
+        docs = option_docs(self.options)
+        lines = []
+        for f in self.option_fields():
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            lines.append(f"  {f.name} = {default!r}  {docs.get(f.name, '')}".rstrip())
+        return "\n".join(lines)
+
+    def make_options(self, values: Mapping[str, Any]) -> Any:
+        """Build the options dataclass from ``values`` (strings are converted to each field's type)."""
+        known = {f.name: f for f in self.option_fields()}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"method {self.name!r} has no option(s) {unknown}; its options are "
+                              f"{sorted(known)} (see `gcompiler compress --help`)")
+        hints = typing.get_type_hints(self.options)
+        kwargs = {k: coerce_option(self.name, k, v, hints.get(k, Any)) for k, v in values.items()}
+        try:
+            opts = self.options(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"method {self.name!r}: bad options: {exc}") from exc
+        check = getattr(opts, "validate", None)
+        if callable(check):
+            check()
+        return opts
+
+
+_METHODS: dict[str, MethodInfo] = {}
+
+
+def register_method(name: str, *, options: type, summary: str,
+                    defaults: Mapping[str, Any] | None = None) -> Callable:
+    """Register ``run(job, opts) -> summary dict`` as compression method ``name``.
+
+    ``options`` is a dataclass whose fields are the method's own options; ``defaults`` overrides the
+    shared settings' defaults for this method (``max_steps``, ``finetune_steps``, ``batch_size``, ...).
+    """
+    if not dataclasses.is_dataclass(options):
+        raise TypeError(f"register_method({name!r}): options must be a dataclass type")
+
+    def deco(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        _METHODS[name] = MethodInfo(name, fn, options, summary, dict(defaults or {}))
+        return fn
+
+    return deco
+
+
+def _load_builtin() -> None:
+    for name, module in BUILTIN.items():
+        if name not in _METHODS:
+            importlib.import_module(module)
+
+
+def available_methods() -> list[str]:
+    """Names of the registered methods (built-ins included)."""
+    _load_builtin()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> MethodInfo:
+    """The :class:`MethodInfo` registered as ``name``; :class:`ConfigError` listing the others if unknown."""
+    _load_builtin()
+    if name not in _METHODS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_METHODS), n=2)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown --method {name!r}; available: {', '.join(sorted(_METHODS))}.{hint}")
+    return _METHODS[name]
+
+
+def option_docs(cls: type) -> dict[str, str]:
+    """Help strings of a dataclass's fields: the string literal right after each field in the source."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs: dict[str, str] = {}
+    for prev, cur in zip(body, body[1:]):
+        if isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name) and isinstance(cur, ast.Expr) \
+                and isinstance(cur.value, ast.Constant) and isinstance(cur.value.value, str):
+            docs[prev.target.id] = " ".join(cur.value.value.split())
+    return docs
+
+
+def coerce_option(method: str, name: str, value: Any, hint: Any) -> Any:
+    """Convert ``value`` (a string from ``--opt`` or a value from a config file) to the type ``hint``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    allowed = [a for a in args if a is not type(None)] if origin in (typing.Union, getattr(__import__("types"),
+                                                                                            "UnionType", ())) else [hint]
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")
+                         and type(None) in args):
+        if type(None) in args:
+            return None
+        raise ConfigError(f"method {method!r} option {name!r} cannot be empty")
+    if typing.get_origin(allowed[0]) is typing.Literal:
+        choices = typing.get_args(allowed[0])
+        if value not in choices:
+            raise ConfigError(f"method {method!r} option {name!r} must be one of {list(choices)}, got {value!r}")
+        return value
+    errors = []
+    for t in allowed:
+        try:
+            if t is bool:
+                if isinstance(value, bool):
+                    return value
+                s = str(value).strip().lower()
+                if s in ("1", "true", "yes", "on"):
+                    return True
+                if s in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(f"{value!r} is not a boolean")
+            if t is int:
+                if isinstance(value, bool):
+                    raise ValueError("a boolean is not an int")
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError(f"{value!r} is not an integer")
+                return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            if t is float:
+                if isinstance(value, bool):
+                    raise ValueError("a boolean is not a number")
+                return float(value)
+            if t is str:
+                return str(value)
+            if t is Any:
+                return value
+        except (TypeError, ValueError) as exc:
+            errors.append(str(exc))
+            continue
+    want = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise ConfigError(f"method {method!r} option {name!r}: expected {want}, got {value!r}")
+
+
+from .base import CompressJob  # noqa: E402  (re-export; base imports nothing from here at module level)
+
+__all__ = ["MethodInfo", "register_method", "get_method", "available_methods", "option_docs", "coerce_option",
+           "CompressJob", "BUILTIN"]

@@ -1,0 +1,434 @@
+"""What every compression method gets: :class:`Settings` (the shared options) and :class:`CompressJob`.
+
+The job owns the parts common to all methods:
+
+* the **teacher** (built from its spec, frozen, eval mode) and its **reference input**: the input at
+  which MACs are counted before and after (the zoo's reference input for zoo models and ``builtin:sr``,
+  else one training crop), with the teacher's :class:`~gcompiler.profiler.Profile` at it;
+* the **data**: the training dataset (random crops, flips) and loaders with an exact, resumable position;
+  :meth:`CompressJob.check_teacher_on_data` runs the teacher on the first sample and fails with a message
+  saying what was expected when its output cannot match the data (an SR teacher on a folder whose
+  targets are input-sized, a teacher for other channel counts ...);
+* **evaluation** (:meth:`CompressJob.evaluate`): PSNR of the student to the teacher and, where the data
+  has ground truth, to the target, on held-out images;
+* **export** (:meth:`CompressJob.export`): the student as ``model.safetensors`` + ``architecture.json``
+  directly in the run directory (so ``gcompiler.load(run_dir)`` loads it), ``summary.json`` with the
+  keys of :data:`SUMMARY_KEYS`, and ``report.json`` with everything else a method wants to record;
+* **wall time across resumes** (:meth:`CompressJob.wall_s`): the time of earlier sessions of the same
+  run directory is kept in ``run_state.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from ..errors import ConfigError, DataError
+
+log = logging.getLogger("gcompiler.compress")
+
+#: The keys of ``summary.json``, in order.
+SUMMARY_KEYS = ("method", "input_shape", "macs_before", "macs_after", "params_before", "params_after",
+                "size_bytes_before", "size_bytes_after", "psnr_to_teacher", "psnr_to_target", "steps", "wall_s")
+
+
+@dataclass
+class Settings:
+    """The options every method shares (``gcompiler compress`` flags; see its ``--help``)."""
+
+    teacher: str = "builtin:sr"
+    data: str = "builtin:sr"
+    method: str = "gs"
+    out: str = "runs/compress"
+    bits: int = 8
+    target_macs: str | None = None
+    max_steps: int = 300
+    finetune_steps: int = 100
+    save_every: int = 50
+    batch_size: int = 8
+    crop: int | None = None
+    macs_size: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    teacher_kw: dict[str, Any] = field(default_factory=dict)
+    workers: int | None = None
+    sample_every: int = 100
+    log_every: int = 10
+    eval_images: int = 16
+    quiet: bool = False
+    resume: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not (2 <= self.bits <= 16 or
+                                                                                  self.bits == 32):
+            raise ConfigError(f"--bits must be 32 (no quantization) or an integer in [2, 16], got {self.bits!r}")
+        for name in ("max_steps", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        for name in ("finetune_steps", "save_every", "sample_every", "log_every", "eval_images"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a non-negative integer, got {v!r}")
+        if self.crop is not None and (not isinstance(self.crop, int) or self.crop < 4):
+            raise ConfigError(f"--crop must be an integer >= 4 (input pixels), got {self.crop!r}")
+        if self.macs_size is not None and (not isinstance(self.macs_size, int) or self.macs_size < 4):
+            raise ConfigError(f"--macs-size must be an integer >= 4, got {self.macs_size!r}")
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 0):
+            raise ConfigError(f"--workers must be a non-negative integer, got {self.workers!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=_json_default)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, (Path, torch.device, torch.dtype)):
+        return str(o)
+    if isinstance(o, float) and not math.isfinite(o):
+        return repr(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+class CompressJob:
+    """Teacher, data, run directory and shared settings of one ``gcompiler compress`` run.
+
+    Build it with :meth:`create`; methods use its attributes and helpers (module docstring).
+
+    Attributes:
+        settings: the resolved :class:`Settings`.
+        run_dir: the run directory (created).
+        teacher: the frozen teacher (eval mode, on the CPU until a trainer moves it).
+        teacher_info: ``{"spec", "arch", "kwargs"}`` describing it.
+        dataset: the training dataset; ``value_range`` its value range.
+        reference_input: ``(1, C, H, W)`` tensor the MACs are counted at (and the student is traced at).
+        teacher_profile: the teacher's profile at ``reference_input``.
+        target_macs: the resolved ``--target-macs`` (an absolute count) or ``None``.
+        builtin_sr: whether the data is ``builtin:sr`` (held-out images with ground truth).
+    """
+
+    def __init__(self, settings: Settings, run_dir: Path, teacher: nn.Module, teacher_info: dict[str, Any],
+                 dataset: Any, reference_input: torch.Tensor) -> None:
+        from ..profiler import profile
+
+        self.settings = settings
+        self.run_dir = run_dir
+        self.teacher = teacher
+        self.teacher_info = teacher_info
+        self.dataset = dataset
+        self.value_range: tuple[float, float] = tuple(getattr(dataset, "value_range", (-1.0, 1.0)))  # type: ignore
+        self.reference_input = reference_input
+        self.builtin_sr = settings.data.strip() == "builtin:sr"
+        self.teacher_profile = profile(teacher, reference_input)
+        from ..spec import parse_target_macs
+
+        self.target_macs = parse_target_macs(settings.target_macs, self.teacher_profile.macs)
+        self._session_start = time.perf_counter()
+        state = self._read_state()
+        self._wall_before = float(state.get("wall_s", 0.0)) if settings.resume else 0.0
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def create(cls, settings: Settings) -> "CompressJob":
+        """Build the teacher and the dataset, check them against each other and fix the reference input."""
+        from ..data import open_dataset
+        from ..spec import build_teacher, parse_teacher
+
+        settings.validate()
+        run_dir = Path(settings.out)
+        tspec = parse_teacher(settings.teacher)
+        teacher = build_teacher(tspec, **settings.teacher_kw)
+        info: dict[str, Any] = {"spec": settings.teacher, "arch": None, "kwargs": dict(settings.teacher_kw)}
+        if tspec.kind == "builtin":
+            from ..data.sr import teacher_meta
+
+            meta = teacher_meta()
+            info.update(arch=meta.get("arch"), kwargs=dict(meta.get("kwargs", {})))
+        elif tspec.kind == "zoo":
+            info["arch"] = tspec.name
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        teacher.eval()
+
+        crop = settings.crop
+        if crop is None:
+            crop = 48 if settings.data.strip() == "builtin:sr" else 128
+        kwargs: dict[str, Any] = {}
+        if settings.data.strip() == "builtin:sr":
+            kwargs["patches_per_epoch"] = max(1000, settings.batch_size * 50)
+        dataset = open_dataset(settings.data, split="train", crop_size=crop, seed=settings.seed, **kwargs)
+        report = getattr(dataset, "report", None)
+        if report is not None and getattr(report, "skipped", None):
+            names = ", ".join(p for p, _ in report.skipped[:5])
+            more = f" and {len(report.skipped) - 5} more" if len(report.skipped) > 5 else ""
+            log.warning(f"--data {settings.data}: skipped {len(report.skipped)} unreadable image(s): {names}{more}")
+        if len(dataset) < settings.batch_size:
+            raise DataError(f"--data {settings.data} gives {len(dataset)} training samples, fewer than --batch-size "
+                            f"{settings.batch_size}: lower the batch size or add images")
+        sample = _first_sample(dataset)
+        reference = _reference_input(info, sample["input"], settings.macs_size)
+        job = cls(settings, run_dir, teacher, info, dataset, reference)
+        job.check_teacher_on_data(sample)
+        return job
+
+    def check_teacher_on_data(self, sample: Mapping[str, Any]) -> torch.Tensor:
+        """Run the teacher on one training sample; :class:`DataError` when its output cannot fit the data.
+
+        The output must be an NCHW image; where the data carries ``"target"`` (paired ground truth) or
+        ``"reference"`` (unpaired domain-B images, the size a discriminator compares), the output must have
+        their channel count and size. Returns the teacher's output.
+        """
+        x = sample["input"][None]
+        spec = self.settings.teacher
+        try:
+            with torch.no_grad():
+                out = self.teacher(x)
+        except Exception as exc:  # a user model can raise anything on an input it does not expect
+            raise DataError(f"the teacher {spec!r} fails on the data's input of shape {tuple(x.shape)} "
+                            f"(--data {self.settings.data}): {type(exc).__name__}: {exc}. The teacher must take "
+                            f"the data's images ({x.shape[1]} channels, values in {list(self.value_range)})") from exc
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            raise DataError(f"the teacher {spec!r} must return one NCHW image tensor, got "
+                            f"{type(out).__name__ if not isinstance(out, torch.Tensor) else tuple(out.shape)}")
+        if not torch.isfinite(out).all():
+            raise DataError(f"the teacher {spec!r} outputs NaN/inf on the first training sample of "
+                            f"--data {self.settings.data}: check its weights and the data's value range")
+        for key, what in (("target", "ground-truth targets"), ("reference", "reference (domain B) images")):
+            ref = sample.get(key)
+            if isinstance(ref, torch.Tensor) and tuple(ref.shape) != tuple(out.shape[1:]):
+                ratio = ""
+                if ref.shape[-1] and out.shape[-1] % ref.shape[-1] == 0 and out.shape[-1] != ref.shape[-1]:
+                    ratio = (f" (the teacher enlarges its input {out.shape[-1] // x.shape[-1]}x: a super-resolution "
+                             f"teacher needs paired low/high-resolution data such as builtin:sr)")
+                raise DataError(f"the teacher {spec!r} maps an input of shape {tuple(x.shape[1:])} to "
+                                f"{tuple(out.shape[1:])}, but the {what} of --data {self.settings.data} are "
+                                f"{tuple(ref.shape)}: expected the teacher's output to have the shape of the "
+                                f"data's {key} images{ratio}")
+        return out
+
+    # -- data -------------------------------------------------------------------------------------
+    def make_loader(self, *, seed_offset: int = 0, batch_size: int | None = None):
+        """A resumable loader over the training data (drop_last, seeded by ``--seed`` + ``seed_offset``)."""
+        from ..data import make_loader
+
+        return make_loader(self.dataset, batch_size=batch_size or self.settings.batch_size,
+                           seed=self.settings.seed + seed_offset, num_workers=self.settings.workers)
+
+    # -- evaluation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, student: nn.Module, device: str | torch.device = "cpu") -> dict[str, Any]:
+        """PSNR of ``student`` to the teacher (and to the ground truth when there is one) on held-out images.
+
+        ``builtin:sr``: the fixed held-out photos, whole, with the SR protocol of
+        :func:`gcompiler.data.sr.evaluate_sr` (outputs rounded to 8 bits, Y channel, 2-pixel border);
+        ``psnr_to_teacher`` compares with the teacher's rounded output. Folders: up to ``--eval-images``
+        images of the data's eval split (whole images, RGB PSNR over the value range).
+        Returns ``{"psnr_to_teacher", "psnr_to_target" (or None), "protocol", "details"}``.
+        """
+        was = student.training
+        student.eval()
+        teacher = self.teacher.to(device)
+        try:
+            if self.builtin_sr:
+                from ..data.sr import evaluate_sr
+
+                res = evaluate_sr(student, device=device, reference=teacher)
+                t_res = evaluate_sr(teacher, device=device)
+                mean = res["mean"]
+                return {"psnr_to_teacher": mean["model_vs_reference"]["psnr_y"],
+                        "psnr_to_target": mean["model"]["psnr_y"],
+                        "protocol": "builtin:sr held-out photos; PSNR on Y (BT.601), 2-pixel border, 8-bit outputs",
+                        "details": {"student": res, "teacher_to_target": t_res["mean"]["model"],
+                                    "bicubic_to_target": t_res["mean"]["bicubic"]}}
+            return self._evaluate_folder(student, teacher, device)
+        finally:
+            student.train(was)
+
+    def _evaluate_folder(self, student: nn.Module, teacher: nn.Module, device: str | torch.device) -> dict[str, Any]:
+        from ..data import open_dataset
+        from ..metrics import psnr
+
+        ds = open_dataset(self.settings.data, split="eval", value_range=self.value_range, seed=0)
+        lo, hi = self.value_range
+        n = min(len(ds), self.settings.eval_images) if self.settings.eval_images else len(ds)
+        to_t, to_y = [], []
+        for i in range(n):
+            item = ds[i]
+            x = item["input"][None].to(device)
+            t = teacher(x).float().clamp(lo, hi)
+            s = student(x).float().clamp(lo, hi)
+            to_t.append(psnr(s, t, data_range=hi - lo))
+            tgt = item.get("target")
+            if isinstance(tgt, torch.Tensor) and tuple(tgt.shape) == tuple(s.shape[1:]):
+                to_y.append(psnr(s, tgt[None].to(device), data_range=hi - lo))
+        return {"psnr_to_teacher": float(sum(to_t) / len(to_t)) if to_t else None,
+                "psnr_to_target": float(sum(to_y) / len(to_y)) if to_y else None,
+                "protocol": f"first {n} images of the eval split of --data {self.settings.data}, whole, RGB PSNR "
+                            f"over the value range {list(self.value_range)}",
+                "details": {"images": n}}
+
+    # -- export -----------------------------------------------------------------------------------
+    def export(self, student: fx.GraphModule, summary: Mapping[str, Any], report: Mapping[str, Any] | None = None
+               ) -> Path:
+        """Write the student (``model.safetensors`` + ``architecture.json``), ``summary.json`` and ``report.json``.
+
+        The student goes directly into the run directory, so ``gcompiler.load(run_dir)`` returns it.
+        ``summary`` must hold exactly the keys of :data:`SUMMARY_KEYS`.
+        """
+        from .. import serialize
+
+        missing = [k for k in SUMMARY_KEYS if k not in summary]
+        extra = [k for k in summary if k not in SUMMARY_KEYS]
+        if missing or extra:
+            raise ValueError(f"summary keys: missing {missing}, unexpected {extra}")
+        tmp = self.run_dir / ".student-export"
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        serialize.save(student, tmp)
+        for name in (serialize.WEIGHTS_FILE, serialize.ARCH_FILE):
+            os.replace(tmp / name, self.run_dir / name)
+        tmp.rmdir()
+        _atomic_write_json(self.run_dir / "summary.json", {k: summary[k] for k in SUMMARY_KEYS})
+        if report is not None:
+            _atomic_write_json(self.run_dir / "report.json", dict(report))
+        return self.run_dir
+
+    # -- run state --------------------------------------------------------------------------------
+    def _read_state(self) -> dict[str, Any]:
+        p = self.run_dir / "run_state.json"
+        if not p.is_file():
+            return {}
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def wall_s(self) -> float:
+        """Seconds this run has taken, earlier (resumed-from) sessions included."""
+        return self._wall_before + (time.perf_counter() - self._session_start)
+
+    def save_state(self, **extra: Any) -> None:
+        """Record the accumulated wall time (and ``extra``) in ``run_state.json``."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        state = self._read_state()
+        state.update(extra)
+        state["wall_s"] = self.wall_s()
+        _atomic_write_json(self.run_dir / "run_state.json", state)
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write ``obj`` as JSON to ``run_dir/name`` atomically."""
+        p = self.run_dir / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_json(p, obj)
+        return p
+
+
+def _first_sample(dataset: Any) -> dict[str, Any]:
+    from ..train import checkpoint as ckpt
+
+    state = ckpt.capture_rng_state()
+    try:
+        item = dataset[0]
+    finally:
+        ckpt.restore_rng_state(state)
+    if not isinstance(item, Mapping) or not isinstance(item.get("input"), torch.Tensor):
+        raise DataError(f"the dataset's items must be dicts with an 'input' tensor, got {type(item).__name__}")
+    return dict(item)
+
+
+def _reference_input(info: Mapping[str, Any], first_input: torch.Tensor, size: int | None) -> torch.Tensor:
+    """The input MACs are counted at: ``size`` x ``size`` if given, else the zoo's reference input for a zoo
+    architecture (with the data's channel count), else one training crop. Values in the data's range."""
+    c = first_input.shape[0]
+    hw: tuple[int, int] | None = (size, size) if size is not None else None
+    arch = info.get("arch")
+    if hw is None and arch:
+        from .. import models
+
+        try:
+            (x, *_rest) = models.spec(arch).example_inputs(batch=1, **dict(info.get("kwargs") or {}))
+        except (ConfigError, TypeError):
+            x = None
+        if x is not None and x.dim() == 4 and x.shape[1] == c:
+            hw = (int(x.shape[-2]), int(x.shape[-1]))
+    if hw is None:
+        return first_input[None].clone()
+    g = torch.Generator().manual_seed(0)
+    lo, hi = (0.0, 1.0) if float(first_input.min()) >= 0 else (-1.0, 1.0)
+    return torch.rand((1, c, *hw), generator=g) * (hi - lo) + lo
+
+
+def merge_options(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Later mappings override earlier ones (``None`` values in a later layer do not override)."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for k, v in (layer or {}).items():
+            if v is not None:
+                out[k] = v
+    return out
+
+
+def describe_bytes(n: float) -> str:
+    for unit, div in (("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def summary_table(summary: Mapping[str, Any]) -> str:
+    """A before/after table of a summary (MACs, params, size, PSNR)."""
+    rows = [("MACs", f"{summary['macs_before'] / 1e9:.3f} G", f"{summary['macs_after'] / 1e9:.3f} G",
+             f"{summary['macs_before'] / max(summary['macs_after'], 1):.1f}x"),
+            ("params", f"{summary['params_before']:,}", f"{summary['params_after']:,}",
+             f"{summary['params_before'] / max(summary['params_after'], 1):.1f}x"),
+            ("size", describe_bytes(summary["size_bytes_before"]), describe_bytes(summary["size_bytes_after"]),
+             f"{summary['size_bytes_before'] / max(summary['size_bytes_after'], 1):.1f}x")]
+    pt = summary.get("psnr_to_teacher")
+    rows.append(("PSNR to teacher", "-", f"{pt:.2f} dB" if pt is not None else "-", ""))
+    py = summary.get("psnr_to_target")
+    if py is not None:
+        rows.append(("PSNR to target", "", f"{py:.2f} dB", ""))
+    head = ("", "teacher", "student", "ratio")
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(4)]
+    fmt = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                              for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
+
+
+def reference_shape(x: torch.Tensor) -> list[int]:
+    return [int(s) for s in x.shape]
+
+
+def finite_or_none(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+__all__: Sequence[str] = ("Settings", "CompressJob", "SUMMARY_KEYS", "merge_options", "summary_table")

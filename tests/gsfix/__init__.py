@@ -1,0 +1,1 @@
+"""Tiny teacher generators for the GS / ``gcompiler compress`` tests (importable as ``gsfix.teachers:Class``)."""

@@ -13,7 +13,8 @@ For each model (batch 1, 256x256, ``--threads`` intra-op threads, median of ``--
   int8 kernels: ORT runs DequantizeLinear + float Conv);
 * **ORT int8**: the same with uint8-requantized conv outputs (``requantize_outputs=True``, ranges calibrated
   on ``--calib`` random images), which ORT fuses into ``QLinearConv``; the script counts the fused
-  ``QLinearConv`` nodes in ORT's optimized graph.
+  ``QLinearConv`` nodes in ORT's optimized graph. torch fp32, ORT fp32 and ORT int8 are timed round-robin in
+  one loop so that load changes on a shared machine affect them alike.
 
 Models: ``resnet_9blocks`` (ngf 64, 11.4 M params) and a slim GS-8-style stand-in. GAN Slimming prunes the
 widths inside the residual blocks and the up/down-sampling layers of that generator; with no trained, pruned
@@ -117,20 +118,10 @@ def bench_model(label: str, name: str, kw: dict, args: argparse.Namespace, tmp: 
     row["gmacs"] = gcompiler.profile(gm).macs / 1e9
     print(f"[{label}] {row['params']:,} params, {row['gmacs']:.2f} G MACs at {args.size}^2", flush=True)
 
+    sess_fp32 = ort_session(export_onnx(gm, x), threads=args.threads)
     with torch.no_grad():
-        row["torch_fp32"], _ = median_time(lambda: model(x), args.runs, args.warmup)
         y_float = model(x)
-    torch.set_num_threads(1)  # torch's OpenMP pool suffers most from shared cores: show one thread too
-    with torch.no_grad():
-        row["torch_fp32_1t"], _ = median_time(lambda: model(x), max(1, args.runs // 2), 1)
-    torch.set_num_threads(args.threads)
-    print(f"[{label}] torch fp32 {row['torch_fp32'] * 1e3:.0f} ms ({args.threads} threads), "
-          f"{row['torch_fp32_1t'] * 1e3:.0f} ms (1 thread)", flush=True)
-
-    sess = ort_session(export_onnx(gm, x), threads=args.threads)
-    row["ort_fp32"], _ = median_time(lambda: run_onnx(sess, x), args.runs, args.warmup)
-    row["ort_fp32_err"] = float((run_onnx(sess, x)[0] - y_float).abs().max())
-    print(f"[{label}] ORT fp32 {row['ort_fp32'] * 1e3:.0f} ms", flush=True)
+    row["ort_fp32_err"] = float((run_onnx(sess_fp32, x)[0] - y_float).abs().max())
 
     gi, _ = run_pipeline(gm, "fold-norms,insert-fake-quant,convert-to-int", verify="none")
     t0 = time.perf_counter()
@@ -160,7 +151,30 @@ def bench_model(label: str, name: str, kw: dict, args: argparse.Namespace, tmp: 
     m8 = export_onnx(gi, x, requantize_outputs=True, calibration=calib)
     opt_path = tmp / f"{label}_int8_optimized.onnx"
     sess = ort_session(m8, threads=args.threads, optimized_model_path=opt_path)
-    row["ort_int8"], _ = median_time(lambda: run_onnx(sess, x), args.runs, args.warmup)
+
+    # The three main variants run round-robin so that load changes on the shared machine hit them alike.
+    def torch_run():
+        with torch.no_grad():
+            model(x)
+
+    fns = {"torch_fp32": torch_run, "ort_fp32": lambda: run_onnx(sess_fp32, x), "ort_int8": lambda: run_onnx(sess, x)}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(args.warmup):
+        for fn in fns.values():
+            fn()
+    for _ in range(args.runs):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    for k, v in times.items():
+        row[k] = statistics.median(v)
+    row["ratio_runs"] = [f / i for f, i in zip(times["ort_fp32"], times["ort_int8"])]
+    torch.set_num_threads(1)  # torch's OpenMP pool suffers most from shared cores: show one thread too
+    row["torch_fp32_1t"], _ = median_time(torch_run, max(1, args.runs // 2), 1)
+    torch.set_num_threads(args.threads)
+    print(f"[{label}] torch fp32 {row['torch_fp32'] * 1e3:.0f} ms ({args.threads} threads), "
+          f"{row['torch_fp32_1t'] * 1e3:.0f} ms (1 thread); ORT fp32 {row['ort_fp32'] * 1e3:.0f} ms", flush=True)
     y8 = run_onnx(sess, x)[0]
     row["ort_int8_err"] = float((y8 - y_ref).abs().max())
     row["ort_int8_psnr"] = psnr(y8, y_ref)
@@ -169,7 +183,8 @@ def bench_model(label: str, name: str, kw: dict, args: argparse.Namespace, tmp: 
     row["convs"] = sum(1 for n in gi.graph.nodes if n.op == "call_module"
                        and type(gi.get_submodule(str(n.target))).__name__.startswith("IntConv"))
     row["float_convs_left"] = {k: v for k, v in counts.items() if k in ("Conv", "ConvTranspose", "FusedConv")}
-    print(f"[{label}] ORT int8 {row['ort_int8'] * 1e3:.0f} ms, {row['qlinearconv']}/{row['convs']} convs as "
+    print(f"[{label}] ORT int8 {row['ort_int8'] * 1e3:.0f} ms (per-run fp32/int8 ratios "
+          f"{', '.join(f'{r:.2f}' for r in row['ratio_runs'])}), {row['qlinearconv']}/{row['convs']} convs as "
           f"QLinearConv, float convs left {row['float_convs_left']}", flush=True)
     return row
 
@@ -181,7 +196,8 @@ def report(rows: list[dict], args: argparse.Namespace, load: tuple[str, str]) ->
         f"- CPU: {cpu_model()} ({os.cpu_count()} logical CPUs visible; flags: {cpu_flags()})",
         f"- torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, "
         f"batch 1, {args.size}x{args.size}, {args.threads} threads, median of {args.runs} runs "
-        f"({args.warmup} warm-up); ORT QDQ-reference timed over {max(1, args.runs // 2)} runs",
+        f"({args.warmup} warm-up); torch fp32 ({args.threads} threads), ORT fp32 and ORT int8 timed round-robin "
+        f"in the same loop; torch 1-thread and ORT QDQ-reference timed separately over {max(1, args.runs // 2)} runs",
         f"- load average before / after: {load[0]} / {load[1]} (the 2 cores are shared with other jobs; "
         "absolute times are noisy, ratios less so)",
         "- int8 = GS-8 settings: 8-bit per-tensor weights, 8-bit unsigned activations in [0, 4], first conv's "
@@ -207,9 +223,10 @@ def report(rows: list[dict], args: argparse.Namespace, load: tuple[str, str]) ->
     lines += [
         "",
         "Columns: speed-ups are time ratios (higher is faster int8). `QLinearConv` counts convs ORT fused to int8 "
-        "kernels out of the integer graph's convs (the first conv is weight-only on the float image; transposed "
-        "convs have no QLinearConv kernel on ORT's CPU provider and stay DequantizeLinear + float ConvTranspose). "
-        "Errors are max |ORT - reference| on the [-1, 1] output; `QDQ-ref` is the exact-semantics export, which "
+        "kernels out of the integer graph's convs: the first conv is weight-only on the float image and the 3-channel "
+        "head has too few output channels for int8 kernels to win (both run as float convs with the exactly "
+        "dequantized weights); the two transposed convs are exported as stride-1 convs + DepthToSpace so they fuse "
+        "too. Errors are max |ORT - reference| on the [-1, 1] output; `QDQ-ref` is the exact-semantics export, which "
         "matches the reference up to float rounding but runs float kernels.",
         "",
         "Integer activations of the QDQ-reference export vs the reference executor (same 8-bit codes expected up "

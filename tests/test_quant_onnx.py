@@ -105,16 +105,24 @@ def test_single_layer_codes_and_accumulation_are_exact():
 
 def test_requantized_export_uses_int8_kernels(tmp_path):
     gi, x = _int_resnet()
-    model = export_onnx(gi, x, requantize_outputs=True)
+    quantized = [gi.get_submodule(str(n.target)) for n in gi.graph.nodes if n.op == "call_module"
+                 and type(gi.get_submodule(str(n.target))).__name__.startswith("IntConv")
+                 and gi.get_submodule(str(n.target)).input_quantized]
+    assert any(m.transposed for m in quantized)
+    model = export_onnx(gi, x, requantize_outputs=True, min_int8_channels=1)
     opt = tmp_path / "opt.onnx"
     y = run_onnx(ort_session(model, threads=1, optimized_model_path=opt), x)[0]
-    quantized_convs = sum(1 for n in gi.graph.nodes if n.op == "call_module"
-                          and type(gi.get_submodule(str(n.target))).__name__ == "IntConv2d"
-                          and gi.get_submodule(str(n.target)).input_quantized)
-    assert op_counts(opt).get("QLinearConv", 0) == quantized_convs
+    counts = op_counts(opt)
+    # every conv with a quantized input runs as QLinearConv, transposed ones via conv + DepthToSpace
+    assert counts.get("QLinearConv", 0) == len(quantized) and "ConvTranspose" not in counts
+    assert counts.get("DepthToSpace", 0) == sum(m.transposed for m in quantized)
     # one more 8-bit rounding per conv: close to the reference, not equal
     y_ref = _run(gi, x)
     assert float((y - y_ref).abs().mean()) < 0.02 and float((y - y_ref).abs().max()) < 0.3
+    # layers with few output channels stay float by default (int8 kernels lose there)
+    model = export_onnx(gi, x, requantize_outputs=True)
+    run_onnx(ort_session(model, threads=1, optimized_model_path=opt), x)
+    assert op_counts(opt).get("QLinearConv", 0) == sum(m.out_channels >= 16 for m in quantized)
 
 
 def test_export_errors_name_the_node():

@@ -20,7 +20,8 @@ from gcompiler.passes.manager import run_pipeline
 from gcompiler.passes.masks import ChannelMask
 from gcompiler.quant.calibrate import act_quantizers, calibrate
 from gcompiler.quant.convert import layerwise_errors
-from gcompiler.quant.int_ops import IntConv2d, IntConvTranspose2d, QuantizeActivation, pack_int4, unpack_int4
+from gcompiler.quant.int_ops import (IntConv2d, IntConvTranspose2d, QuantizeActivation, pack_int4,
+                                     subpixel_decomposition, unpack_int4)
 from gcompiler.quant.qmodules import QConv2d, QConvTranspose2d
 from gcompiler.quant.quantizers import quantize_weight_int, weight_scale
 
@@ -480,3 +481,15 @@ def test_shared_quantizer_nodes_and_saving(tmp_path):
     assert torch.equal(_run(load(tmp_path / "int"), x), y)
     save(fq, tmp_path / "fq")
     assert torch.equal(_run(load(tmp_path / "fq"), x), _run(fq, x))
+
+
+def test_subpixel_decomposition_of_transposed_convs_is_exact():
+    g = torch.Generator().manual_seed(0)
+    for k, s, p, op in [(3, 2, 1, 1), (4, 2, 1, 0), (3, 2, 0, 0), (5, 2, 2, 1), (4, 3, 1, 2), (3, 1, 1, 0)]:
+        w = torch.randint(-127, 128, (4, 3, k, k), generator=g).double()
+        x = torch.randint(0, 256, (2, 4, 5, 7), generator=g).double()
+        ref = torch.nn.functional.conv_transpose2d(x, w, stride=s, padding=p, output_padding=op)
+        d = subpixel_decomposition(w, s, p, op, (5, 7))
+        y = torch.nn.functional.conv2d(torch.nn.functional.pad(x, d["pads"]), d["weight"])
+        y = torch.nn.functional.pixel_shuffle(y, s)[..., :d["out_size"][0], :d["out_size"][1]]
+        assert torch.equal(y, ref), (k, s, p, op)

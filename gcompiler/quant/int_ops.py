@@ -395,3 +395,59 @@ class IntConvTranspose2d(_IntConvBase):
 
 
 INT_CONV_TYPES = (IntConv2d, IntConvTranspose2d)
+
+
+def _subpixel_taps(kernel: int, stride: int, padding: int) -> tuple[int, list[list[int | None]]]:
+    """For one spatial dim: ``(delta_min, table)`` where ``table[r][u]`` is the transposed-conv tap ``k`` that
+    phase ``r`` applies to ``x[m + delta_min + u]`` (``None`` for no tap)."""
+    deltas = {r: {} for r in range(stride)}
+    for r in range(stride):
+        for k in range(kernel):
+            if (k - r - padding) % stride == 0:
+                t = (k - r - padding) // stride
+                deltas[r][-t] = k
+    all_d = [d for r in deltas for d in deltas[r]]
+    if not all_d:
+        return 0, [[None] for _ in range(stride)]
+    lo, hi = min(all_d), max(all_d)
+    return lo, [[deltas[r].get(lo + u) for u in range(hi - lo + 1)] for r in range(stride)]
+
+
+def subpixel_decomposition(weight: torch.Tensor, stride: Any, padding: Any, output_padding: Any,
+                           in_size: tuple[int, int]) -> dict[str, Any] | None:
+    """Rewrite a transposed conv (groups 1, dilation 1) as one stride-1 conv followed by a pixel shuffle.
+
+    ``conv_transpose2d(x, weight, stride=s, padding=p, output_padding=op)`` equals
+    ``pixel_shuffle(conv2d(pad(x, pads), sub_weight), s)[..., :out_h, :out_w]`` exactly (the same products
+    are summed, so integer inputs give identical integers). ``weight`` is ``[C_in, C_out, kh, kw]``; the result
+    holds ``weight`` ``[C_out * sh * sw, C_in, Lh, Lw]`` (output channel ``c * sh * sw + a * sw + b`` computes
+    output pixel phase ``(a, b)`` of channel ``c``, the order ``pixel_shuffle`` / ONNX ``DepthToSpace`` CRD
+    expects), ``pads`` (left, right, top, bottom; zeros), ``stride`` (sh, sw) and ``out_size``. Returns
+    ``None`` when the geometry needs cropping of the input (never for the usual k3 s2 p1 / k4 s2 p1).
+    """
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    oph, opw = _pair(output_padding)
+    c_in, c_out, kh, kw = weight.shape
+    h, w = in_size
+    out_h = (h - 1) * sh - 2 * ph + kh + oph
+    out_w = (w - 1) * sw - 2 * pw + kw + opw
+    dh, tab_h = _subpixel_taps(kh, sh, ph)
+    dw, tab_w = _subpixel_taps(kw, sw, pw)
+    lh, lw = len(tab_h[0]), len(tab_w[0])
+    mh, mw = -(-out_h // sh), -(-out_w // sw)
+    top, left = -dh, -dw
+    bottom, right = mh - h - top + lh - 1, mw - w - left + lw - 1
+    if min(top, left, bottom, right) < 0:
+        return None
+    sub = weight.new_zeros((c_out, sh, sw, c_in, lh, lw))
+    for a in range(sh):
+        for u, ka in enumerate(tab_h[a]):
+            if ka is None:
+                continue
+            for b in range(sw):
+                for v, kb in enumerate(tab_w[b]):
+                    if kb is not None:
+                        sub[:, a, b, :, u, v] = weight[:, :, ka, kb].t()
+    return {"weight": sub.reshape(c_out * sh * sw, c_in, lh, lw), "pads": (left, right, top, bottom),
+            "stride": (sh, sw), "out_size": (out_h, out_w)}

@@ -24,7 +24,10 @@ calibrated from the conv's output range on ``calibration`` inputs (the reference
 or ``output_percentile``), and stores the bias as int32 at scale ``s_x * s_w[c]`` (the QDQ convention).
 That is one more rounding per conv than the reference (8-bit conv outputs before the float InstanceNorm), so
 outputs drift from the reference by a few output quantization steps; it is what makes ORT's int8 path fast.
-Integer layers above 8 bits cannot be exported (ONNX QDQ here is 8-bit).
+In that mode transposed convs are rewritten exactly as a stride-1 conv + ``DepthToSpace`` (ORT's CPU provider
+has no int8 transposed conv), and layers that stay float (weight-only, or fewer than ``min_int8_channels``
+output channels, where int8 kernels lose: an RGB head) get their exactly dequantized weights as constants so
+ORT's float layout optimizations apply. Integer layers above 8 bits cannot be exported (QDQ here is 8-bit).
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ from torch import nn
 
 from ..errors import ConfigError, GCompilerError
 from ..fx.utils import input_specs, node_shape
-from .int_ops import IntConv2d, IntConvTranspose2d, QuantizeActivation
+from .int_ops import IntConv2d, IntConvTranspose2d, QuantizeActivation, subpixel_decomposition
 from .qmodules import QConv2d, QConvTranspose2d
 from .quantizers import ActFakeQuant
 
@@ -71,7 +74,8 @@ _NP_TO_ONNX = {np.dtype("float32"): 1, np.dtype("uint8"): 2, np.dtype("int8"): 3
 
 class _Emitter:
     def __init__(self, gm: fx.GraphModule, opset: int, requantize: bool,
-                 out_ranges: dict[str, tuple[float, float]], debug_outputs: bool = False) -> None:
+                 out_ranges: dict[str, tuple[float, float]], debug_outputs: bool = False,
+                 min_int8_channels: int = 16) -> None:
         self.onnx, _ = _require()
         self.h = self.onnx.helper
         self.gm = gm
@@ -83,6 +87,7 @@ class _Emitter:
         self.names: set[str] = set()
         self.values: dict[fx.Node, Any] = {}
         self.debug_outputs = debug_outputs
+        self.min_int8_channels = min_int8_channels
 
     # ---------------------------------------------------------------- helpers
     def fresh(self, base: str) -> str:
@@ -141,16 +146,10 @@ class _Emitter:
     def int_weight(self, m: IntConv2d | IntConvTranspose2d, base: str) -> str:
         if m.weight_bits > 8:
             raise ExportError(f"{base}: {m.weight_bits}-bit weights cannot be exported as ONNX QDQ (int8 at most)")
-        w = _np(m.int_weight().to(torch.int8))
         if m.transposed and m.groups > 1:
             # DequantizeLinear's axis=1 cannot hold per-group output channels: store the float weight.
             return self.const(f"{base}.weight", _np(m.dequantized_weight()))
-        axis = 1 if m.transposed else 0
-        return self.op("DequantizeLinear", [self.const(f"{base}.weight_q", w),
-                                            self.const(f"{base}.weight_scale", _np(m.weight_scale)),
-                                            self.const(f"{base}.weight_zero_point",
-                                                       np.zeros(m.out_channels, dtype=np.int8))],
-                       f"{base}.weight", axis=axis)
+        return self.weight_dq(m.int_weight(), m.weight_scale, 1 if m.transposed else 0, base)
 
     def pad(self, x: str, pad: Sequence[int], mode: str, base: str, value: Any = None) -> str:
         left, right, top, bottom = (int(p) for p in pad)
@@ -173,7 +172,24 @@ class _Emitter:
             if not isinstance(q, QuantizeActivation):
                 raise ExportError(f"{base}: the input of an integer conv must come from a QuantizeActivation node")
             xq_info = (float(q.scale), q.zero_point, q.qmin, q.qmax)
-        if not m.transposed:
+        requant = (self.requantize and m.input_quantized and node.name in self.out_ranges
+                   and m.out_channels >= self.min_int8_channels)
+        w_int = m.int_weight()
+        w_scale, bias = m.weight_scale, m.bias
+        shuffle = None
+        if m.transposed and requant and m.groups == 1 and m.dilation == (1, 1) and m.weight_bits <= 8:
+            in_shape = node_shape(node.args[0])
+            sub = subpixel_decomposition(w_int.to(torch.int32), m.stride, m.padding, m.output_padding,
+                                         tuple(in_shape[2:])) if in_shape is not None else None
+            if sub is not None:  # QLinearConv has no transposed variant: stride-1 conv + DepthToSpace
+                phases = sub["stride"][0] * sub["stride"][1]
+                w_int = sub["weight"].to(torch.int8)
+                w_scale = m.weight_scale.repeat_interleave(phases)
+                bias = m.bias.repeat_interleave(phases) if m.bias is not None else None
+                left, right, top, bottom = sub["pads"]
+                attrs = {"strides": [1, 1], "dilations": [1, 1], "group": 1, "pads": [top, left, bottom, right]}
+                shuffle = sub
+        if shuffle is None and not m.transposed:
             pad = m.padding
             if any(pad):
                 symmetric = pad[0] == pad[1] and pad[2] == pad[3]
@@ -186,34 +202,66 @@ class _Emitter:
                         np_t = np.uint8 if xq_info[2] >= 0 else np.int8  # type: ignore[index]
                         value = self.const(f"{base}.pad_value", np.array(m.input_zero_point, dtype=np_t))
                     x = self.pad(x, pad, m.padding_mode, base, value)
-        else:
+        elif shuffle is None:
             attrs["pads"] = [m.padding[0], m.padding[1], m.padding[0], m.padding[1]]
             attrs["output_padding"] = list(m.output_padding)
         if xq_info is not None:
             x = self.dequant_act(x, *xq_info, base=f"{base}.input")
-        w = self.int_weight(m, base)
+        if shuffle is not None:
+            w = self.weight_dq(w_int, w_scale, 0, base)
+        elif self.requantize and not requant:
+            # A layer ORT runs in float anyway (weight-only, or too few channels for int8): store the exactly
+            # dequantized weight as a constant so ORT's layout optimizer (NCHWc) can pre-pack it.
+            w = self.const(f"{base}.weight", _np(m.dequantized_weight()))
+        else:
+            w = self.int_weight(m, base)
         inputs = [x, w]
-        requant = self.requantize and m.input_quantized and node.name in self.out_ranges
-        if m.bias is not None:
+        if bias is not None:
             if requant:
-                s_b = (m.input_scale.double() * m.weight_scale.double())
-                b_int = torch.round(m.bias.double() / s_b).clamp(-2**31, 2**31 - 1).to(torch.int32)
+                s_b = m.input_scale.double() * w_scale.double()
+                b_int = torch.round(bias.double() / s_b).clamp(-2**31, 2**31 - 1).to(torch.int32)
                 inputs.append(self.op("DequantizeLinear", [self.const(f"{base}.bias_q", _np(b_int)),
                                                            self.const(f"{base}.bias_scale", _np(s_b.float())),
                                                            self.const(f"{base}.bias_zero_point",
-                                                                      np.zeros(m.out_channels, dtype=np.int32))],
+                                                                      np.zeros(b_int.numel(), dtype=np.int32))],
                                       f"{base}.bias", axis=0))
             else:
-                inputs.append(self.const(f"{base}.bias", _np(m.bias)))
-        y = self.op("ConvTranspose" if m.transposed else "Conv", inputs, f"{base}.conv", **attrs)
+                inputs.append(self.const(f"{base}.bias", _np(bias)))
+        op_type = "ConvTranspose" if m.transposed and shuffle is None else "Conv"
+        y = self.op(op_type, inputs, f"{base}.conv", **attrs)
         if requant:
             lo, hi = self.out_ranges[node.name]
             lo, hi = min(lo, 0.0), max(hi, 0.0)
             scale = max(hi - lo, 1e-8) / 255.0
             zp = int(min(255, max(0, round(-lo / scale))))
-            yq = self.quantize(y, scale, zp, 0, 255, f"{base}.output_q")
-            y = self.dequant_act(yq, scale, zp, 0, 255, f"{base}.output")
+            y = self.quantize(y, scale, zp, 0, 255, f"{base}.output_q")
+            if shuffle is not None:  # rearrange the uint8 codes (4x less memory than floats)
+                y = self.depth_to_space(y, shuffle, base)
+            y = self.dequant_act(y, scale, zp, 0, 255, f"{base}.output")
+        elif shuffle is not None:
+            y = self.depth_to_space(y, shuffle, base)
+        if shuffle is not None:
+            sh, sw = shuffle["stride"]
+            out_h, out_w = shuffle["out_size"]
+            mh, mw = -(-out_h // sh) * sh, -(-out_w // sw) * sw
+            if (mh, mw) != (out_h, out_w):
+                y = self.op("Slice", [y, self.const(f"{base}.crop_starts", np.array([0, 0], np.int64)),
+                                      self.const(f"{base}.crop_ends", np.array([out_h, out_w], np.int64)),
+                                      self.const(f"{base}.crop_axes", np.array([2, 3], np.int64))], f"{base}.cropped")
         return y
+
+    def depth_to_space(self, y: str, shuffle: dict[str, Any], base: str) -> str:
+        sh, sw = shuffle["stride"]
+        if sh != sw:
+            raise ExportError(f"{base}: DepthToSpace needs equal strides, got {shuffle['stride']}")
+        return self.op("DepthToSpace", [y], f"{base}.shuffled", blocksize=sh, mode="CRD")
+
+    def weight_dq(self, w_int: torch.Tensor, scale: torch.Tensor, axis: int, base: str) -> str:
+        return self.op("DequantizeLinear", [self.const(f"{base}.weight_q", _np(w_int.to(torch.int8))),
+                                            self.const(f"{base}.weight_scale", _np(scale.float())),
+                                            self.const(f"{base}.weight_zero_point",
+                                                       np.zeros(scale.numel(), dtype=np.int8))],
+                       f"{base}.weight", axis=axis)
 
     def float_conv(self, node: fx.Node, m: nn.Conv2d | nn.ConvTranspose2d, weight: torch.Tensor, x: str) -> str:
         base = node.name
@@ -505,13 +553,17 @@ def conv_output_ranges(gm: fx.GraphModule, batches: Iterable[torch.Tensor | tupl
 def export_onnx(gm: fx.GraphModule, *example_inputs: torch.Tensor, path: str | os.PathLike | None = None,
                 opset: int = DEFAULT_OPSET, requantize_outputs: bool = False,
                 calibration: Iterable[torch.Tensor | tuple[torch.Tensor, ...]] | None = None,
-                output_percentile: float = 100.0, name: str = "gcompiler", debug_outputs: bool = False) -> Any:
+                output_percentile: float = 100.0, name: str = "gcompiler", debug_outputs: bool = False,
+                min_int8_channels: int = 16) -> Any:
     """Export ``gm`` (float, fake-quant or integer graph) to an ``onnx.ModelProto`` (and to ``path`` if given).
 
     Shapes are static: those of ``example_inputs`` (or the graph's recorded inputs when none are given).
     ``requantize_outputs`` adds uint8 output quantization to every integer conv so ONNX Runtime fuses it into
     ``QLinearConv`` (see the module docstring); its ranges come from ``calibration`` batches (default: the
-    example inputs) run through the reference executor. ``debug_outputs`` appends every ``QuantizeActivation``
+    example inputs) run through the reference executor; convs with fewer than ``min_int8_channels`` output
+    channels (an RGB head) are not requantized (int8 kernels are slower than float there), and transposed
+    convs become a stride-1 conv + ``DepthToSpace`` (:func:`~gcompiler.quant.int_ops.subpixel_decomposition`,
+    exact) so they run as ``QLinearConv`` too. ``debug_outputs`` appends every ``QuantizeActivation``
     result (the integer activations, named after the FX node) to the graph outputs. Raises :class:`ExportError` naming the node for anything
     without an ONNX mapping, :class:`ConfigError` when onnx / onnxruntime are missing.
     """
@@ -528,7 +580,7 @@ def export_onnx(gm: fx.GraphModule, *example_inputs: torch.Tensor, path: str | o
         if not batches or (isinstance(batches[0], tuple) and not batches[0]):
             raise ConfigError("export_onnx(requantize_outputs=True) needs calibration batches or example inputs")
         ranges = conv_output_ranges(gm, batches, percentile=output_percentile)
-    model = _Emitter(gm, opset, requantize_outputs, ranges, debug_outputs).build(name)
+    model = _Emitter(gm, opset, requantize_outputs, ranges, debug_outputs, min_int8_channels).build(name)
     if path is not None:
         onnx.save(model, os.fspath(path))
     return model

@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tmp = args.out.with_suffix(".safetensors.tmp")
     save_file(state, str(tmp), metadata={"arch": "srresnet", "kwargs": json.dumps(kwargs)})
+    tmp.chmod(0o644)  # a package asset, readable by everyone
     tmp.replace(args.out)
     meta = {
         "arch": "srresnet",

@@ -149,7 +149,6 @@ def test_missing_teacher_asset_tells_how_to_make_it(tmp_path):
 
 
 def test_shipped_teacher_beats_bicubic_on_a_heldout_image():
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     teacher = load_teacher()
     assert sum(p.numel() for p in teacher.parameters()) < 1_000_000
     res = evaluate_sr(teacher, images=("chelsea",))["per_image"]["chelsea"]

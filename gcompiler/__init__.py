@@ -38,6 +38,11 @@ _LAZY = {  # public name -> (module, attribute); imported on first use to keep `
     "masks": ("passes.masks", "masks"),
     "save": ("serialize", "save"),
     "load": ("serialize", "load"),
+    "describe_groups": ("analysis", "describe_groups"),
+    "open_dataset": ("data", "open_dataset"),
+    "make_loader": ("data", "make_loader"),
+    "psnr": ("metrics", "psnr"),
+    "ssim": ("metrics", "ssim"),
 }
 __all__ += list(_LAZY)
 

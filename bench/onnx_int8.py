@@ -118,7 +118,9 @@ def bench_model(label: str, name: str, kw: dict, args: argparse.Namespace, tmp: 
     row["gmacs"] = gcompiler.profile(gm).macs / 1e9
     print(f"[{label}] {row['params']:,} params, {row['gmacs']:.2f} G MACs at {args.size}^2", flush=True)
 
-    sess_fp32 = ort_session(export_onnx(gm, x), threads=args.threads)
+    m_fp32 = export_onnx(gm, x)
+    sess_fp32 = ort_session(m_fp32, threads=args.threads)
+    sess_fp32_spin = ort_session(m_fp32, threads=args.threads, spinning=True)
     with torch.no_grad():
         y_float = model(x)
     row["ort_fp32_err"] = float((run_onnx(sess_fp32, x)[0] - y_float).abs().max())
@@ -151,13 +153,15 @@ def bench_model(label: str, name: str, kw: dict, args: argparse.Namespace, tmp: 
     m8 = export_onnx(gi, x, requantize_outputs=True, calibration=calib)
     opt_path = tmp / f"{label}_int8_optimized.onnx"
     sess = ort_session(m8, threads=args.threads, optimized_model_path=opt_path)
+    sess_spin = ort_session(m8, threads=args.threads, spinning=True)
 
     # The three main variants run round-robin so that load changes on the shared machine hit them alike.
     def torch_run():
         with torch.no_grad():
             model(x)
 
-    fns = {"torch_fp32": torch_run, "ort_fp32": lambda: run_onnx(sess_fp32, x), "ort_int8": lambda: run_onnx(sess, x)}
+    fns = {"torch_fp32": torch_run, "ort_fp32": lambda: run_onnx(sess_fp32, x), "ort_int8": lambda: run_onnx(sess, x),
+           "ort_fp32_spin": lambda: run_onnx(sess_fp32_spin, x), "ort_int8_spin": lambda: run_onnx(sess_spin, x)}
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(args.warmup):
         for fn in fns.values():
@@ -198,6 +202,9 @@ def report(rows: list[dict], args: argparse.Namespace, load: tuple[str, str]) ->
         f"batch 1, {args.size}x{args.size}, {args.threads} threads, median of {args.runs} runs "
         f"({args.warmup} warm-up); torch fp32 ({args.threads} threads), ORT fp32 and ORT int8 timed round-robin "
         f"in the same loop; torch 1-thread and ORT QDQ-reference timed separately over {max(1, args.runs // 2)} runs",
+        "- ORT sessions: all graph optimizations, sequential execution, intra-op spinning off (ORT's default, on, "
+        "lets idle pool threads busy-wait between ops; with other jobs on the 2 cores that costs the int8 graph, "
+        "which has many small ops, up to 2x; the spinning-on column shows ORT's default)",
         f"- load average before / after: {load[0]} / {load[1]} (the 2 cores are shared with other jobs; "
         "absolute times are noisy, ratios less so)",
         "- int8 = GS-8 settings: 8-bit per-tensor weights, 8-bit unsigned activations in [0, 4], first conv's "
@@ -208,8 +215,9 @@ def report(rows: list[dict], args: argparse.Namespace, load: tuple[str, str]) ->
         "integer executor, not image quality",
         "",
         f"| model | params | GMACs | torch fp32 ms ({args.threads}t / 1t) | ORT fp32 ms | ORT QDQ-ref ms | ORT int8 ms "
-        "| int8 / ORT fp32 | int8 / torch fp32 (best) | QLinearConv | max err QDQ-ref | max err int8 (PSNR dB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| int8 / ORT fp32 | int8 / torch fp32 (best) | ORT spinning on: fp32 / int8 ms (ratio) | QLinearConv "
+        "| max err QDQ-ref | max err int8 (PSNR dB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
@@ -218,6 +226,8 @@ def report(rows: list[dict], args: argparse.Namespace, load: tuple[str, str]) ->
             f"{r['ort_fp32'] * 1e3:.0f} | {r['ort_qdq'] * 1e3:.0f} | {r['ort_int8'] * 1e3:.0f} | "
             f"{r['ort_fp32'] / r['ort_int8']:.2f}x | "
             f"{min(r['torch_fp32'], r['torch_fp32_1t']) / r['ort_int8']:.2f}x | "
+            f"{r['ort_fp32_spin'] * 1e3:.0f} / {r['ort_int8_spin'] * 1e3:.0f} "
+            f"({r['ort_fp32_spin'] / r['ort_int8_spin']:.2f}x) | "
             f"{r['qlinearconv']}/{r['convs']} | {r['ort_qdq_err']:.2e} | {r['ort_int8_err']:.3f} "
             f"({r['ort_int8_psnr']:.1f}) |")
     lines += [

@@ -103,8 +103,9 @@ def test_single_layer_codes_and_accumulation_are_exact():
     assert torch.allclose(y, _run(gi, x), atol=1e-5)
 
 
-def test_requantized_export_uses_int8_kernels(tmp_path):
-    gi, x = _int_resnet()
+@pytest.mark.parametrize("act_range", ["unsigned", "signed"])
+def test_requantized_export_uses_int8_kernels(tmp_path, act_range):
+    gi, x = _int_resnet(f"act_range={act_range}")
     quantized = [gi.get_submodule(str(n.target)) for n in gi.graph.nodes if n.op == "call_module"
                  and type(gi.get_submodule(str(n.target))).__name__.startswith("IntConv")
                  and gi.get_submodule(str(n.target)).input_quantized]

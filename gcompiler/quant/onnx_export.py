@@ -9,8 +9,9 @@ the graph gcompiler built, with static shapes taken from the example inputs:
 * float convs, norms, activations, pads, resizes, adds / muls / concats map to the standard ONNX ops
   (opset 17 by default: ``Pad`` with ``reflect`` / ``edge`` modes, ``InstanceNormalization``,
   ``ConvTranspose``, ``Tanh``, ...);
-* ``QuantizeActivation`` becomes ``QuantizeLinear`` to uint8 / int8 (preceded by a ``Clip`` when its integer
-  range is narrower than the type, e.g. signed [-127, 127] or 4-bit activations);
+* ``QuantizeActivation`` becomes ``QuantizeLinear`` to uint8 (preceded by a ``Clip`` when its integer range is
+  narrower than the type, e.g. 4-bit activations); signed 8-bit codes are stored as uint8 with the zero point
+  moved by 128 (same real values; ORT's x86 int8 convolutions take uint8 activations);
 * ``IntConv2d`` / ``IntConvTranspose2d`` become ``[Pad on the integers] -> DequantizeLinear -> Conv`` with the int8
   weights stored as int8 initializers and dequantized by a per-channel ``DequantizeLinear`` (axis 0, axis 1 for
   transposed convs), the float bias added by the conv. This is the QDQ form of the reference executor
@@ -124,24 +125,36 @@ class _Emitter:
         return self.gm.get_submodule(str(node.target))
 
     # ---------------------------------------------------------------- quantization pieces
-    def quantize(self, x: str, scale: float, zp: int, qmin: int, qmax: int, base: str) -> str:
+    @staticmethod
+    def code_shift(qmin: int, qmax: int, base: str) -> int:
+        """Offset added to integer codes in ONNX: 0 for uint8 ranges, 128 for int8 ranges.
+
+        Signed 8-bit codes are written as uint8 with the zero point moved by 128 (the same real values): ONNX
+        Runtime's x86 int8 convolution takes uint8 activations, and its int8 -> uint8 rewrite only applies where
+        QuantizeLinear feeds DequantizeLinear directly, not across the Pad of a reflection-padded conv.
+        """
         if qmin >= 0 and qmax <= 255:
-            np_t, lo, hi = np.uint8, 0, 255
-        elif qmin >= -128 and qmax <= 127:
-            np_t, lo, hi = np.int8, -128, 127
-        else:
-            raise ExportError(f"{base}: activations of more than 8 bits (integer range [{qmin}, {qmax}]) cannot be "
-                              "exported as ONNX QDQ; use at most 8 activation bits")
+            return 0
+        if qmin >= -128 and qmax <= 127:
+            return 128
+        raise ExportError(f"{base}: activations of more than 8 bits (integer range [{qmin}, {qmax}]) cannot be "
+                          "exported as ONNX QDQ; use at most 8 activation bits")
+
+    def quantize(self, x: str, scale: float, zp: int, qmin: int, qmax: int, base: str) -> str:
+        shift = self.code_shift(qmin, qmax, base)
+        lo, hi = -shift, 255 - shift
         if qmin > lo or qmax < hi:
             x = self.op("Clip", [x, self.const(f"{base}.clip_lo", np.float32((qmin - zp) * scale)),
                                  self.const(f"{base}.clip_hi", np.float32((qmax - zp) * scale))], f"{base}.clipped")
         return self.op("QuantizeLinear", [x, self.const(f"{base}.scale", np.float32(scale)),
-                                          self.const(f"{base}.zero_point", np.array(zp, dtype=np_t))], base)
+                                          self.const(f"{base}.zero_point", np.array(zp + shift, dtype=np.uint8))],
+                       base)
 
     def dequant_act(self, q: str, scale: float, zp: int, qmin: int, qmax: int, base: str) -> str:
-        np_t = np.uint8 if qmin >= 0 and qmax <= 255 else np.int8
+        shift = self.code_shift(qmin, qmax, base)
         return self.op("DequantizeLinear", [q, self.const(f"{base}.scale", np.float32(scale)),
-                                            self.const(f"{base}.zero_point", np.array(zp, dtype=np_t))], base)
+                                            self.const(f"{base}.zero_point", np.array(zp + shift, dtype=np.uint8))],
+                       base)
 
     def int_weight(self, m: IntConv2d | IntConvTranspose2d, base: str) -> str:
         if m.weight_bits > 8:
@@ -199,8 +212,9 @@ class _Emitter:
                 else:
                     value = None
                     if m.padding_mode == "zeros" and m.input_quantized:
-                        np_t = np.uint8 if xq_info[2] >= 0 else np.int8  # type: ignore[index]
-                        value = self.const(f"{base}.pad_value", np.array(m.input_zero_point, dtype=np_t))
+                        shift = self.code_shift(xq_info[2], xq_info[3], base)  # type: ignore[index]
+                        value = self.const(f"{base}.pad_value",
+                                           np.array(m.input_zero_point + shift, dtype=np.uint8))
                     x = self.pad(x, pad, m.padding_mode, base, value)
         elif shuffle is None:
             attrs["pads"] = [m.padding[0], m.padding[1], m.padding[0], m.padding[1]]
@@ -505,8 +519,14 @@ class _Emitter:
         if self.debug_outputs:
             for node in self.gm.graph.nodes:
                 if node.op == "call_module" and isinstance(self.mod(node), QuantizeActivation):
-                    elem = 2 if self.mod(node).int_dtype == torch.uint8 else 3
-                    graph_outputs.append(self.h.make_tensor_value_info(self.values[node], elem,
+                    q = self.mod(node)
+                    out = self.values[node]
+                    if self.code_shift(q.qmin, q.qmax, node.name):  # report the int8 codes, not the shifted ones
+                        wide = self.op("Cast", [out], f"{node.name}.wide", to=6)
+                        wide = self.op("Sub", [wide, self.const(f"{node.name}.shift", np.int32(128))],
+                                       f"{node.name}.unshifted")
+                        out = self.op("Cast", [wide], f"{node.name}.codes", to=3)
+                    graph_outputs.append(self.h.make_tensor_value_info(out, 2 if q.int_dtype == torch.uint8 else 3,
                                                                        list(node_shape(node) or []) or None))
         graph = self.h.make_graph(self.nodes, name, graph_inputs, graph_outputs, self.inits)
         model = self.h.make_model(graph, opset_imports=[self.h.make_opsetid("", self.opset)],

@@ -145,3 +145,15 @@ def test_missing_onnx_is_a_clear_error(monkeypatch):
     gm = gcompiler.trace(nn.Sequential(nn.Conv2d(3, 4, 3)), x)
     with pytest.raises(ConfigError, match=r"gcompiler\[onnx\]"):
         export_onnx(gm, x)
+
+
+def test_fake_quant_graph_exports_as_qdq():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(8, 4, 4, 2, 1), nn.Tanh())
+    gm, _ = run_pipeline(gcompiler.trace(net.eval(), x), "insert-fake-quant{weight_bits=6,act_bits=7}", verify="none")
+    model = export_onnx(gm, x)
+    counts = op_counts(model)
+    assert counts["QuantizeLinear"] == 1 and counts["Clip"] == 1  # 7-bit codes: clipped to [0, 127] first
+    y = run_onnx(ort_session(model, threads=1), x)[0]
+    assert torch.allclose(y, _run(gm, x), atol=1e-5)

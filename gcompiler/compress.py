@@ -279,6 +279,8 @@ def _setup_logging(run_dir: Path, quiet: bool) -> list[logging.Handler]:
     if not any(getattr(h, "_gcompiler_console", False) for h in root.handlers):
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logging.Formatter("%(message)s"))
+        # errors end the run as exceptions, which the command line prints once
+        console.addFilter(lambda record: record.levelno < logging.ERROR)
         console._gcompiler_console = True  # type: ignore[attr-defined]
         root.addHandler(console)
         handlers.append(console)
@@ -302,6 +304,11 @@ def compress(settings: Any, info: Any, options: Any) -> dict[str, Any]:
 
     from .methods.base import CompressJob
 
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("gcompiler compress runs in a single process (its pruning and export stages are not "
+                          "distributed); start it without torchrun, or drive gcompiler.train.Trainer under torchrun")
     run_dir = Path(settings.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(settings.to_json(), indent=1) + "\n")

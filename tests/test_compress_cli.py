@@ -80,6 +80,13 @@ def test_gs8_end_to_end_exports_a_loadable_student(tmp_path, capsys):
     assert [m.weight_bits for m in student.modules() if isinstance(m, QConv2d)] == [8, 8, 8]
     assert student(torch.rand(1, 3, 20, 20) * 2 - 1).shape == (1, 3, 20, 20)
     assert gcompiler.profile(student).params == summary["params_after"]
+    integer = gcompiler.load(out / "int8")  # convert-to-int of the same student: integer weights on disk
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(integer(x), student(x), atol=1e-4)
+    from safetensors.torch import load_file
+
+    assert any(t.dtype == torch.int8 for t in load_file(str(out / "int8" / "model.safetensors")).values())
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["bits"] == 8 and cfg["max_steps"] == 4 and cfg["options"]["disc_ndf"] == 8
     for p in ("checkpoints", "finetune/checkpoints", "train.log", "scalars.csv", "compress.log", "report.json",

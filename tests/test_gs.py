@@ -9,7 +9,7 @@ from torch import nn
 
 from gcompiler.errors import ConfigError
 from gcompiler.methods import get_method
-from gcompiler.methods.gs import (FrozenNormStats, GSOptions, GSTraining, MacsEstimate, build_search_student,
+from gcompiler.methods.gs import (FrozenNormStats, GSOptions, GSTraining, MacsEstimate, auto_rho, build_search_student,
                                   mask_sparsity, nonnegative_input, proximal_l1, prune_to_macs, slim_student)
 from gcompiler.models import create
 from gcompiler.passes.masks import ChannelMask, masks
@@ -50,6 +50,14 @@ def test_proximal_l1_is_soft_thresholding():
         proximal_l1(-1.0)
 
 
+def test_auto_rho_sets_the_total_shrinkage():
+    s = build_search_student(_sr_teacher(), torch.rand(1, 3, 12, 12), bits=32, opts=GSOptions())
+    median = float(torch.cat([m.detach().abs() for m in masks(s).values()]).median())
+    # cosine factors of a 4-step run: 1, (1 + cos(pi/4))/2, 1/2, (1 + cos(3 pi/4))/2, which sum to 2.5
+    rho = auto_rho(s, shrink=1.5, gamma_lr=0.1, steps=4)
+    assert rho * 0.1 * 2.5 == pytest.approx(1.5 * median)
+
+
 def test_search_student_is_the_teacher_with_masks():
     t = _sr_teacher()
     x = torch.rand(2, 3, 12, 12)
@@ -63,7 +71,7 @@ def test_search_student_is_the_teacher_with_masks():
 
 def test_gs8_quantization_placement():
     x = torch.rand(1, 3, 12, 12) * 2 - 1
-    s = build_search_student(TinyGen(), x, bits=8, opts=GSOptions())
+    s = build_search_student(TinyGen(), x, bits=8, opts=GSOptions(act_clip=4.0))
     q = [m for m in s.modules() if isinstance(m, QConv2d)]
     assert len(q) == 3 and all(m.weight_quant is not None and m.weight_quant.bits == 8 for m in q)
     assert not any(m.weight_quant.per_channel for m in q)  # symmetric per tensor (GS)
@@ -71,11 +79,31 @@ def test_gs8_quantization_placement():
     for m in q[1:]:  # inputs after ReLU: GS's unsigned [0, 4] range
         assert m.input_quant.act_range == "unsigned" and float(m.input_quant.clip) == 4.0 and m.input_quant.bits == 8
 
-    sr = build_search_student(_sr_teacher(), torch.rand(1, 3, 12, 12), bits=8, opts=GSOptions())
+    sr = build_search_student(_sr_teacher(), torch.rand(1, 3, 12, 12), bits=8, opts=GSOptions(act_clip=4.0))
     ranges = sr.meta["act_ranges"]
     assert ranges and set(ranges.values()) == {"signed"}  # SRResNet convs read PReLU outputs and residual sums
-    srq = build_search_student(_sr_teacher(), torch.rand(1, 3, 12, 12), bits=8, opts=GSOptions(act_range="unsigned"))
+    srq = build_search_student(_sr_teacher(), torch.rand(1, 3, 12, 12), bits=8,
+                               opts=GSOptions(act_range="unsigned", act_clip=4.0))
     assert {m.input_quant.act_range for m in srq.modules() if isinstance(m, QConv2d) and m.input_quant} == {"unsigned"}
+
+
+def test_calibrated_clips_are_the_float_activation_extremes():
+    t = TinyGen().eval()
+    calib = [torch.rand(2, 3, 12, 12) * 2 - 1 for _ in range(2)]
+    s = build_search_student(t, calib[0][:1], bits=8, opts=GSOptions(clip_percentile=100.0), calib=calib)
+    seen = {}
+    hooks = [t.body[i].register_forward_hook(lambda m, a, o, i=i: seen.setdefault(i, []).append(a[0]))
+             for i in (3, 6)]  # the inputs of the second and third conv
+    with torch.no_grad():
+        for b in calib:
+            t(b)
+    for h in hooks:
+        h.remove()
+    q = [m for m in s.modules() if isinstance(m, QConv2d)]
+    for conv, i in zip(q[1:], (3, 6)):  # (the weights stay 8-bit while calibrating, hence the tolerance)
+        assert float(conv.input_quant.clip) == pytest.approx(float(torch.cat(seen[i]).max()), rel=1e-2)
+    with pytest.raises(ConfigError, match="calibration"):
+        build_search_student(t, calib[0][:1], bits=8, opts=GSOptions())
 
 
 def test_nonnegative_input_rule():
@@ -90,7 +118,7 @@ def test_nonnegative_input_rule():
 
 def test_straight_through_gradients_reach_weights_and_masks():
     x = torch.rand(2, 3, 12, 12) * 2 - 1
-    s = build_search_student(TinyGen(), x[:1], bits=8, opts=GSOptions())
+    s = build_search_student(TinyGen(), x[:1], bits=8, opts=GSOptions(), calib=[x])
     FrozenNormStats(s).train()(x).square().mean().backward()
     for name, m in masks(s).items():
         assert m.grad is not None and m.grad.abs().sum() > 0, name
@@ -151,7 +179,7 @@ def test_slim_student_meets_target_macs():
 def test_gs_training_groups_schedules_and_proximal_step(tmp_path):
     torch.manual_seed(0)
     x0 = torch.rand(1, 3, 12, 12) * 2 - 1
-    student = build_search_student(TinyGen(), x0, bits=8, opts=GSOptions())
+    student = build_search_student(TinyGen(), x0, bits=8, opts=GSOptions(act_clip=4.0))
     cfg = DistillConfig(pixel=None, distance=PixelDistance("mse"), distance_weight=20.0, gan="lsgan", gan_weight=0.1,
                         discriminator=create("patchgan_d", ndf=4, n_layers=2), lr=1e-3, betas=(0.5, 0.999),
                         schedule="linear_decay:0.5")
@@ -207,4 +235,5 @@ def test_gs_options_validation_and_registry():
         info.make_options({"lr": "-1"})
     with pytest.raises(ConfigError, match="unknown --method"):
         get_method("agdd")
-    assert "rho" in info.option_help() and math.isfinite(GSOptions().rho)
+    assert "rho" in info.option_help() and GSOptions().rho is None and math.isfinite(GSOptions().shrink)
+    assert info.make_options({"rho": "none"}).rho is None

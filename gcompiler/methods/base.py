@@ -127,6 +127,7 @@ class CompressJob:
         teacher_profile: the teacher's profile at ``reference_input``.
         target_macs: the resolved ``--target-macs`` (an absolute count) or ``None``.
         builtin_sr: whether the data is ``builtin:sr`` (held-out images with ground truth).
+        train_output_shape: ``(C, H, W)`` of the teacher's output on one training crop.
     """
 
     def __init__(self, settings: Settings, run_dir: Path, teacher: nn.Module, teacher_info: dict[str, Any],
@@ -141,6 +142,7 @@ class CompressJob:
         self.value_range: tuple[float, float] = tuple(getattr(dataset, "value_range", (-1.0, 1.0)))  # type: ignore
         self.reference_input = reference_input
         self.builtin_sr = settings.data.strip() == "builtin:sr"
+        self.train_output_shape: tuple[int, ...] = ()
         self.teacher_profile = profile(teacher, reference_input)
         from ..spec import parse_target_macs
 
@@ -190,7 +192,7 @@ class CompressJob:
         sample = _first_sample(dataset)
         reference = _reference_input(info, sample["input"], settings.macs_size)
         job = cls(settings, run_dir, teacher, info, dataset, reference)
-        job.check_teacher_on_data(sample)
+        job.train_output_shape = tuple(job.check_teacher_on_data(sample).shape[1:])
         return job
 
     def check_teacher_on_data(self, sample: Mapping[str, Any]) -> torch.Tensor:

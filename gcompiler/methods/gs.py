@@ -71,8 +71,10 @@ class GSOptions:
 
     ablation: Literal["none", "prune-only", "distill-only", "ptq", "no-gan"] = "none"
     "Paper ablation: prune-only (no quantization), distill-only (rho 0), ptq (quantize after float training), no-gan."
-    rho: float = 2.0
-    "Weight of the L1 penalty on the masks (the paper: 0.01 with 200 epochs of gamma lr 0.1)."
+    rho: float | None = None
+    "Weight of the L1 penalty on the masks; default: set from shrink (the paper: 0.01 over 200 epochs)."
+    shrink: float = 1.25
+    "With rho unset: total L1 shrinkage of the search, rho * sum_t eta_t, in units of the median initial |mask|."
     beta: float = 20.0
     "Weight of the distillation distance d (the paper's beta)."
     distance: Literal["perceptual", "mse", "l1"] = "perceptual"
@@ -83,18 +85,18 @@ class GSOptions:
     "Path to torchvision's VGG16 state dict (vgg16-397923af.pth) for the perceptual distance."
     gan: Literal["lsgan", "hinge", "vanilla"] = "lsgan"
     "Adversarial loss (the paper: LSGAN)."
-    gan_weight: float = 0.05
+    gan_weight: float = 0.01
     "Weight of the generator's adversarial term (the paper: 1 next to a perceptual d with beta 20)."
-    lr: float = 2e-4
-    "Adam learning rate of the student's weights (betas 0.5/0.999, linear decay from half-way; paper 1e-5)."
+    lr: float = 1e-5
+    "Adam learning rate of the student's weights in the search (betas 0.5/0.999, linear decay from half-way)."
     d_lr: float | None = None
     "Adam learning rate of the discriminator (default: lr)."
-    gamma_lr: float = 0.02
-    "SGD learning rate of the masks (momentum gamma_momentum, cosine schedule; paper 0.1)."
+    gamma_lr: float = 0.1
+    "SGD learning rate of the masks (momentum gamma_momentum, cosine schedule)."
     gamma_momentum: float = 0.5
     "SGD momentum of the masks."
-    finetune_lr: float | None = None
-    "Adam learning rate of the fine-tuning stage (default: lr)."
+    finetune_lr: float | None = 2e-4
+    "Adam learning rate of the fine-tuning stage (None: lr)."
     disc_ndf: int | None = None
     "PatchGAN width; default: the teacher's first conv width clamped to [16, 64] (64 for CycleGAN, the paper's D)."
     disc_layers: int = 3
@@ -104,12 +106,14 @@ class GSOptions:
     act_range: Literal["auto", "unsigned", "signed"] = "auto"
     "Activation quantizer range: unsigned [0, act_clip] (GS), signed [-act_clip, act_clip], or auto (unsigned "
     "after ReLU-like ops, signed elsewhere)."
-    act_clip: float = 4.0
-    "Activation clip value p (GS: 4)."
+    act_clip: float | None = None
+    "Activation clip p; None: calibrated per layer (clip_percentile of |x| on calib_batches batches; GS: 4)."
+    clip_percentile: float = 99.99
+    "Percentile of the float activations that sets each calibrated clip."
     per_channel: bool = False
     "Quantize weights per output channel instead of per tensor (GS: per tensor)."
     calib_batches: int = 8
-    "Training batches used to calibrate activation clips for post-training quantization."
+    "Training batches used to calibrate activation clips (act_clip None, and post-training quantization)."
     round_to: int = 1
     "Kept widths are multiples of this (or the full width)."
     freeze_norm_stats: bool = True
@@ -118,11 +122,11 @@ class GSOptions:
     def validate(self) -> None:
         for name in ("rho", "beta", "gan_weight", "gamma_momentum"):
             v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
+            if v is not None and not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"gs option {name} must be a finite number >= 0, got {v!r}")
-        for name in ("lr", "gamma_lr", "act_clip"):
+        for name in ("lr", "gamma_lr", "act_clip", "shrink"):
             v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
+            if v is not None and not (math.isfinite(v) and v > 0):
                 raise ConfigError(f"gs option {name} must be a finite number > 0, got {v!r}")
         for name in ("d_lr", "finetune_lr"):
             v = getattr(self, name)
@@ -132,6 +136,8 @@ class GSOptions:
             raise ConfigError(f"gs option disc_ndf must be >= 1, got {self.disc_ndf}")
         if self.disc_layers < 1:
             raise ConfigError(f"gs option disc_layers must be >= 1, got {self.disc_layers}")
+        if not 0 < self.clip_percentile <= 100:
+            raise ConfigError(f"gs option clip_percentile must be in (0, 100], got {self.clip_percentile}")
         if self.calib_batches < 1 or self.round_to < 1:
             raise ConfigError("gs options calib_batches and round_to must be >= 1")
         if self.beta == 0 and self.gan_weight == 0:
@@ -228,6 +234,28 @@ class MacsEstimate:
         return total
 
 
+def auto_rho(student: fx.GraphModule, *, shrink: float, gamma_lr: float, steps: int) -> float:
+    """The rho whose total soft-threshold over a search, ``rho * sum_t eta_t``, is ``shrink`` median initial |masks|.
+
+    ``student`` carries the masks at their initial values; ``eta_t`` is the cosine-scheduled gamma learning
+    rate of each of the ``steps`` updates. A mask entry that the distillation and adversarial gradients do
+    not defend ends at 0 when ``shrink`` exceeds its magnitude relative to the median; entries that matter
+    are pushed back by their gradients. (With the paper's 200 epochs, rho = 0.01 gives a budget far above 1;
+    over a few hundred steps a fixed rho prunes either nothing or nearly everything, so the default is set in
+    these units instead.)
+    """
+    from ..passes.masks import masks
+    from ..train.schedules import Cosine
+
+    values = [m.detach().abs().flatten() for m in masks(student).values()]
+    if not values:
+        raise ConfigError("gs: the teacher has no prunable channel group to put a mask on")
+    median = float(torch.cat(values).median())
+    cos = Cosine()
+    total_lr = gamma_lr * sum(cos(t, steps) for t in range(steps))
+    return shrink * median / total_lr if total_lr > 0 else 0.0
+
+
 def mask_sparsity(gm: fx.GraphModule) -> dict[str, Any]:
     """Zero mask units per group and overall (``{"zero", "units", "sparsity", "groups": {name: [zero, units]}}``)."""
     from ..passes.masks import masks
@@ -306,9 +334,10 @@ class GSFinetune(Distill):
 # ------------------------------------------------------------------------------------------------
 # graph stages
 
-def build_search_student(teacher: nn.Module, reference_input: torch.Tensor, *, bits: int,
-                         opts: GSOptions) -> fx.GraphModule:
-    """Trace a copy of the teacher, put masks on its prunable groups and (bits < 32) fake quantization."""
+def build_search_student(teacher: nn.Module, reference_input: torch.Tensor, *, bits: int, opts: GSOptions,
+                         calib: list[torch.Tensor] | None = None) -> fx.GraphModule:
+    """Trace a copy of the teacher, put masks on its prunable groups and (bits < 32) fake quantization
+    (activation clips calibrated on the input batches ``calib`` when ``opts.act_clip`` is None)."""
     from ..fx import trace
     from ..passes.masks import insert_masks
     from ..quant.insert import insert_fake_quant
@@ -319,7 +348,7 @@ def build_search_student(teacher: nn.Module, reference_input: torch.Tensor, *, b
         p.requires_grad_(True)
     insert_masks(gm, round_to=opts.round_to)
     if bits < 32:
-        add_fake_quant(gm, bits, opts)
+        add_fake_quant(gm, bits, opts, calib)
     return gm
 
 
@@ -353,19 +382,23 @@ def nonnegative_input(gm: fx.GraphModule, node: fx.Node) -> bool:
     return False
 
 
-def add_fake_quant(gm: fx.GraphModule, bits: int, opts: GSOptions) -> fx.GraphModule:
+def add_fake_quant(gm: fx.GraphModule, bits: int, opts: GSOptions,
+                   calib: list[torch.Tensor] | None = None) -> fx.GraphModule:
     """``insert-fake-quant`` with the GS settings (weights and activations at ``bits``).
 
-    ``act_range="auto"``: the GS range ``[0, act_clip]`` for conv inputs that are non-negative by
-    construction (after a ReLU), ``[-act_clip, act_clip]`` for the others (after PReLU / LeakyReLU / a norm
-    / a residual sum), where clamping at 0 would erase half of the signal.
+    ``act_range="auto"``: the GS range ``[0, p]`` for conv inputs that are non-negative by construction
+    (after a ReLU), ``[-p, p]`` for the others (after PReLU / LeakyReLU / a norm / a residual sum), where
+    clamping at 0 would erase half of the signal. ``act_clip=None``: each layer's ``p`` is calibrated on the
+    inputs ``calib`` (``clip_percentile`` of its float input values), instead of GS's fixed ``p = 4``.
     """
+    from ..quant.calibrate import calibrate
     from ..quant.insert import insert_fake_quant
     from ..quant.qmodules import QUANT_CONV_TYPES
     from ..quant.quantizers import ActFakeQuant
 
+    clip = opts.act_clip if opts.act_clip is not None else 4.0
     rng = "unsigned" if opts.act_range == "auto" else opts.act_range
-    gm = insert_fake_quant(gm, weight_bits=bits, act_bits=bits, act_range=rng, act_clip=opts.act_clip,
+    gm = insert_fake_quant(gm, weight_bits=bits, act_bits=bits, act_range=rng, act_clip=clip,
                            per_channel=opts.per_channel)
     if opts.act_range == "auto":
         ranges = {}
@@ -375,9 +408,17 @@ def add_fake_quant(gm: fx.GraphModule, bits: int, opts: GSOptions) -> fx.GraphMo
             mod = gm.get_submodule(str(node.target))
             if isinstance(mod, QUANT_CONV_TYPES) and mod.input_quant is not None:
                 if not nonnegative_input(gm, node):
-                    mod.input_quant = ActFakeQuant(bits, "signed", opts.act_clip)
+                    mod.input_quant = ActFakeQuant(bits, "signed", clip)
                 ranges[node.name] = mod.input_quant.act_range
         gm.meta["act_ranges"] = ranges
+    if opts.act_clip is None and any(isinstance(m, QUANT_CONV_TYPES) and m.input_quant is not None
+                                     for m in gm.modules()):
+        if not calib:
+            raise ConfigError("gs: act_clip=None calibrates the activation clips, but no calibration batches were given")
+        device = next(iter(gm.parameters())).device
+        clips = calibrate(FrozenNormStats(gm), [b.to(device) for b in calib], method="percentile",
+                          percentile=opts.clip_percentile)
+        gm.meta["act_clips"] = {k.removeprefix("model."): v for k, v in clips.items()}
     return gm
 
 
@@ -496,11 +537,23 @@ def _masks(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------------
 # the driver
 
-def _discriminator(teacher_first_width: int, channels: int, opts: GSOptions) -> nn.Module:
+def _discriminator(teacher_first_width: int, out_shape: tuple[int, ...], opts: GSOptions) -> nn.Module:
+    """PatchGAN on the student's outputs; fewer stride-2 layers when the training outputs are too small for
+    ``disc_layers`` (its last InstanceNorm needs more than one patch)."""
     from ..models import create
 
     ndf = opts.disc_ndf if opts.disc_ndf is not None else max(16, min(64, teacher_first_width))
-    return create("patchgan_d", input_nc=channels, ndf=ndf, n_layers=opts.disc_layers)
+    side = min(out_shape[-2:])
+    layers = opts.disc_layers
+    while layers > 1 and side // 2 ** layers - 1 < 2:
+        layers -= 1
+    if side // 2 ** layers - 1 < 2:
+        raise ConfigError(f"gs: the training outputs are {side} pixels wide, too small for a PatchGAN discriminator "
+                          f"(at least {3 * 2} needed): use a larger --crop or the no-gan ablation")
+    if layers != opts.disc_layers:
+        log.warning(f"gs: PatchGAN with {layers} instead of {opts.disc_layers} stride-2 layers: the training outputs "
+                    f"({side} pixels) are too small for {opts.disc_layers}; a larger --crop keeps the paper's D")
+    return create("patchgan_d", input_nc=int(out_shape[0]), ndf=ndf, n_layers=layers)
 
 
 def _first_conv_width(model: nn.Module) -> int:
@@ -550,6 +603,26 @@ def _load_module_state(module: nn.Module, path: Path) -> None:
     module.load_state_dict(load_file(str(path)))
 
 
+def _export_integer(student: fx.GraphModule, directory: Path, x: torch.Tensor) -> dict[str, Any]:
+    """``convert-to-int`` of the fake-quant student, saved to ``directory`` (integer weights on disk)."""
+    from .. import serialize
+    from ..errors import GCompilerError
+    from ..quant.convert import convert_to_int
+
+    try:
+        int_gm = convert_to_int(copy.deepcopy(student))
+        with torch.no_grad():
+            err = float((int_gm(x) - student(x)).abs().max())
+        serialize.save(int_gm, directory)
+    except (GCompilerError, RuntimeError, ValueError) as exc:
+        log.warning(f"gs: the integer export failed ({type(exc).__name__}: {exc}); the fake-quant student is saved")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    size = (directory / serialize.WEIGHTS_FILE).stat().st_size
+    log.info(f"gs: integer model (convert-to-int) in {directory}: {describe_bytes(size)} of weights on disk, "
+             f"max |difference| to the fake-quant student {err:.2e} at the reference input")
+    return {"dir": str(directory), "weights_file_bytes": size, "max_abs_diff": err}
+
+
 @register_method("gs", options=GSOptions,
                  summary="GAN Slimming: masks + L1 proximal step + fake quantization, minimax with a PatchGAN, "
                          "distillation; then eliminate dead channels, fine-tune, export",
@@ -566,29 +639,39 @@ def run_gs(job: CompressJob, opts: GSOptions) -> dict[str, Any]:
     if opts.ablation == "prune-only" and bits != 32:
         log.info(f"ablation prune-only: quantization off (--bits {bits} ignored)")
         bits = 32
-    rho = 0.0 if opts.ablation == "distill-only" else opts.rho
     quant = "ptq" if opts.ablation == "ptq" else opts.quant
     gan_weight = 0.0 if opts.ablation == "no-gan" else opts.gan_weight
     qat = bits < 32 and quant == "qat"
+    rho: float | None = 0.0 if opts.ablation == "distill-only" else opts.rho  # None: set from shrink below
     if opts.beta == 0 and gan_weight == 0:
         raise ConfigError("gs: with the no-gan ablation beta must be > 0")
-    distance, note = build_distance(opts.distance, vgg_weights=opts.vgg_weights, fallback=opts.distance_fallback,
-                                    value_range=job.value_range)
     if opts.distance == "perceptual" and not opts.vgg_weights:
+        distance, _ = build_distance(opts.distance_fallback)
         note = (f"{opts.distance_fallback.upper()} on pixels (the perceptual distance needs VGG16 weights: "
                 f"--opt vgg_weights=PATH)")
+    else:
+        distance, note = build_distance(opts.distance, vgg_weights=opts.vgg_weights,
+                                        fallback=opts.distance_fallback, value_range=job.value_range)
     log.info(f"gs: distillation distance d = {note}")
-    channels = int(job.reference_input.shape[1])
+    calib_cache: list[torch.Tensor] = []
+
+    def calibration_inputs() -> list[torch.Tensor]:
+        """``calib_batches`` training batches (inputs only), the same in every session of the run."""
+        if not calib_cache:
+            for i, b in enumerate(job.make_loader(seed_offset=2)):
+                if i >= opts.calib_batches:
+                    break
+                calib_cache.append(b["input"])
+        return calib_cache
+
     stages = job.run_dir / "stages"
     pruned_dir = stages / "pruned"
     disc_path = stages / "disc.safetensors"
     report: dict[str, Any] = {"method": "gs", "bits": bits, "quantization": ("qat" if qat else quant) if bits < 32
-                              else "none", "ablation": opts.ablation, "rho": rho, "gan_weight": gan_weight,
+                              else "none", "ablation": opts.ablation, "gan_weight": gan_weight,
                               "distance": note, "options": dataclasses.asdict(opts), "teacher": job.teacher_info,
                               "target_macs": job.target_macs}
-    with torch.no_grad():
-        out_sample = job.teacher(job.reference_input)
-    disc = _discriminator(_first_conv_width(job.teacher), int(out_sample.shape[1]), opts) if gan_weight > 0 else None
+    disc = _discriminator(_first_conv_width(job.teacher), job.train_output_shape, opts) if gan_weight > 0 else None
 
     # -- stage 1: the GS search --------------------------------------------------------------------------------
     search_steps = s.max_steps
@@ -606,7 +689,14 @@ def run_gs(job: CompressJob, opts: GSOptions) -> dict[str, Any]:
         else:
             prune_info = {}
     else:
-        student = build_search_student(job.teacher, job.reference_input, bits=bits if qat else 32, opts=opts)
+        student = build_search_student(job.teacher, job.reference_input, bits=bits if qat else 32, opts=opts,
+                                       calib=calibration_inputs() if qat else None)
+        if rho is None:
+            rho = auto_rho(student, shrink=opts.shrink, gamma_lr=opts.gamma_lr, steps=s.max_steps)
+            log.info(f"gs: rho = {rho:.4g} (total shrinkage {opts.shrink:g} x the median initial |mask| over "
+                     f"{s.max_steps} steps of gamma lr {opts.gamma_lr:g}, cosine)")
+            report["rho_from_shrink"] = opts.shrink
+        report["rho"] = rho
         method = GSTraining(_distill_config(opts, distance, note, disc, gan_weight=gan_weight, lr=opts.lr),
                             rho=rho, gamma_lr=opts.gamma_lr, gamma_momentum=opts.gamma_momentum,
                             freeze_norm_stats=opts.freeze_norm_stats)
@@ -621,6 +711,7 @@ def run_gs(job: CompressJob, opts: GSOptions) -> dict[str, Any]:
         slim, prune_info = slim_student(student, job.reference_input, target_macs=job.target_macs,
                                         round_to=opts.round_to)
         prune_info["search_steps"] = search_steps
+        prune_info["rho"] = rho
         prune_info["search_losses"] = result.losses
         serialize.save(slim, pruned_dir)
         if disc is not None:
@@ -636,7 +727,8 @@ def run_gs(job: CompressJob, opts: GSOptions) -> dict[str, Any]:
     for p in slim.parameters():
         p.requires_grad_(True)
     if qat:
-        add_fake_quant(slim, bits, opts)
+        add_fake_quant(slim, bits, opts, calibration_inputs())
+        report["act_clips"] = slim.meta.get("act_clips")
     ft_steps = 0
     if s.finetune_steps > 0:
         ft = GSFinetune(_distill_config(opts, distance, note, disc, gan_weight=gan_weight,
@@ -652,14 +744,12 @@ def run_gs(job: CompressJob, opts: GSOptions) -> dict[str, Any]:
 
     # -- stage 3: post-training quantization (ablation / quant=ptq) ---------------------------------------------
     if bits < 32 and not qat:
-        add_fake_quant(slim, bits, opts)
-        loader = job.make_loader(seed_offset=2)
-        batches = []
-        for i, b in enumerate(loader):
-            if i >= opts.calib_batches:
-                break
-            batches.append(b["input"])
-        report["calibration"] = calibrate(slim, batches)
+        add_fake_quant(slim, bits, opts, calibration_inputs())
+        if opts.act_clip is not None:  # post-training quantization always calibrates
+            report["calibration"] = calibrate(FrozenNormStats(slim), calibration_inputs(),
+                                              method="percentile", percentile=opts.clip_percentile)
+        else:
+            report["calibration"] = slim.meta.get("act_clips")
 
     # -- export -------------------------------------------------------------------------------------------------
     slim = slim.cpu().eval()
@@ -690,6 +780,8 @@ def run_gs(job: CompressJob, opts: GSOptions) -> dict[str, Any]:
     report.update(search_steps=search_steps, finetune_steps=ft_steps, evaluation=ev,
                   quant_config=slim.meta.get("quant_config"),
                   size=f"{describe_bytes(summary['size_bytes_before'])} -> {describe_bytes(summary['size_bytes_after'])}")
+    if bits < 32:
+        report["int8_export"] = _export_integer(slim, job.run_dir / "int8", job.reference_input)
     job.export(slim, summary, report)
     job.save_state(stage="done", step=summary["steps"])
     return {"summary": summary, "report": report}

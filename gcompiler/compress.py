@@ -127,14 +127,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sample-every", type=int, default=S, help="write an input|teacher|student grid every N steps")
     g.add_argument("--log-every", type=int, default=S, help="log scalars every N steps")
     g.add_argument("--device", default=S, help="auto (default), cpu, cuda, cuda:1 ...")
-    g.add_argument("--workers", type=int, default=S, help="data loading worker processes (default: CPUs - 1, max 4)")
+    g.add_argument("--workers", type=int, default=S,
+                   help="data loading worker processes (default: 0 for builtin:sr, else CPUs - 1, max 4)")
+    g.add_argument("--threads", type=int, default=S, help="torch CPU threads (default: CPUs minus data workers)")
     g.add_argument("--eval-images", type=int, default=S, help="held-out images for the final PSNR (folders)")
     g.add_argument("--quiet", action="store_true", default=S, help="no progress bar; warnings only")
 
 
 _FLAG_TO_SETTING = {k: k for k in (
     "teacher", "data", "method", "bits", "target_macs", "max_steps", "finetune_steps", "batch_size", "crop", "macs_size",
-    "seed", "out", "resume", "save_every", "sample_every", "log_every", "device", "workers", "eval_images", "quiet")}
+    "seed", "out", "resume", "save_every", "sample_every", "log_every", "device", "workers", "threads", "eval_images",
+    "quiet")}
 
 
 def _settings_fields() -> dict[str, Any]:
@@ -299,12 +302,15 @@ def _setup_logging(run_dir: Path, quiet: bool) -> list[logging.Handler]:
 
 
 def compress(settings: Any, info: Any, options: Any) -> dict[str, Any]:
-    """Run ``info`` (a registered method) with ``settings`` / ``options``; returns ``{"summary", "report"}``."""
+    """Run ``info`` (a registered method) with ``settings`` / ``options``; returns ``{"summary", "report"}``.
+
+    On the CPU, torch uses ``settings.compute_threads()`` threads during the run (restored afterwards).
+    """
+    import os
+
     import torch
 
     from .methods.base import CompressJob
-
-    import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("gcompiler compress runs in a single process (its pruning and export stages are not "
@@ -312,14 +318,21 @@ def compress(settings: Any, info: Any, options: Any) -> dict[str, Any]:
     run_dir = Path(settings.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(settings.to_json(), indent=1) + "\n")
-    torch.manual_seed(settings.seed)  # a teacher built without weights and the discriminator start the same
-    job = CompressJob.create(settings)
-    log.info(f"compress: method {info.name}, teacher {settings.teacher} ({job.teacher_profile.params:,} params, "
-             f"{job.teacher_profile.macs / 1e9:.3f} G MACs at input {list(job.reference_input.shape)}), "
-             f"data {settings.data}, bits {settings.bits}"
-             + (f", target {job.target_macs / 1e9:.3f} G MACs" if job.target_macs else "")
-             + f"; run dir {run_dir}")
-    return info.run(job, options)
+    threads = torch.get_num_threads()
+    if settings.device == "cpu" or (settings.device == "auto" and not torch.cuda.is_available()):
+        torch.set_num_threads(settings.compute_threads())
+    try:
+        torch.manual_seed(settings.seed)  # a teacher built without weights and the discriminator start the same
+        job = CompressJob.create(settings)
+        log.info(f"compress: method {info.name}, teacher {settings.teacher} ({job.teacher_profile.params:,} params, "
+                 f"{job.teacher_profile.macs / 1e9:.3f} G MACs at input {list(job.reference_input.shape)}), "
+                 f"data {settings.data}, bits {settings.bits}, {torch.get_num_threads()} thread(s) + "
+                 f"{settings.data_workers()} data worker(s)"
+                 + (f", target {job.target_macs / 1e9:.3f} G MACs" if job.target_macs else "")
+                 + f"; run dir {run_dir}")
+        return info.run(job, options)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def cmd_compress(args: argparse.Namespace) -> int:

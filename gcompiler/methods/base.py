@@ -62,6 +62,7 @@ class Settings:
     device: str = "auto"
     teacher_kw: dict[str, Any] = field(default_factory=dict)
     workers: int | None = None
+    threads: int | None = None
     sample_every: int = 100
     log_every: int = 10
     eval_images: int = 16
@@ -87,6 +88,34 @@ class Settings:
             raise ConfigError(f"--macs-size must be an integer >= 4, got {self.macs_size!r}")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 0):
             raise ConfigError(f"--workers must be a non-negative integer, got {self.workers!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"--threads must be a positive integer, got {self.threads!r}")
+
+    def data_workers(self) -> int:
+        """Loader worker processes: ``--workers``, else 0 for ``builtin:sr`` (crops of in-memory photos) and
+        one fewer than the CPUs (at most 4) for folders, which decode files."""
+        if self.workers is not None:
+            return self.workers
+        if self.data.strip() == "builtin:sr":
+            return 0
+        from ..data import default_num_workers
+
+        return default_num_workers()
+
+    def compute_threads(self) -> int:
+        """Torch CPU threads: ``--threads``, else the CPUs left over by the data workers (at least 1).
+
+        Oversubscribing cores (threads + workers + other jobs > CPUs) makes small convolutions several times
+        slower, so the default never counts on more than the CPUs this process may use."""
+        if self.threads is not None:
+            return self.threads
+        import os
+
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+        return max(1, cpus - self.data_workers())
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -236,7 +265,7 @@ class CompressJob:
         from ..data import make_loader
 
         return make_loader(self.dataset, batch_size=batch_size or self.settings.batch_size,
-                           seed=self.settings.seed + seed_offset, num_workers=self.settings.workers)
+                           seed=self.settings.seed + seed_offset, num_workers=self.settings.data_workers())
 
     # -- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()

@@ -73,7 +73,7 @@ class GSOptions:
     "Paper ablation: prune-only (no quantization), distill-only (rho 0), ptq (quantize after float training), no-gan."
     rho: float | None = None
     "Weight of the L1 penalty on the masks; default: set from shrink (the paper: 0.01 over 200 epochs)."
-    shrink: float = 1.25
+    shrink: float = 1.0
     "With rho unset: total L1 shrinkage of the search, rho * sum_t eta_t, in units of the median initial |mask|."
     beta: float = 20.0
     "Weight of the distillation distance d (the paper's beta)."
@@ -416,8 +416,13 @@ def add_fake_quant(gm: fx.GraphModule, bits: int, opts: GSOptions,
         if not calib:
             raise ConfigError("gs: act_clip=None calibrates the activation clips, but no calibration batches were given")
         device = next(iter(gm.parameters())).device
-        clips = calibrate(FrozenNormStats(gm), [b.to(device) for b in calib], method="percentile",
-                          percentile=opts.clip_percentile)
+        try:
+            clips = calibrate(FrozenNormStats(gm), [b.to(device) for b in calib], method="percentile",
+                              percentile=opts.clip_percentile)
+        except ConfigError as exc:
+            raise ConfigError(f"gs: calibrating the activation clips failed ({exc}): the network's activations are "
+                              f"not finite on training batches (a diverged search? lower lr / gamma_lr / beta), or "
+                              f"set a fixed clip with --opt act_clip=4") from exc
         gm.meta["act_clips"] = {k.removeprefix("model."): v for k, v in clips.items()}
     return gm
 

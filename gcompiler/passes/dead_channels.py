@@ -497,7 +497,7 @@ def plan_elimination(gm: fx.GraphModule, *, round_to: int | None = None, seed: i
                 for t, rows in ga.group.index.items():
                     out_remove[t].update(rows[u])
         collapses: dict[str, Collapse] = {}
-        bumped = False
+        failed: list[str] = []
         consumers = {c: ga for ga in analyses.values() for c in ga.group.consumers}
         for cname in sorted(consumers, key=lambda c: ctx.order[c]):
             node = ctx.nodes[cname]
@@ -506,9 +506,25 @@ def plan_elimination(gm: fx.GraphModule, *, round_to: int | None = None, seed: i
             if len(out_remove.get(x.name, ())) < width:
                 continue
             col = _try_collapse(ctx, node, analyses, out_remove)
-            if col is not None:
+            if col is None:
+                failed.append(cname)
+            else:
                 collapses[cname] = col
-                continue
+        # A consumer inside another collapsing branch disappears with it; branches must not share an
+        # addition, nor take their skip operand from inside another collapsing branch.
+        in_chain = {n for col in collapses.values() for n in col.chain[1:]}
+        collapses = {c: col for c, col in collapses.items() if c not in in_chain}
+        adds: set[str] = set()
+        for cname in sorted(collapses, key=lambda c: ctx.order[c]):
+            col = collapses[cname]
+            chains = {n for c2, o in collapses.items() if c2 != cname for n in o.chain}
+            if col.add in adds or col.other in chains:
+                failed.append(cname)
+                del collapses[cname]
+            else:
+                adds.add(col.add)
+        bumped = False
+        for cname in failed:
             for ga in analyses.values():  # keep units in the first group feeding this consumer
                 if cname in ga.group.consumers and removed[ga.group.name]:
                     if min_keep[ga.group.name] < round_to:
@@ -517,6 +533,7 @@ def plan_elimination(gm: fx.GraphModule, *, round_to: int | None = None, seed: i
                     break
         if not bumped:
             break
+    gone = {n for col in collapses.values() for n in col.chain}
     folds: dict[str, list[tuple[int, torch.Tensor]]] = defaultdict(list)
     merges: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
     decisions = {}
@@ -530,7 +547,7 @@ def plan_elimination(gm: fx.GraphModule, *, round_to: int | None = None, seed: i
                 del d.kept[u]
         for u in d.removed:
             for cname, v in ga.views[u].items():
-                if cname in collapses:
+                if cname in gone:
                     continue
                 if v.kind == "fold":
                     d.folded += 1
@@ -719,11 +736,15 @@ def _resize_member(mod: nn.Module, keep: list[int]) -> nn.Module:
     return mod
 
 
-def _collapse(gm: fx.GraphModule, col: Collapse, plan: Plan) -> None:
+def _collapse(gm: fx.GraphModule, col: Collapse, plan: Plan, replaced: dict[str, str]) -> None:
     nodes = {n.name: n for n in gm.graph.nodes}
-    add, other = nodes[col.add], nodes[col.other]
+    other_name = col.other
+    while other_name in replaced:  # an earlier collapse already replaced the skip operand
+        other_name = replaced[other_name]
+    add, other = nodes[col.add], nodes[other_name]
     if col.bias is None:
         add.replace_all_uses_with(other)
+        replaced[col.add] = other_name
     else:
         name = unique_name(gm, f"bias_{col.add}")
         cb = ChannelBias(col.bias.numel())
@@ -732,6 +753,7 @@ def _collapse(gm: fx.GraphModule, col: Collapse, plan: Plan) -> None:
         with gm.graph.inserting_after(add):
             new = gm.graph.call_module(name, (other,))
         add.replace_all_uses_with(new)
+        replaced[col.add] = new.name
         new.meta["tensor_meta"] = add.meta.get("tensor_meta")
         if col.add in plan.out_remove:
             plan.out_remove[new.name] = plan.out_remove[col.add]
@@ -775,17 +797,37 @@ def _fold_mask(gm: fx.GraphModule, node: fx.Node) -> str:
     return ""
 
 
+def _drop_empty_cat_inputs(gm: fx.GraphModule, rm: dict[str, set[int]]) -> None:
+    """A group removed entirely still reaches a concat as a 0-channel tensor: drop it from the cat."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in (torch.cat, torch.concat) or not node.args:
+            continue
+        tensors = node.args[0]
+        if not isinstance(tensors, (list, tuple)):
+            continue
+        keep = [t for t in tensors if not (isinstance(t, fx.Node) and node_shape(t) is not None and
+                                           len(rm.get(t.name, ())) >= node_shape(t)[1])]
+        if len(keep) != len(tensors) and keep:
+            node.args = (type(tensors)(keep),) + tuple(node.args[1:])
+    gm.graph.eliminate_dead_code()
+
+
 def apply_plan(gm: fx.GraphModule, plan: Plan) -> tuple[fx.GraphModule, list[str]]:
     """Carry out ``plan`` on ``gm`` in place (see the module docstring); returns it and the masks that stay."""
-    for col in plan.collapses.values():
-        _collapse(gm, col, plan)
     rm = plan.out_remove
+    # Input channels each module loses, by its original input (before the graph is rewritten below).
+    order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    in_removed_of = {n.name: rm.get(n.args[0].name, set()) for n in gm.graph.nodes
+                     if n.op == "call_module" and n.args and isinstance(n.args[0], fx.Node)}
+    replaced: dict[str, str] = {}
+    for col in sorted(plan.collapses.values(), key=lambda c: order[c.add]):
+        _collapse(gm, col, plan, replaced)
+    _drop_empty_cat_inputs(gm, rm)
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
             continue
         mod = gm.get_submodule(str(node.target))
-        x = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-        in_removed = rm.get(x.name, set()) if x is not None else set()
+        in_removed = in_removed_of.get(node.name, set())
         out_removed = rm.get(node.name, set())
         if isinstance(mod, (_CONV, nn.Linear)):
             if node.name in plan.folds or node.name in plan.merges:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import operator
 from collections import defaultdict
 from typing import Any, Iterable
@@ -561,6 +562,24 @@ def plan_elimination(gm: fx.GraphModule, *, round_to: int | None = None, seed: i
     return Plan(decisions, dict(out_remove), dict(folds), dict(merges), collapses, round_to)
 
 
+def _instance_norm_of_constant(ctx: _Context, node: fx.Node, x: Any) -> torch.Tensor | None:
+    """An instance-style norm of a per-channel constant is exactly its shift (0 without affine).
+
+    Evaluating it in floating point instead gives rounding noise divided by sqrt(eps); returns None when
+    the rule does not apply."""
+    mod = ctx.module(node.name)
+    per_instance = isinstance(mod, nn.modules.instancenorm._InstanceNorm) and not (
+        mod.track_running_stats and not mod.training) or \
+        (isinstance(mod, nn.GroupNorm) and mod.num_groups == mod.num_channels)
+    if not per_instance or not isinstance(x, torch.Tensor) or x.dim() < 3:
+        return None
+    flat = x.double().reshape(x.shape[0], x.shape[1], -1)
+    if not all(_is_constant(row) for row in flat.reshape(-1, flat.shape[2])):
+        return None
+    shift = mod.bias.detach() if getattr(mod, "bias", None) is not None else torch.zeros(x.shape[1])
+    return shift.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2))).expand_as(x).clone()
+
+
 def _try_collapse(ctx: _Context, node: fx.Node, analyses: dict[str, _GroupAnalysis],
                   out_remove: dict[str, set[int]]) -> Collapse | None:
     """If ``node`` (losing all inputs) heads a residual branch whose value at the add is a per-channel
@@ -589,6 +608,7 @@ def _try_collapse(ctx: _Context, node: fx.Node, analyses: dict[str, _GroupAnalys
     cur = node
     try:
         val = ev.evaluate(node)
+        ev.values[node.name] = val
         while True:
             users = list(cur.users)
             if len(users) != 1:
@@ -608,7 +628,11 @@ def _try_collapse(ctx: _Context, node: fx.Node, analyses: dict[str, _GroupAnalys
                 return Collapse(node.name, nxt.name, other.name, None if bool((bias == 0).all()) else bias, chain)
             if data or nxt.op not in ("call_module", "call_function", "call_method"):
                 return None
-            val = ev.evaluate(nxt)
+            val = _instance_norm_of_constant(ctx, nxt, val)
+            if val is None:
+                val = ev.evaluate(nxt)
+            else:
+                ev.values[nxt.name] = val
             chain.append(nxt.name)
             cur = nxt
     except Exception:  # an op that cannot run on the fixed values: no collapse, keep a unit instead
@@ -645,28 +669,33 @@ def _apply_consumer_edits(mod: nn.Module, folds: list[tuple[int, torch.Tensor]],
         mod.weight.data.copy_(w.to(mod.weight.dtype))
     if folds:
         out = mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
-        delta = torch.zeros(out, dtype=torch.float64)
-        for c, const in folds:
-            const = float(const)
-            if const == 0.0:
-                continue
-            if isinstance(mod, nn.Linear):
-                delta += w[:, c] * const
-            elif isinstance(mod, _CONVT):
-                per_in = mod.in_channels // mod.groups
-                per_out = mod.out_channels // mod.groups
-                g = c // per_in
-                delta[g * per_out:(g + 1) * per_out] += w[c].reshape(per_out, -1).sum(dim=1) * const
-            else:
-                per_in = mod.in_channels // mod.groups
-                per_out = mod.out_channels // mod.groups
-                g = c // per_in
-                rows = slice(g * per_out, (g + 1) * per_out)
-                delta[rows] += w[rows, c - g * per_in].reshape(per_out, -1).sum(dim=1) * const
+        delta = _fold_delta(mod, w, folds)
         if bool((delta != 0).any()):
             if mod.bias is None:
                 mod.bias = nn.Parameter(torch.zeros(out, dtype=mod.weight.dtype, device=mod.weight.device))
             mod.bias.data += delta.to(mod.bias.dtype)
+
+
+def _fold_delta(mod: nn.Module, w: torch.Tensor, folds: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """Bias change of consumer ``mod`` (float64 weight ``w``) from constant input channels."""
+    out = mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
+    delta = torch.zeros(out, dtype=torch.float64)
+    for c, const in folds:
+        const = float(const)
+        if const == 0.0:
+            continue
+        if isinstance(mod, nn.Linear):
+            delta += w[:, c] * const
+            continue
+        per_in = mod.in_channels // mod.groups
+        per_out = mod.out_channels // mod.groups
+        g = c // per_in
+        if isinstance(mod, _CONVT):
+            delta[g * per_out:(g + 1) * per_out] += w[c].reshape(per_out, -1).sum(dim=1) * const
+        else:
+            rows = slice(g * per_out, (g + 1) * per_out)
+            delta[rows] += w[rows, c - g * per_in].reshape(per_out, -1).sum(dim=1) * const
+    return delta
 
 
 def _resize_conv(mod: nn.Module, keep_in: list[int], keep_out: list[int], depthwise: bool) -> None:
@@ -857,6 +886,102 @@ def apply_plan(gm: fx.GraphModule, plan: Plan) -> tuple[fx.GraphModule, list[str
     gm.graph.lint()
     gm.recompile()
     return gm, kept_masks
+
+
+def estimate_after(gm: fx.GraphModule, plan: Plan) -> tuple[int, int]:
+    """``(MACs, params)`` of the network ``apply_plan(gm, plan)`` would build, computed without building it.
+
+    Counts by the profiler's conventions (BRIEF section 5): the new widths follow from ``plan.out_remove``;
+    collapsed branches vanish (a :class:`ChannelBias` takes their place when their constant is not zero);
+    a bias is created where a fold needs one; a mask folded into a norm without affine parameters makes it
+    affine. ``profile(eliminate-dead-channels(gm))`` gives the same numbers.
+    """
+    from ..profiler import _function_macs, _get_attr, _module_params, module_macs
+
+    rm = plan.out_remove
+    gone = {n for col in plan.collapses.values() for n in col.chain}
+    macs, params = 0, 0
+    owned: set[int] = set()
+
+    def width(node: fx.Node) -> int:
+        return node_shape(node)[1] - len(rm.get(node.name, ()))
+
+    def new_shape(node: fx.Node) -> tuple[int, ...]:
+        s = tuple(node_shape(node))
+        return (s[0], width(node)) + s[2:]
+
+    for node in gm.graph.nodes:
+        if node.name in gone or node.op in ("placeholder", "output"):
+            continue
+        if node.op == "get_attr":
+            val = _get_attr(gm, str(node.target))
+            if isinstance(val, nn.Parameter) and id(val) not in owned:
+                owned.add(id(val))
+                params += val.numel()
+            continue
+        if node.op == "call_function":
+            macs += _function_macs(node, gm)
+            continue
+        if node.op != "call_module":
+            continue
+        mod = gm.get_submodule(str(node.target))
+        shape = node_shape(node)
+        touched = bool(rm.get(node.name)) or (node.args and isinstance(node.args[0], fx.Node)
+                                              and bool(rm.get(node.args[0].name)))
+        if isinstance(mod, (_CONV, nn.Linear)) and (touched or node.name in plan.folds):
+            x = node.args[0]
+            c_in, c_out = width(x), width(node)
+            if c_out == 0:
+                continue
+            if isinstance(mod, nn.Linear):
+                macs += math.prod(new_shape(node)) * c_in
+                params += c_in * c_out
+            else:
+                depthwise = mod.groups == mod.in_channels and mod.groups > 1
+                groups = c_in if depthwise else mod.groups
+                k = math.prod(mod.kernel_size)
+                macs += math.prod(new_shape(node)) * (c_in // max(groups, 1)) * k
+                params += (c_in * (c_out // max(groups, 1)) if isinstance(mod, _CONVT)
+                           else c_out * (c_in // max(groups, 1))) * k
+            has_bias = mod.bias is not None
+            if not has_bias and node.name in plan.folds:
+                w = mod.weight.data.double()
+                has_bias = bool((_fold_delta(mod, w, plan.folds[node.name]) != 0).any())
+            params += c_out if has_bias else 0
+            continue
+        if isinstance(mod, ChannelMask):
+            keep = _keep(node_shape(node)[1], rm.get(node.name))
+            s = mod.per_channel().detach()[keep]
+            if bool((s == 1).all()):
+                continue
+            src = node.args[0]
+            prev = gm.get_submodule(str(src.target)) if src.op == "call_module" else None
+            if len(src.users) == 1 and isinstance(prev, (_CONV, nn.Linear)):
+                continue
+            if len(src.users) == 1 and prev is not None and _is_channel_norm(prev):
+                params += 2 * len(keep) if prev.weight is None else 0
+                continue
+            params += len(keep)
+            continue
+        if not touched:
+            fresh = [p for p in mod.parameters() if id(p) not in owned]
+            owned.update(id(p) for p in fresh)
+            macs += module_macs(mod, [node_shape(a) if isinstance(a, fx.Node) else None for a in node.args], shape)
+            params += _module_params(mod) if hasattr(mod, "count_params") else sum(p.numel() for p in fresh)
+            continue
+        c = width(node)
+        if isinstance(mod, nn.PReLU):
+            params += c if mod.num_parameters > 1 else 1
+        elif isinstance(mod, ChannelBias):
+            params += c
+        else:
+            params += sum(c for name in ("weight", "bias")
+                          if isinstance(getattr(mod, name, None), nn.Parameter) and getattr(mod, name).dim() == 1)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for col in plan.collapses.values():
+        if col.bias is not None:  # the ChannelBias that replaces the branch
+            params += width(nodes[col.add])
+    return int(macs), int(params)
 
 
 @register_pass("eliminate-dead-channels", contract=Contract.exact())

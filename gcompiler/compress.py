@@ -129,7 +129,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=S, help="auto (default), cpu, cuda, cuda:1 ...")
     g.add_argument("--workers", type=int, default=S,
                    help="data loading worker processes (default: 0 for builtin:sr, else CPUs - 1, max 4)")
-    g.add_argument("--threads", type=int, default=S, help="torch CPU threads (default: CPUs minus data workers)")
+    g.add_argument("--threads", type=int, default=S, help="torch CPU threads (default: half the CPUs not used by data workers, at least 1)")
     g.add_argument("--eval-images", type=int, default=S, help="held-out images for the final PSNR (folders)")
     g.add_argument("--quiet", action="store_true", default=S, help="no progress bar; warnings only")
 

@@ -6,10 +6,10 @@ zero-padding module turns a constant into a spatial pattern. This pass therefore
 every such channel from the values it really takes, never by assumption:
 
 1. **Which values are fixed.** For every prunable channel group (:func:`gcompiler.analysis.channel_groups`)
-   the group's ops (producers and pass-through members, in graph order) are evaluated twice, each time
-   with different random data in every tensor that does not belong to the group. A channel whose values
-   agree bit for bit in both runs does not depend on the data: it is a fixed map (``beta``, ``act(beta)``,
-   a bias, zero ...). A *unit* (a channel, or a block of ``r**2`` channels before a pixel shuffle) is a
+   the group's pass-through members are evaluated in graph order, twice, each time with different random
+   data in every tensor that does not belong to the group (a producer's output channel is its bias when its
+   weights are all zero, random data otherwise). A channel whose values agree bit for bit in both runs
+   does not depend on the data: it is a fixed map (``beta``, ``act(beta)``, a bias, zero ...). A *unit* (a channel, or a block of ``r**2`` channels before a pixel shuffle) is a
    candidate when it is fixed at the input of every consumer of the group.
 2. **How each consumer absorbs it.** At each consumer (conv, transposed conv, linear) a candidate is
 
@@ -199,16 +199,41 @@ def _batch1(shape: Iterable[int]) -> tuple[int, ...]:
 class _Evaluator:
     """Evaluates a group's nodes on its own values, with random data everywhere else."""
 
-    def __init__(self, ctx: _Context, members: list[str], run: int) -> None:
+    def __init__(self, ctx: _Context, members: list[str], run: int, producers: Iterable[str] = ()) -> None:
         self.ctx = ctx
         self.members = set(members)
+        self.producers = set(producers)
         self.values: dict[str, Any] = {}
         self.gen = torch.Generator().manual_seed(1000 * ctx.seed + 17 + run)
+
+    def _random(self, tm: Any) -> torch.Tensor:
+        shape = _batch1(tm.shape)
+        if tm.dtype.is_floating_point:
+            return torch.randn(shape, generator=self.gen, dtype=torch.float32).to(tm.dtype) * 3
+        return torch.randint(0, 2, shape, generator=self.gen).to(tm.dtype)
+
+    def _producer(self, node: fx.Node) -> torch.Tensor:
+        """A producer reads data from outside the group, so an output channel is fixed exactly when its
+        weights are all zero (it is then its bias); computing the layer would only confirm that."""
+        out = self._random(node.meta["tensor_meta"])
+        mod = self.ctx.gm.get_submodule(str(node.target))
+        w = mod.weight.detach()
+        if isinstance(mod, _CONVT):
+            per_in, per_out = mod.in_channels // mod.groups, mod.out_channels // mod.groups
+            zero = torch.stack([bool((w[(o // per_out) * per_in:(o // per_out + 1) * per_in, o % per_out] == 0).all())
+                                for o in range(mod.out_channels)]) if w.numel() else torch.ones(0, dtype=torch.bool)
+        else:
+            zero = (w.reshape(w.shape[0], -1) == 0).all(dim=1)
+        for c in torch.nonzero(zero).flatten().tolist():
+            out[:, c] = mod.bias.detach()[c] if mod.bias is not None else 0
+        return out
 
     def value(self, node: fx.Node) -> Any:
         if node.name in self.values:
             return self.values[node.name]
-        if node.op == "get_attr":
+        if node.name in self.producers and node.op == "call_module":
+            v = self._producer(node)
+        elif node.op == "get_attr":
             obj: Any = self.ctx.gm
             for part in str(node.target).split("."):
                 obj = getattr(obj, part)
@@ -218,11 +243,7 @@ class _Evaluator:
         else:
             tm = node.meta.get("tensor_meta")
             if tm is not None and hasattr(tm, "shape"):
-                shape = _batch1(tm.shape)
-                if tm.dtype.is_floating_point:
-                    v = torch.randn(shape, generator=self.gen, dtype=torch.float32).to(tm.dtype) * 3
-                else:
-                    v = torch.randint(0, 2, shape, generator=self.gen).to(tm.dtype)
+                v = self._random(tm)
             else:
                 v = self.ctx.concrete(node)
         self.values[node.name] = v
@@ -329,7 +350,7 @@ def _analyse(ctx: _Context, g) -> _GroupAnalysis:
     tensors = list(g.index)
     runs = []
     for run in (0, 1):
-        ev = _Evaluator(ctx, tensors, run)
+        ev = _Evaluator(ctx, tensors, run, g.producers)
         try:
             for t in tensors:
                 ev.value(ctx.nodes[t])
@@ -899,7 +920,7 @@ def estimate_after(gm: fx.GraphModule, plan: Plan) -> tuple[int, int]:
     from ..profiler import _function_macs, _get_attr, _module_params, module_macs
 
     rm = plan.out_remove
-    gone = {n for col in plan.collapses.values() for n in col.chain}
+    gone = {n for col in plan.collapses.values() for n in col.chain} | _dead_after(gm, plan)
     macs, params = 0, 0
     owned: set[int] = set()
 
@@ -982,6 +1003,36 @@ def estimate_after(gm: fx.GraphModule, plan: Plan) -> tuple[int, int]:
         if col.bias is not None:  # the ChannelBias that replaces the branch
             params += width(nodes[col.add])
     return int(macs), int(params)
+
+
+def _dead_after(gm: fx.GraphModule, plan: Plan) -> set[str]:
+    """Nodes the built network no longer computes: collapsed branches and everything that only fed a
+    group removed entirely (its tensors leave their concats, so whatever produced them is dead code)."""
+    rm = plan.out_remove
+    skip_add = {col.add: col.other for col in plan.collapses.values()}
+
+    def empty(n: fx.Node) -> bool:
+        s = node_shape(n)
+        return s is not None and len(s) >= 2 and len(rm.get(n.name, ())) >= s[1]
+
+    alive: set[str] = set()
+    stack = [n for n in gm.graph.nodes if n.op == "output"]
+    while stack:
+        n = stack.pop()
+        if n.name in alive:
+            continue
+        alive.add(n.name)
+        if n.name in skip_add:
+            ins = [a for a in n.all_input_nodes if a.name == skip_add[n.name]]
+        elif n.op == "call_function" and n.target in (torch.cat, torch.concat) and n.args and \
+                isinstance(n.args[0], (list, tuple)):
+            kept = [t for t in n.args[0] if isinstance(t, fx.Node) and not empty(t)]
+            ins = kept if kept else list(n.all_input_nodes)
+            ins += [a for a in n.all_input_nodes if a not in n.args[0]]
+        else:
+            ins = list(n.all_input_nodes)
+        stack.extend(ins)
+    return {n.name for n in gm.graph.nodes if n.name not in alive and n.op != "placeholder"}
 
 
 @register_pass("eliminate-dead-channels", contract=Contract.exact())

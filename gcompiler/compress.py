@@ -95,7 +95,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher-kw", action="append", metavar="KEY=VALUE", default=S,
                    help="constructor argument of the teacher, repeatable (e.g. --teacher-kw ngf=32)")
     g.add_argument("--data", metavar="SPEC", default=S,
-                   help="training data: folder, single:/paired:/unpaired:/aligned:DIR or builtin:sr (default builtin:sr)")
+                   help="training data: folder, single:/paired:/unpaired:/aligned:DIR or builtin:sr "
+                        "(default builtin:sr)")
     g.add_argument("--method", default=S, help="compression method (default gs; see below)")
     g.add_argument("--config", metavar="FILE", default=S, help="TOML / YAML / JSON settings; flags override them")
     g = p.add_argument_group("targets")
@@ -129,15 +130,16 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=S, help="auto (default), cpu, cuda, cuda:1 ...")
     g.add_argument("--workers", type=int, default=S,
                    help="data loading worker processes (default: 0 for builtin:sr, else CPUs - 1, max 4)")
-    g.add_argument("--threads", type=int, default=S, help="torch CPU threads (default: half the CPUs not used by data workers, at least 1)")
+    g.add_argument("--threads", type=int, default=S,
+                   help="torch CPU threads (default: half the CPUs not used by data workers, at least 1)")
     g.add_argument("--eval-images", type=int, default=S, help="held-out images for the final PSNR (folders)")
     g.add_argument("--quiet", action="store_true", default=S, help="no progress bar; warnings only")
 
 
 _FLAG_TO_SETTING = {k: k for k in (
-    "teacher", "data", "method", "bits", "target_macs", "max_steps", "finetune_steps", "batch_size", "crop", "macs_size",
-    "seed", "out", "resume", "save_every", "sample_every", "log_every", "device", "workers", "threads", "eval_images",
-    "quiet")}
+    "teacher", "data", "method", "bits", "target_macs", "max_steps", "finetune_steps", "batch_size", "crop",
+    "macs_size", "seed", "out", "resume", "save_every", "sample_every", "log_every", "device", "workers", "threads",
+    "eval_images", "quiet")}
 
 
 def _settings_fields() -> dict[str, Any]:

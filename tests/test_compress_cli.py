@@ -180,7 +180,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     Image.fromarray(_smooth_image(rng, 16, 240, 255)).save(data / "z_bright.png")  # the teacher's NaN trigger
     out = tmp_path / "r"
     rc, _, err = run(capsys, "--teacher", "gsfix.teachers:BrightNaN", "--data", str(data), "--out", str(out),
-                     "--batch-size", "1", "--crop", "16", "--workers", "0", "--threads", "1", "--quiet", "--max-steps", "30",
+                     "--batch-size", "1", "--crop", "16", "--workers", "0", "--threads", "1", "--quiet",
+                     "--max-steps", "30",
                      "--save-every", "1", "--seed", "3", "--opt", "disc_layers=2", "--opt", "disc_ndf=8")
     assert rc == 2
     import re

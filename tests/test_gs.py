@@ -1,4 +1,4 @@
-"""GAN Slimming pieces: proximal step, GS quantization placement, frozen norms, MACs estimate, slimming, training groups."""
+"""GAN Slimming pieces: proximal step, GS quantization, frozen norms, MACs estimate, slimming, training groups."""
 from __future__ import annotations
 
 import math

@@ -140,8 +140,10 @@ def coerce_option(method: str, name: str, value: Any, hint: Any) -> Any:
     """Convert ``value`` (a string from ``--opt`` or a value from a config file) to the type ``hint``."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    allowed = [a for a in args if a is not type(None)] if origin in (typing.Union, getattr(__import__("types"),
-                                                                                            "UnionType", ())) else [hint]
+    import types
+
+    is_union = origin is typing.Union or origin is getattr(types, "UnionType", None)
+    allowed = [a for a in args if a is not type(None)] if is_union else [hint]
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")
                          and type(None) in args):
         if type(None) in args:

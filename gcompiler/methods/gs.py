@@ -414,7 +414,8 @@ def add_fake_quant(gm: fx.GraphModule, bits: int, opts: GSOptions,
     if opts.act_clip is None and any(isinstance(m, QUANT_CONV_TYPES) and m.input_quant is not None
                                      for m in gm.modules()):
         if not calib:
-            raise ConfigError("gs: act_clip=None calibrates the activation clips, but no calibration batches were given")
+            raise ConfigError("gs: act_clip=None calibrates the activation clips, but no calibration batches were "
+                              "given")
         device = next(iter(gm.parameters())).device
         try:
             clips = calibrate(FrozenNormStats(gm), [b.to(device) for b in calib], method="percentile",
@@ -784,7 +785,8 @@ def run_gs(job: CompressJob, opts: GSOptions) -> dict[str, Any]:
     }
     report.update(search_steps=search_steps, finetune_steps=ft_steps, evaluation=ev,
                   quant_config=slim.meta.get("quant_config"),
-                  size=f"{describe_bytes(summary['size_bytes_before'])} -> {describe_bytes(summary['size_bytes_after'])}")
+                  size=(f"{describe_bytes(summary['size_bytes_before'])} -> "
+                        f"{describe_bytes(summary['size_bytes_after'])}"))
     if bits < 32:
         report["int8_export"] = _export_integer(slim, job.run_dir / "int8", job.reference_input)
     job.export(slim, summary, report)

@@ -6,3 +6,4 @@ from . import masks as _masks  # noqa: F401,E402  insert-masks
 from . import dead_channels as _dead_channels  # noqa: F401,E402  eliminate-dead-channels
 from ..kernels import lower as _kernels_lower  # noqa: F401,E402  lower-to-triton
 from . import prune_ratio as _prune_ratio  # noqa: F401,E402  prune-by-ratio
+from . import fine_grained as _fine_grained  # noqa: F401,E402  prune-fine-grained

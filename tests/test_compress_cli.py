@@ -90,7 +90,7 @@ def test_gs8_end_to_end_exports_a_loadable_student(tmp_path, capsys):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["bits"] == 8 and cfg["max_steps"] == 4 and cfg["options"]["disc_ndf"] == 8
     for p in ("checkpoints", "finetune/checkpoints", "train.log", "scalars.csv", "compress.log", "report.json",
-              "stages/pruned/architecture.json"):
+              "stages/pruned/architecture.json", "samples/heldout.png"):
         assert (out / p).exists(), p
     assert "PSNR to teacher" in stdout and str(out) in stdout
     # the same out dir again without --resume is refused

@@ -321,6 +321,52 @@ class CompressJob:
                             f"over the value range {list(self.value_range)}",
                 "details": {"images": n}}
 
+    @torch.no_grad()
+    def save_samples(self, student: nn.Module, path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                     rows: int = 4) -> Path | None:
+        """A PNG grid of held-out samples, one row each: input | teacher | student (| ground truth).
+
+        ``builtin:sr``: the centre 64 x 64 (low-resolution) crop of every held-out photo; folders: fixed
+        crops of the first eval images. Returns the path, or ``None`` when nothing could be drawn.
+        """
+        from ..train.runlog import save_grid
+
+        was = student.training
+        student.eval()
+        try:
+            if self.builtin_sr:
+                from ..data.sr import SCALE, heldout_pairs
+
+                xs, ys = [], []
+                for _name, lr, hr in heldout_pairs():
+                    h, w = lr.shape[-2:]
+                    c = min(64, h, w)
+                    top, left = (h - c) // 2, (w - c) // 2
+                    xs.append(lr[..., top:top + c, left:left + c])
+                    ys.append(hr[..., SCALE * top:SCALE * (top + c), SCALE * left:SCALE * (left + c)])
+                x, gt = torch.cat(xs), torch.cat(ys)
+            else:
+                from ..data import open_dataset
+
+                ds = open_dataset(self.settings.data, split="eval", value_range=self.value_range, seed=0,
+                                  crop_size=int(self.reference_input.shape[-1]) if self.settings.crop else None)
+                items = [ds[i] for i in range(min(rows, len(ds)))]
+                if not items or any(it["input"].shape != items[0]["input"].shape for it in items):
+                    return None
+                x = torch.stack([it["input"] for it in items])
+                gt = (torch.stack([it["target"] for it in items]) if all(isinstance(it.get("target"), torch.Tensor)
+                                                                        for it in items) else None)
+            x = x.to(device)
+            cols = [x, self.teacher.to(device)(x), student(x)]
+            if gt is not None and tuple(gt.shape[1:]) == tuple(cols[-1].shape[1:]):
+                cols.append(gt)
+            return save_grid(cols, path, self.value_range, max_rows=rows)
+        except (OSError, ValueError, RuntimeError) as exc:
+            log.warning(f"could not draw the held-out sample grid: {exc}")
+            return None
+        finally:
+            student.train(was)
+
     # -- export -----------------------------------------------------------------------------------
     def export(self, student: fx.GraphModule, summary: Mapping[str, Any], report: Mapping[str, Any] | None = None
                ) -> Path:

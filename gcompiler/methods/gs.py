@@ -766,6 +766,9 @@ def run_gs(job: CompressJob, opts: GSOptions) -> dict[str, Any]:
     device = job.settings.device if job.settings.device != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu")
     ev = job.evaluate(slim.to(device), device=device)
+    grid = job.save_samples(slim, job.run_dir / "samples" / "heldout.png", device=device)
+    if grid is not None:
+        report["samples"] = str(grid)
     slim = slim.cpu()
     job.teacher.cpu()
     tp = job.teacher_profile

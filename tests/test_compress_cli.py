@@ -246,3 +246,19 @@ def test_kill_9_then_resume_reaches_the_same_result(tmp_path, capsys):
     a, b = load_file(str(out / "model.safetensors")), load_file(str(ref / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((ref / "summary.json").read_text())["psnr_to_teacher"] == summary["psnr_to_teacher"]
+
+
+def test_resume_after_the_search_continues_the_fine_tuning(tmp_path, capsys):
+    data = make_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["--teacher", "gsfix.teachers:TinyGen", "--data", str(data), "--max-steps", "3", "--save-every", "1",
+            "--out", str(out), *FAST]
+    rc, _, err = run(capsys, *args, "--finetune-steps", "2")
+    assert rc == 0, err
+    pruned = (out / "stages" / "pruned" / "model.safetensors").read_bytes()
+    rc, _, err = run(capsys, *args, "--finetune-steps", "4", "--resume")
+    assert rc == 0, err
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3 + 4
+    assert (out / "stages" / "pruned" / "model.safetensors").read_bytes() == pruned  # the search was not redone
+    assert "resumed from" in (out / "finetune" / "train.log").read_text()
+    assert json.loads((out / "config.json").read_text())["finetune_steps"] == 4

@@ -220,8 +220,8 @@ class _Evaluator:
         w = mod.weight.detach()
         if isinstance(mod, _CONVT):
             per_in, per_out = mod.in_channels // mod.groups, mod.out_channels // mod.groups
-            zero = torch.stack([bool((w[(o // per_out) * per_in:(o // per_out + 1) * per_in, o % per_out] == 0).all())
-                                for o in range(mod.out_channels)]) if w.numel() else torch.ones(0, dtype=torch.bool)
+            zero = torch.tensor([bool((w[(o // per_out) * per_in:(o // per_out + 1) * per_in, o % per_out] == 0).all())
+                                 for o in range(mod.out_channels)], dtype=torch.bool)
         else:
             zero = (w.reshape(w.shape[0], -1) == 0).all(dim=1)
         for c in torch.nonzero(zero).flatten().tolist():
@@ -835,8 +835,11 @@ def _fold_mask(gm: fx.GraphModule, node: fx.Node) -> str:
             prev.bias.data.mul_(s.to(prev.bias.dtype))
     elif _is_channel_norm(prev):
         if prev.weight is None:
-            prev.weight = nn.Parameter(torch.ones_like(s))
-            prev.bias = nn.Parameter(torch.zeros_like(s))
+            like = next((b for b in prev.buffers() if b.is_floating_point()), None)
+            dtype = like.dtype if like is not None else (src.meta["tensor_meta"].dtype if "tensor_meta" in src.meta
+                                                         else s.dtype)
+            prev.weight = nn.Parameter(torch.ones(s.shape, dtype=dtype))
+            prev.bias = nn.Parameter(torch.zeros(s.shape, dtype=dtype))
             prev.affine = True
         prev.weight.data.mul_(s.to(prev.weight.dtype))
         prev.bias.data.mul_(s.to(prev.bias.dtype))
@@ -920,7 +923,8 @@ def estimate_after(gm: fx.GraphModule, plan: Plan) -> tuple[int, int]:
     from ..profiler import _function_macs, _get_attr, _module_params, module_macs
 
     rm = plan.out_remove
-    gone = {n for col in plan.collapses.values() for n in col.chain} | _dead_after(gm, plan)
+    dead = _dead_after(gm, plan)
+    gone = {n for col in plan.collapses.values() for n in col.chain} | dead
     macs, params = 0, 0
     owned: set[int] = set()
 
@@ -1000,7 +1004,7 @@ def estimate_after(gm: fx.GraphModule, plan: Plan) -> tuple[int, int]:
                           if isinstance(getattr(mod, name, None), nn.Parameter) and getattr(mod, name).dim() == 1)
     nodes = {n.name: n for n in gm.graph.nodes}
     for col in plan.collapses.values():
-        if col.bias is not None:  # the ChannelBias that replaces the branch
+        if col.bias is not None and col.add not in dead:  # the ChannelBias that replaces the branch
             params += width(nodes[col.add])
     return int(macs), int(params)
 

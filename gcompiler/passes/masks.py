@@ -220,7 +220,9 @@ def _gamma_mask(gm: fx.GraphModule, g, nodes: dict[str, fx.Node]) -> dict | None
 
 
 def _channel_masks(gm: fx.GraphModule, g, nodes: dict[str, fx.Node]) -> dict:
-    scale = nn.Parameter(torch.ones(g.channels))
+    tm = nodes[g.producers[0]].meta.get("tensor_meta")
+    dtype = tm.dtype if tm is not None and tm.dtype.is_floating_point else torch.float32
+    scale = nn.Parameter(torch.ones(g.channels, dtype=dtype))
     paths = []
     for i, pname in enumerate(g.producers):
         p = nodes[pname]

@@ -279,3 +279,15 @@ def test_planned_profile_on_zoo_models(name, kw, size):
     assert err <= 1e-5
     prof = gcompiler.profile(slim)
     assert planned == (prof.macs, prof.params)
+
+
+def test_insert_masks_group_filter_and_errors():
+    model = gcompiler.models.create("resnet_9blocks", ngf=8, n_blocks=2)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    gm = _compile(model, x, "insert-masks{groups=model_1;model_1*_conv_block_1}")
+    assert sorted(masks(gm)) == ["model_1", "model_10_conv_block_1", "model_11_conv_block_1"]
+    assert all(m.numel() == w for m, w in zip(masks(gm).values(), (8, 32, 32)))
+    with pytest.raises(gcompiler.PassError, match="matches no prunable group; prunable groups: model_1"):
+        _compile(model, x, "insert-masks{groups=nope}")
+    with pytest.raises(gcompiler.PassError, match="round_to"):
+        _compile(model, x, "insert-masks{round_to=0}")

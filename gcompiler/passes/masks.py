@@ -157,7 +157,8 @@ def _module(gm: fx.GraphModule, node: fx.Node | None) -> nn.Module | None:
 def _name_matches(name: str, patterns: str) -> bool:
     if patterns.strip() in ("", "all", "*"):
         return True
-    return any(fnmatch.fnmatchcase(name, p.strip()) for p in patterns.split("|") if p.strip())
+    parts = patterns.replace(";", "|").replace(",", "|").split("|")
+    return any(fnmatch.fnmatchcase(name, p.strip()) for p in parts if p.strip())
 
 
 @register_pass("insert-masks", contract=Contract.exact())
@@ -165,7 +166,8 @@ def insert_masks(gm: fx.GraphModule, *, groups: str = "all", round_to: int = 1) 
     """Give every prunable channel group one learnable mask (exact: the output is unchanged).
 
     Options:
-        groups: ``"all"`` or ``|``-separated glob patterns over group names (``"model_1*|model_4"``);
+        groups: ``"all"`` or glob patterns over group names separated by ``|`` or ``;``
+            (``"model_1*|model_4"``, as ``prune-by-ratio`` accepts them);
             only prunable groups (see :func:`gcompiler.analysis.channel_groups`) get a mask.
         round_to: kept widths should be multiples of this (recorded for ``eliminate-dead-channels`` and
             ``prune-by-ratio``, which honour it).

@@ -384,6 +384,8 @@ def _analyse(ctx: _Context, g) -> _GroupAnalysis:
                 kind = "fold"
             else:
                 kind = "merge"
+            if kind != "merge":  # a constant map is stored as its value (memory: units x consumers x H x W)
+                maps = [m.mean().reshape(1) for m in maps]
             views[u][cname] = _UnitView(chans, maps, kind)
         if ok:
             candidates.append(u)
@@ -443,6 +445,8 @@ def _merge_blocker(ctx: _Context, g, views, u: int, carrier: int | None) -> str:
 
 
 def _ratio(m: torch.Tensor, carrier: torch.Tensor) -> float | None:
+    if m.numel() != carrier.numel():  # one of them is a constant stored as a single value
+        m, carrier = torch.broadcast_tensors(m, carrier)
     denom = float((carrier * carrier).sum())
     if denom == 0.0:
         return None

@@ -262,3 +262,17 @@ def test_resume_after_the_search_continues_the_fine_tuning(tmp_path, capsys):
     assert (out / "stages" / "pruned" / "model.safetensors").read_bytes() == pruned  # the search was not redone
     assert "resumed from" in (out / "finetune" / "train.log").read_text()
     assert json.loads((out / "config.json").read_text())["finetune_steps"] == 4
+
+
+def test_demo_runs_gs8_on_builtin_sr_and_prints_the_table(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["demo", "--out", str(out), "--max-steps", "2", "--finetune-steps", "1", "--quiet"])
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "gs" and summary["steps"] == 3 and summary["input_shape"] == [1, 3, 64, 64]
+    assert summary["macs_after"] <= summary["macs_before"] / 3  # the demo's --target-macs 3x
+    assert summary["psnr_to_target"] is not None  # builtin:sr has ground truth
+    for row in ("MACs", "params", "size", "PSNR to teacher", "PSNR to target", str(out), "gcompiler zoo"):
+        assert row in stdout, row
+    assert json.loads((out / "config.json").read_text())["bits"] == 8

@@ -147,8 +147,9 @@ def test_unreadable_images(tmp_path, capsys):
     broken.mkdir()
     for i in range(3):
         (broken / f"x{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    rc, _, err = run(capsys, "--teacher", "gsfix.teachers:TinyGen", "--data", str(broken), "--out",
-                     str(tmp_path / "r"), *FAST)
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        rc, _, err = run(capsys, "--teacher", "gsfix.teachers:TinyGen", "--data", str(broken), "--out",
+                         str(tmp_path / "r"), *FAST)
     assert rc == 2 and "no readable images" in err and str(broken) in err
     # one broken file among good ones: skipped with a warning naming it, and the run goes on
     mixed = make_folder(tmp_path / "mixed", n=4)

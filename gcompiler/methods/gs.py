@@ -9,8 +9,10 @@ One objective, solved end to end (BRIEF section 1)::
   after a conv where there is one, a :class:`~gcompiler.passes.masks.ChannelMask` otherwise, one shared
   mask for coupled groups such as a residual trunk) and, for ``--bits`` < 32, fake quantization with
   straight-through gradients (``insert-fake-quant``): every conv / transposed-conv input clamped to
-  ``[0, act_clip]`` (unsigned, p = 4) and quantized to ``bits``, weights quantized symmetrically per tensor;
-  the image input of the first conv stays float; norms, activations and D stay float.
+  ``[0, p]`` and quantized to ``bits``, weights quantized symmetrically per tensor; the image input of the
+  first conv stays float; norms, activations and D stay float. (GS uses ``[0, 4]`` everywhere:
+  ``--opt act_range=unsigned --opt act_clip=4``. Our default keeps ``[0, p]`` after ReLUs but uses
+  ``[-p, p]`` where the input can be negative, and calibrates ``p`` per layer; see the defaults below.)
 * **Minimax**: a PatchGAN discriminator with LSGAN losses; its "real" samples are the teacher's outputs.
 * **Distillation** ``d``: VGG16 perceptual distance (L1 on relu1_2 + 1e5 x Gram MSE) when VGG16 weights are
   given (``vgg_weights``), otherwise the pixel loss ``distance_fallback`` (MSE, the paper's ablation); the run
@@ -34,10 +36,22 @@ Ablations (``ablation`` option, the paper's study): ``prune-only`` (no quantizat
 then chosen by magnitude), ``ptq`` (search and fine-tune in float, then post-training quantization:
 fake-quant inserted and activation clips calibrated on training batches), ``no-gan`` (no discriminator).
 
-Defaults versus the paper. The paper trains 200 epochs with Adam lr 1e-5 for the weights, SGD lr 0.1 for
-gamma, rho 0.01, beta 20 (perceptual) and batch 8. Our runs are hundreds of steps on a small SR teacher, so
-the defaults here are chosen for that regime (measured on ``builtin:sr``, see BENCHMARKS.md); set
-``lr=1e-5 gamma_lr=0.1 rho=0.01 beta=20`` (``--opt``) and many more steps to follow the paper.
+Defaults versus the paper. The paper trains 200 epochs with Adam lr 1e-5 for the weights, SGD lr 0.1
+(momentum 0.5, cosine) for gamma, rho 0.01, beta 20 with the perceptual d, an LSGAN term of weight 1, a 64-wide
+PatchGAN, and activations in [0, 4]. We keep the optimizers (Adam 1e-5, SGD 0.1) and beta, and choose for runs
+of a few hundred steps on the small ``builtin:sr`` teacher (measurements in BENCHMARKS.md):
+
+* ``rho`` from a shrinkage budget (``shrink``, default 1.0): ``rho * sum_t eta_t`` = the median initial
+  |mask| (:func:`auto_rho`). Over a few hundred steps a fixed rho prunes nothing or nearly everything;
+  ``--rho`` / ``--opt rho=`` sets it directly. Use ``--target-macs`` for a predictable size.
+* ``gan_weight`` 0.01: next to an MSE d (values ~1e-4), weight 1 dominates and costs fidelity;
+* activation ranges signed where the conv input can be negative and clips calibrated per layer (SRResNet's
+  convs read PReLU outputs and residual sums, which ``[0, 4]`` truncates);
+* the fine-tuning stage uses Adam 2e-4 (``finetune_lr``); the PatchGAN is as wide as the teacher's first
+  conv (clamped to [16, 64]).
+
+``--opt lr=1e-5 --opt gamma_lr=0.1 --opt rho=0.01 --opt gan_weight=1 --opt act_range=unsigned
+--opt act_clip=4 --opt disc_ndf=64 --opt vgg_weights=PATH`` and many more steps follow the paper.
 """
 from __future__ import annotations
 

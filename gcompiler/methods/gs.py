@@ -118,8 +118,7 @@ class GSOptions:
     quant: Literal["qat", "ptq"] = "qat"
     "With --bits < 32: quantization-aware (GS-8) or post-training (train float, then calibrate)."
     act_range: Literal["auto", "unsigned", "signed"] = "auto"
-    "Activation quantizer range: unsigned [0, act_clip] (GS), signed [-act_clip, act_clip], or auto (unsigned "
-    "after ReLU-like ops, signed elsewhere)."
+    "Quantizer range: unsigned [0, p] (GS), signed [-p, p], or auto (unsigned after ReLUs, signed elsewhere)."
     act_clip: float | None = None
     "Activation clip p; None: calibrated per layer (clip_percentile of |x| on calib_batches batches; GS: 4)."
     clip_percentile: float = 99.99

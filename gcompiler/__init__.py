@@ -51,7 +51,7 @@ def __getattr__(name: str):
     import importlib
 
     if name in ("models", "analysis", "passes", "quant", "kernels", "train", "data", "metrics", "serialize",
-                "checkpoint", "viz", "spec"):
+                "checkpoint", "viz", "spec", "methods"):
         return importlib.import_module(f".{name}", __name__)
     if name in _LAZY:
         mod, attr = _LAZY[name]

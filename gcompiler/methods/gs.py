@@ -68,6 +68,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ..passes.sparsity import proximal_l1  # noqa: F401  (re-exported: the GS proximal L1 step)
 from ..errors import ConfigError
 from ..train import (Distill, DistillConfig, ParamGroup, TrainConfig, Trainer, build_distance, sgd)
 from ..train.engine import StepContext
@@ -158,25 +159,7 @@ class GSOptions:
 
 
 # ------------------------------------------------------------------------------------------------
-# pieces: proximal step, frozen norms, MACs estimate
-
-def proximal_l1(rho: float) -> Callable[[list[nn.Parameter], float], None]:
-    """Post-step hook: the proximal operator of ``rho * ||p||_1`` with step ``lr`` (soft-thresholding).
-
-    ``p <- sign(p) * max(|p| - rho * lr, 0)``, applied in place to every parameter; ``lr`` is the
-    learning rate the optimizer just used (the engine passes the group's scheduled rate).
-    """
-    if not (math.isfinite(rho) and rho >= 0):
-        raise ConfigError(f"rho must be a finite number >= 0, got {rho!r}")
-
-    def step(params: list[nn.Parameter], lr: float) -> None:
-        thr = rho * lr
-        with torch.no_grad():
-            for p in params:
-                p.copy_(p.sign() * (p.abs() - thr).clamp_min(0.0))
-
-    return step
-
+# pieces: frozen norms, MACs estimate (the proximal step is gcompiler.passes.sparsity.proximal_l1)
 
 class FrozenNormStats(nn.Module):
     """Runs ``model`` with every BatchNorm in eval mode whatever ``train()`` is called with.

@@ -23,13 +23,14 @@ student itself (``model.safetensors`` + ``architecture.json``: ``gcompiler.load(
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from .cli import _parse_kw, command
 from .errors import ConfigError, GCompilerError
@@ -278,6 +279,19 @@ def _check_run_dir(settings: Any) -> None:
                           f"--out directory")
 
 
+@contextlib.contextmanager
+def run_logging(run_dir: Path, quiet: bool) -> Iterator[None]:
+    """Console + ``run_dir/compress.log`` handlers on the ``gcompiler`` logger for the duration of a run."""
+    handlers = _setup_logging(run_dir, quiet)
+    try:
+        yield
+    finally:
+        root = logging.getLogger("gcompiler")
+        for h in handlers:
+            root.removeHandler(h)
+            h.close()
+
+
 def _setup_logging(run_dir: Path, quiet: bool) -> list[logging.Handler]:
     root = logging.getLogger("gcompiler")
     handlers: list[logging.Handler] = []
@@ -342,14 +356,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     settings, info, options = resolve_settings(args)
     _check_run_dir(settings)
-    handlers = _setup_logging(Path(settings.out), settings.quiet)
-    try:
+    with run_logging(Path(settings.out), settings.quiet):
         result = compress(settings, info, options)
-    finally:
-        root = logging.getLogger("gcompiler")
-        for h in handlers:
-            root.removeHandler(h)
-            h.close()
     summary = result["summary"]
     print(summary_table(summary))
     print(f"\n{summary['steps']} steps in {summary['wall_s']:.0f} s; run dir {settings.out} "

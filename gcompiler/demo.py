@@ -36,7 +36,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .compress import _setup_logging, compress
+    from .compress import compress, run_logging
     from .methods import get_method
     from .methods.base import Settings, summary_table
 
@@ -56,16 +56,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         settings.resume = True  # an interrupted or finished demo in the same directory continues
     print(f"gcompiler demo: GS-8 of the built-in x2 SR teacher on builtin:sr ({values['max_steps']} search + "
           f"{values['finetune_steps']} fine-tuning steps, target {values['target_macs']} fewer MACs); run dir {out}\n")
-    handlers = _setup_logging(Path(out), args.quiet)
-    try:
+    with run_logging(Path(out), args.quiet):
         result = compress(settings, info, options)
-    finally:
-        import logging
-
-        root = logging.getLogger("gcompiler")
-        for h in handlers:
-            root.removeHandler(h)
-            h.close()
     s = result["summary"]
     print()
     print(summary_table(s))

@@ -272,6 +272,21 @@ class _IntConvBase(nn.Module):
     def _float_forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _repr_options(self) -> str:
+        """The non-default options that both integer conv reprs print after their geometry."""
+        s = ""
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if not self.has_bias:
+            s += ", bias=False"
+        if not self.input_quantized:
+            s += ", weight-only"
+        elif self.input_zero_point:
+            s += f", input_zero_point={self.input_zero_point}"
+        return s
+
 
 @register_module_type
 @register_leaf
@@ -328,17 +343,7 @@ class IntConv2d(_IntConvBase):
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
              f"padding={self.padding}, padding_mode={self.padding_mode}, w{self.weight_bits}")
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if not self.has_bias:
-            s += ", bias=False"
-        if not self.input_quantized:
-            s += ", weight-only"
-        elif self.input_zero_point:
-            s += f", input_zero_point={self.input_zero_point}"
-        return s
+        return s + self._repr_options()
 
 
 @register_module_type
@@ -381,17 +386,7 @@ class IntConvTranspose2d(_IntConvBase):
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
              f"padding={self.padding}, output_padding={self.output_padding}, w{self.weight_bits}")
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if not self.has_bias:
-            s += ", bias=False"
-        if not self.input_quantized:
-            s += ", weight-only"
-        elif self.input_zero_point:
-            s += f", input_zero_point={self.input_zero_point}"
-        return s
+        return s + self._repr_options()
 
 
 INT_CONV_TYPES = (IntConv2d, IntConvTranspose2d)

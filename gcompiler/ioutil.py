@@ -1,0 +1,174 @@
+"""Atomic file and directory writes: the one helper every gcompiler writer uses.
+
+Contract: a reader never sees a half-written file or directory. Everything is written to a temporary
+name in the *same* directory as the destination (so the final rename never crosses a file system),
+flushed and ``fsync``-ed, then renamed into place with :func:`os.replace`; the parent directory is
+``fsync``-ed after the rename. On any error (``KeyboardInterrupt`` included) the temporary is removed and
+the previous content of the destination, if any, is untouched.
+
+* :func:`atomic_write_bytes`, :func:`atomic_write_text`, :func:`atomic_write_json` — whole files;
+* :func:`atomic_file` — a context manager yielding a temporary *path* for writers that take a file name
+  (``safetensors.torch.save_file``, ``PIL.Image.save``, ``torch.save``);
+* :func:`atomic_dir` — a context manager yielding a temporary *directory* that replaces ``final_dir``.
+
+Temporaries start with ``.`` and contain ``.tmp`` so that directory listings skip them.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_file", "atomic_dir",
+           "json_default", "fsync_dir"]
+
+PathLike = str | os.PathLike
+
+
+def fsync_dir(path: PathLike) -> None:
+    """``fsync`` a directory (makes a rename inside it durable); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: PathLike) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _tmp_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on a clean exit it is fsync-ed and renamed onto ``path``.
+
+    The caller writes the file (by name) inside the ``with`` block. Parent directories are created.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(final)
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(f"atomic_file: nothing was written to the temporary file for {final}")
+        _fsync_file(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(final.parent)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path."""
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def atomic_write_text(path: PathLike, s: str, *, encoding: str = "utf-8") -> Path:
+    """Write the text ``s`` to ``path`` atomically; returns the path."""
+    return atomic_write_bytes(path, s.encode(encoding))
+
+
+def json_default(o: Any) -> Any:
+    """JSON fallback for the values gcompiler records: tensors (as lists), paths, devices, dtypes, numpy
+    scalars/arrays, sets, dataclasses, and non-finite floats (as their repr)."""
+    import dataclasses
+
+    try:
+        import torch
+
+        if isinstance(o, torch.Tensor):
+            return o.tolist()
+        if isinstance(o, (torch.device, torch.dtype)):
+            return str(o)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    if isinstance(o, os.PathLike):
+        return os.fspath(o)
+    if isinstance(o, (set, frozenset)):
+        return sorted(o, key=str)
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    if hasattr(o, "tolist") and callable(o.tolist):  # numpy arrays and scalars
+        return o.tolist()
+    if isinstance(o, float) and not math.isfinite(o):
+        return repr(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def atomic_write_json(path: PathLike, obj: Any, *, indent: int | None = 1,
+                      default: Callable[[Any], Any] | None = json_default, sort_keys: bool = False) -> Path:
+    """Write ``obj`` as JSON (one trailing newline) to ``path`` atomically; returns the path.
+
+    ``default`` converts values JSON does not know (:func:`json_default`: tensors, paths, numpy ...);
+    a value it cannot convert raises ``TypeError`` before anything is written.
+    """
+    text = json.dumps(obj, indent=indent, default=default, sort_keys=sort_keys) + "\n"
+    return atomic_write_text(path, text)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            p = Path(dirpath) / name
+            if p.is_file() and not p.is_symlink():
+                _fsync_file(p)
+        fsync_dir(dirpath)
+
+
+@contextlib.contextmanager
+def atomic_dir(final_dir: PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a fresh temporary directory next to ``final_dir``; on a clean exit it replaces ``final_dir``.
+
+    Every file written under it is fsync-ed, then the directory is renamed onto ``final_dir``. An existing
+    ``final_dir`` is swapped out first (renamed aside, removed after the new one is in place) when
+    ``overwrite`` is true, else :class:`FileExistsError` is raised before anything is written. On an
+    error inside the block the temporary directory is removed and ``final_dir`` is untouched.
+    """
+    final = Path(final_dir)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} exists")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if final.exists() or final.is_symlink():
+            if not overwrite:
+                raise FileExistsError(f"{final} exists")
+            old = final.with_name(f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            os.replace(final, old)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(old, final)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(final.parent)

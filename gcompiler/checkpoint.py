@@ -25,7 +25,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Union
@@ -315,8 +314,8 @@ def save_checkpoint(model_or_state_dict: Union[nn.Module, Mapping[str, torch.Ten
                     metadata: Mapping[str, str] | None = None) -> Path:
     """Write a model's state dict (or a tensor dict) to ``path`` as safetensors, atomically.
 
-    The data goes to a temporary file in the same directory which then replaces ``path`` with
-    ``os.replace``, so a reader never sees a half-written file. Tensors are saved contiguous on the CPU
+    The data goes to a temporary file in the same directory which then replaces ``path``
+    (:func:`gcompiler.ioutil.atomic_file`), so a reader never sees a half-written file. Tensors are saved contiguous on the CPU
     (shared storage is copied apart, as safetensors requires). ``path`` must end in ``.safetensors``.
     """
     from safetensors.torch import save_file
@@ -339,19 +338,12 @@ def save_checkpoint(model_or_state_dict: Union[nn.Module, Mapping[str, torch.Ten
         raise CheckpointError(f"save_checkpoint: entries that are not str -> tensor: {_fmt_list([repr(k) for k in bad])}")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
     meta = None if metadata is None else {str(k): str(v) for k, v in metadata.items()}
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
-    os.close(fd)
+    from .ioutil import atomic_file
+
     try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, p)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise CheckpointError(f"could not write checkpoint '{p}': {exc}") from exc
-        raise
+        with atomic_file(p) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+    except OSError as exc:
+        raise CheckpointError(f"could not write checkpoint '{p}': {exc}") from exc
     return p
 

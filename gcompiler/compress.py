@@ -34,6 +34,7 @@ from typing import Any, Iterator, Mapping
 
 from .cli import _parse_kw, command
 from .errors import ConfigError, GCompilerError
+from .ioutil import atomic_write_json
 
 log = logging.getLogger("gcompiler.compress")
 
@@ -333,7 +334,7 @@ def compress(settings: Any, info: Any, options: Any) -> dict[str, Any]:
                           "distributed); start it without torchrun, or drive gcompiler.train.Trainer under torchrun")
     run_dir = Path(settings.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(settings.to_json(), indent=1) + "\n")
+    atomic_write_json(run_dir / "config.json", settings.to_json())
     threads = torch.get_num_threads()
     if settings.device == "cpu" or (settings.device == "auto" and not torch.cuda.is_available()):
         torch.set_num_threads(settings.compute_threads())

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..errors import ConfigError, DataError
+from ..ioutil import atomic_write_json, fsync_dir
 
 log = logging.getLogger("gcompiler.compress")
 
@@ -120,26 +122,6 @@ class Settings:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=_json_default)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if isinstance(o, (Path, torch.device, torch.dtype)):
-        return str(o)
-    if isinstance(o, float) and not math.isfinite(o):
-        return repr(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 class CompressJob:
@@ -381,18 +363,16 @@ class CompressJob:
         extra = [k for k in summary if k not in SUMMARY_KEYS]
         if missing or extra:
             raise ValueError(f"summary keys: missing {missing}, unexpected {extra}")
-        tmp = self.run_dir / ".student-export"
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp)
-        serialize.save(student, tmp)
+        staged = self.run_dir / ".student-export"  # serialize.save writes it atomically; each file then moves
+        shutil.rmtree(staged, ignore_errors=True)   # into the run directory with one atomic rename
+        serialize.save(student, staged)
         for name in (serialize.WEIGHTS_FILE, serialize.ARCH_FILE):
-            os.replace(tmp / name, self.run_dir / name)
-        tmp.rmdir()
-        _atomic_write_json(self.run_dir / "summary.json", {k: summary[k] for k in SUMMARY_KEYS})
+            os.replace(staged / name, self.run_dir / name)
+        fsync_dir(self.run_dir)
+        shutil.rmtree(staged, ignore_errors=True)
+        atomic_write_json(self.run_dir / "summary.json", {k: summary[k] for k in SUMMARY_KEYS})
         if report is not None:
-            _atomic_write_json(self.run_dir / "report.json", dict(report))
+            atomic_write_json(self.run_dir / "report.json", dict(report))
         return self.run_dir
 
     # -- run state --------------------------------------------------------------------------------
@@ -415,13 +395,13 @@ class CompressJob:
         state = self._read_state()
         state.update(extra)
         state["wall_s"] = self.wall_s()
-        _atomic_write_json(self.run_dir / "run_state.json", state)
+        atomic_write_json(self.run_dir / "run_state.json", state)
 
     def write_json(self, name: str, obj: Any) -> Path:
         """Write ``obj`` as JSON to ``run_dir/name`` atomically."""
         p = self.run_dir / name
         p.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_json(p, obj)
+        atomic_write_json(p, obj)
         return p
 
 

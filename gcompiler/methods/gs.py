@@ -593,10 +593,10 @@ def _state_saver(job: CompressJob, stage: str) -> Callable[[Trainer, StepContext
 def _save_module_state(module: nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp))
-    tmp.replace(path)
+    from ..ioutil import atomic_file
+
+    with atomic_file(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp))
 
 
 def _load_module_state(module: nn.Module, path: Path) -> None:

@@ -7,9 +7,9 @@ Layout of one checkpoint (a directory ``<ckpt_dir>/step_00000120``)::
                         plain dicts/lists/numbers/tensors, loadable with ``torch.load(weights_only=True)``
     meta.json           human-readable summary (step, time, last losses, file list)
 
-Atomicity: everything is written into a hidden temporary directory next to the final one, each file
-is flushed and ``fsync``-ed, and the directory is then renamed into place with ``os.replace`` (an
-atomic rename on POSIX). A crash (or ``kill -9``) at any moment therefore leaves either the complete
+Atomicity (:func:`gcompiler.ioutil.atomic_dir`): everything is written into a hidden temporary directory
+next to the final one, each file is flushed and ``fsync``-ed, and the directory is then renamed into place
+with ``os.replace`` (an atomic rename on POSIX). A crash (or ``kill -9``) at any moment therefore leaves either the complete
 new checkpoint or none at all, and never touches the previous ones; leftover temporary directories
 are ignored by :func:`list_checkpoints` and removed by the next save.
 """
@@ -21,7 +21,6 @@ import random
 import re
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -61,27 +60,6 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
     return ckpts[-1][1] if ckpts else None
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems / platforms cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _cpu_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Detached, contiguous CPU tensors with no two sharing storage (safetensors refuses shared ones)."""
     out: dict[str, torch.Tensor] = {}
@@ -103,7 +81,8 @@ def clean_temporary(ckpt_dir: str | os.PathLike) -> None:
     root = Path(ckpt_dir)
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith(_TMP_PREFIX):
+            if p.name.startswith(_TMP_PREFIX) or (p.name.startswith(".") and (".tmp-" in p.name
+                                                                                or ".old-" in p.name)):
                 shutil.rmtree(p, ignore_errors=True)
 
 
@@ -117,31 +96,20 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, tensors: Mapping[str
     """
     from safetensors.torch import save_file
 
+    from ..ioutil import atomic_dir
+
     root = Path(ckpt_dir)
     final = root / checkpoint_name(step)
-    tmp = root / f"{_TMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         root.mkdir(parents=True, exist_ok=True)
         clean_temporary(root)
-        tmp.mkdir()
-        save_file(_cpu_tensors(tensors), str(tmp / MODEL_FILE), metadata={"step": str(int(step))})
-        torch.save({"format": FORMAT_VERSION, **dict(state)}, tmp / STATE_FILE)
-        info = {"format": FORMAT_VERSION, "step": int(step), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "files": [MODEL_FILE, STATE_FILE, META_FILE], **dict(meta or {})}
-        (tmp / META_FILE).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
-        for name in (MODEL_FILE, STATE_FILE, META_FILE):
-            _fsync_file(tmp / name)
-        _fsync_dir(tmp)
-        if final.exists():  # re-saving a step (a run resumed at a save step): swap, then drop the old one
-            old = root / f"{_TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(root)
+        with atomic_dir(final) as tmp:  # re-saving a step (a run resumed at a save step) swaps the directory
+            save_file(_cpu_tensors(tensors), str(tmp / MODEL_FILE), metadata={"step": str(int(step))})
+            torch.save({"format": FORMAT_VERSION, **dict(state)}, tmp / STATE_FILE)
+            info = {"format": FORMAT_VERSION, "step": int(step), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "files": [MODEL_FILE, STATE_FILE, META_FILE], **dict(meta or {})}
+            (tmp / META_FILE).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
     except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not write checkpoint {final}: {type(e).__name__}: {e} "
                               f"(previous checkpoints in {root} are untouched)") from e
     if keep_last is not None and keep_last > 0:

@@ -74,12 +74,15 @@ class ScalarLogger:
                     kept.append(r)
             except (ValueError, IndexError):
                 continue
-        tmp = self.csv_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(kept)
-        os.replace(tmp, self.csv_path)
+        import io
+
+        from ..ioutil import atomic_write_text
+
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow(header)
+        w.writerows(kept)
+        atomic_write_text(self.csv_path, buf.getvalue())
 
     @property
     def tensorboard_enabled(self) -> bool:
@@ -166,9 +169,9 @@ def save_grid(columns: Sequence[torch.Tensor], path: str | os.PathLike,
     from PIL import Image
 
     img = make_grid(columns, value_range, max_rows=max_rows)
+    from ..ioutil import atomic_file
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    Image.fromarray(img.numpy()).save(tmp, format="PNG")
-    os.replace(tmp, p)
+    with atomic_file(p) as tmp:
+        Image.fromarray(img.numpy()).save(tmp, format="PNG")
     return p

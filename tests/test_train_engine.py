@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 import gcompiler
 from gcompiler.errors import CheckpointError, ConfigError, DataError
-from gcompiler.train import (Cosine, Distill, DistillConfig, FeatureDistillLoss, GANLoss, LinearDecay, Method,
+from gcompiler.train import (Cosine, Distill, DistillConfig, FeatureDistillLoss, GANLoss, LinearDecay, Recipe,
                              NonFiniteError, ParamGroup, PerceptualLoss, Phase, TappedModel, TrainConfig, Trainer,
-                             adam, build_distance, gram_matrix, latest_checkpoint, list_checkpoints, load_checkpoint,
-                             make_grid, read_scalars, save_checkpoint, save_grid, sgd)
+                             adam, build_distance, gram_matrix, latest_checkpoint, list_checkpoints, read_run_checkpoint,
+                             make_grid, read_scalars, write_run_checkpoint, save_grid, sgd)
 from gcompiler.train import checkpoint as ckpt_mod
 
 import _train_worker as W
@@ -45,7 +45,7 @@ def _env() -> dict:
 
 
 def _final_tensors(run: Path) -> tuple[dict, dict]:
-    tensors, state, _ = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    tensors, state, _ = read_run_checkpoint(latest_checkpoint(run / "checkpoints"))
     return tensors, state
 
 
@@ -282,7 +282,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert ei.value.step == 6 and ei.value.phase == "G"
     assert "step_00000004" in str(ei.value)
     assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [2, 4]
-    tensors, state, _ = load_checkpoint(ei.value.checkpoint)
+    tensors, state, _ = read_run_checkpoint(ei.value.checkpoint)
     assert state["step"] == 4 and all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
     assert "non-finite" in (tmp_path / "train.log").read_text()
 
@@ -307,7 +307,7 @@ def test_nonfinite_weights_are_never_checkpointed(tmp_path):
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     d = tmp_path / "ck"
-    good = save_checkpoint(d, 2, {"w": torch.arange(4.0)}, {"step": 2})
+    good = write_run_checkpoint(d, 2, {"w": torch.arange(4.0)}, {"step": 2})
     real_save = torch.save
 
     def dying_save(obj, f, *a, **k):  # writes half a file, then the "disk" fails
@@ -316,10 +316,10 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckpt_mod.torch, "save", dying_save)
     with pytest.raises(CheckpointError, match="step_00000004.*untouched"):
-        save_checkpoint(d, 4, {"w": torch.arange(4.0) + 1}, {"step": 4})
+        write_run_checkpoint(d, 4, {"w": torch.arange(4.0) + 1}, {"step": 4})
     monkeypatch.setattr(ckpt_mod.torch, "save", real_save)
     assert latest_checkpoint(d) == good and sorted(p.name for p in d.iterdir()) == ["step_00000002"]
-    tensors, state, meta = load_checkpoint(good)
+    tensors, state, meta = read_run_checkpoint(good)
     assert torch.equal(tensors["w"], torch.arange(4.0)) and state["step"] == 2 and meta["step"] == 2
     # a save killed mid-write (kill -9) leaves only a hidden temp dir: ignored, and cleaned by the next save
     stale = d / ".tmp-step_00000006-999-deadbeef"
@@ -327,11 +327,11 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     (stale / "model.safetensors").write_bytes(b"garbage")
     assert latest_checkpoint(d) == good
     for step in (6, 8, 10, 12):
-        save_checkpoint(d, step, {"w": torch.full((2,), float(step))}, {"step": step}, keep_last=3)
+        write_run_checkpoint(d, step, {"w": torch.full((2,), float(step))}, {"step": step}, keep_last=3)
     assert not stale.exists()
     assert [s for s, _ in list_checkpoints(d)] == [8, 10, 12]
     with pytest.raises(CheckpointError, match="incomplete|missing"):
-        load_checkpoint(stale.parent / "nothing_here")
+        read_run_checkpoint(stale.parent / "nothing_here")
 
 
 def test_kill9_then_resume_reaches_final_step(tmp_path):
@@ -392,7 +392,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # engine plumbing
 
-class _TwoGroups(Method):
+class _TwoGroups(Recipe):
     """A hand-written method: weights with Adam, a learnable gain with SGD + a proximal L1 step."""
 
     name = "two-groups"
@@ -547,7 +547,7 @@ def test_phases_on_two_data_sources_keep_their_own_positions(tmp_path):
     teacher, student = W.models()
     alpha = nn.Parameter(torch.zeros(1))
 
-    class TwoSources(Method):
+    class TwoSources(Recipe):
         name = "two-sources"
 
         def setup(self, trainer):

@@ -699,10 +699,10 @@ def run_gs(job: CompressJob, opts: GSOptions) -> dict[str, Any]:
                      f"{s.max_steps} steps of gamma lr {opts.gamma_lr:g}, cosine)")
             report["rho_from_shrink"] = opts.shrink
         report["rho"] = rho
-        method = GSTraining(_distill_config(opts, distance, note, disc, gan_weight=gan_weight, lr=opts.lr),
+        recipe = GSTraining(_distill_config(opts, distance, note, disc, gan_weight=gan_weight, lr=opts.lr),
                             rho=rho, gamma_lr=opts.gamma_lr, gamma_momentum=opts.gamma_momentum,
                             freeze_norm_stats=opts.freeze_norm_stats)
-        trainer = Trainer(method, student=student, teacher=job.teacher, data=job.make_loader(),
+        trainer = Trainer(recipe, student=student, teacher=job.teacher, data=job.make_loader(),
                           config=_train_config(job, job.run_dir, s.max_steps), callbacks=[_state_saver(job, "search")])
         result = trainer.fit()
         search_steps = result.steps

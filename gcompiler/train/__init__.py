@@ -1,4 +1,4 @@
-"""Distillation training: the engine (:class:`Trainer` + :class:`Method`), losses, taps, checkpoints, logs.
+"""Distillation training: the engine (:class:`Trainer` + :class:`Recipe`), losses, taps, checkpoints, logs.
 
 Minimal use::
 
@@ -7,15 +7,15 @@ Minimal use::
                       data=loader, config=TrainConfig(out_dir="runs/x", max_steps=1000, resume=True))
     result = trainer.fit()
 
-A method driver (GAN Slimming, AGD, ...) subclasses :class:`Method` (or :class:`Distill`) and
+A training recipe (the GAN Slimming search, AGD, ...) subclasses :class:`Recipe` (or :class:`Distill`) and
 supplies parameter groups, phases and hooks; see :mod:`gcompiler.train.engine`.
 """
 from __future__ import annotations
 
-from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, list_checkpoints, read_run_checkpoint, write_run_checkpoint
 from .distill import Distill, DistillConfig
 from .distributed import DistInfo, dist_info
-from .engine import (Method, NonFiniteError, ParamGroup, Phase, StepContext, TrainConfig, Trainer, TrainResult,
+from .engine import (Recipe, NonFiniteError, ParamGroup, Phase, StepContext, TrainConfig, Trainer, TrainResult,
                      adam, sgd)
 from .losses import (FeatureDistillLoss, GANLoss, PerceptualLoss, PixelDistance, build_distance, gram_matrix,
                      pixel_loss)
@@ -24,10 +24,10 @@ from .schedules import Constant, Cosine, LinearDecay, Schedule, parse_schedule
 from .taps import TappedModel, tap_graph
 
 __all__ = [
-    "Trainer", "TrainConfig", "TrainResult", "Method", "ParamGroup", "Phase", "StepContext", "NonFiniteError",
+    "Trainer", "TrainConfig", "TrainResult", "Recipe", "ParamGroup", "Phase", "StepContext", "NonFiniteError",
     "adam", "sgd", "Distill", "DistillConfig", "DistInfo", "dist_info",
     "FeatureDistillLoss", "GANLoss", "PerceptualLoss", "PixelDistance", "build_distance", "gram_matrix", "pixel_loss",
     "TappedModel", "tap_graph", "Schedule", "Constant", "Cosine", "LinearDecay", "parse_schedule",
     "ScalarLogger", "read_scalars", "make_grid", "save_grid",
-    "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
+    "write_run_checkpoint", "read_run_checkpoint", "latest_checkpoint", "list_checkpoints",
 ]

@@ -86,7 +86,7 @@ def clean_temporary(ckpt_dir: str | os.PathLike) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, tensors: Mapping[str, torch.Tensor],
+def write_run_checkpoint(ckpt_dir: str | os.PathLike, step: int, tensors: Mapping[str, torch.Tensor],
                     state: Mapping[str, Any], meta: Mapping[str, Any] | None = None, *,
                     keep_last: int | None = 3) -> Path:
     """Write checkpoint ``step`` atomically and keep only the newest ``keep_last`` (``None``: all).
@@ -118,7 +118,7 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, tensors: Mapping[str
     return final
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
+def read_run_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     """Read ``(tensors, state, meta)`` from a checkpoint directory, safely (no arbitrary unpickling)."""
     from safetensors.torch import load_file

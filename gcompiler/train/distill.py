@@ -1,4 +1,4 @@
-"""``Distill``: the generic teacher -> student distillation method (and the base of method drivers).
+"""``Distill``: the generic teacher -> student distillation recipe (and the base of the methods' training recipes).
 
 Losses of the generator phase ``"G"`` (each optional, each weighted, logged as ``G/<term>``):
 
@@ -17,7 +17,7 @@ per-sample-normalised D (PatchGAN with InstanceNorm) that equals two separate ca
 Parameter groups: ``"weights"`` (student parameters not claimed by :meth:`Distill.extra_groups`, plus
 the feature mappings), the extra groups a subclass adds (GAN Slimming's ``"masks"``), and ``"disc"``.
 Subclasses override :meth:`extra_groups`, :meth:`extra_losses`, :meth:`progress` and the hooks of
-:class:`~gcompiler.train.engine.Method`.
+:class:`~gcompiler.train.engine.Recipe`.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError, DataError
-from .engine import Method, ParamGroup, Phase, StepContext, Trainer, adam
+from .engine import Recipe, ParamGroup, Phase, StepContext, Trainer, adam
 from .losses import GAN_MODES, PIXEL_LOSSES, FeatureDistillLoss, GANLoss, pixel_loss, set_requires_grad
 from .schedules import Schedule
 from .taps import TappedModel
@@ -82,7 +82,7 @@ class DistillConfig:
             raise ConfigError("Distill has no loss at all: set pixel, distance, feature_pairs or gan")
 
 
-class Distill(Method):
+class Distill(Recipe):
     """Teacher -> student distillation; see the module docstring."""
 
     name = "distill"
@@ -102,7 +102,7 @@ class Distill(Method):
         """More generator-phase loss terms (already weighted)."""
         return {}
 
-    # -- Method -----------------------------------------------------------------------------------
+    # -- Recipe -----------------------------------------------------------------------------------
     def setup(self, trainer: Trainer) -> None:
         cfg = self.cfg
         if cfg.feature_pairs:

@@ -1,6 +1,7 @@
-"""The training engine: teacher -> student distillation driven by a pluggable :class:`Method`.
+"""The training engine: teacher -> student distillation driven by a pluggable :class:`Recipe`
+(a training recipe; a compression *method* of :mod:`gcompiler.methods` runs one or more recipes).
 
-A method (plain distillation, GAN Slimming, AGD, GAN Compression, ...) supplies three things:
+A recipe (plain distillation, the GAN Slimming search, AGD, GAN Compression, ...) supplies three things:
 
 * **parameter groups** (:class:`ParamGroup`): which parameters, which optimizer, which learning-rate
   schedule, and an optional hook run after each optimizer step (e.g. the proximal step of an L1
@@ -10,14 +11,14 @@ A method (plain distillation, GAN Slimming, AGD, GAN Compression, ...) supplies 
   steps the optimizers of the phase's groups (a GAN has a ``"G"`` and a ``"D"`` phase);
 * hooks: ``setup`` (create extra modules: feature mappings, discriminator, taps), ``after_step``,
   ``progress`` (live statistics such as sparsity and MACs), ``sample_columns`` (images for grids),
-  ``state_dict``/``load_state_dict`` (method state that is not in modules).
+  ``state_dict``/``load_state_dict`` (recipe state that is not in modules).
 
 The :class:`Trainer` owns everything else: device, mixed precision (``torch.autocast`` bf16/fp16 on
 CUDA), DDP (under ``torchrun``), data streams with exact positions, atomic checkpoints with full
 resume, NaN/inf detection, a tqdm bar, CSV/TensorBoard scalars and PNG sample grids.
 
 Determinism and resume: the trainer keeps two RNG streams, one for training (the global RNGs the
-model and method use) and one for data fetching (swapped in around every batch fetch), and saves
+model and recipe use) and one for data fetching (swapped in around every batch fetch), and saves
 both with the data positions, optimizers and modules. On CPU a run resumed from a checkpoint
 reaches bitwise the weights of the uninterrupted run (tested).
 """
@@ -62,7 +63,7 @@ class NonFiniteError(GCompilerError):
 
 
 # ------------------------------------------------------------------------------------------------
-# method-facing types
+# recipe-facing types
 
 def adam(lr: float, betas: tuple[float, float] = (0.5, 0.999), weight_decay: float = 0.0) -> OptimizerFactory:
     """Optimizer factory: ``torch.optim.Adam(params, lr, betas, weight_decay)``."""
@@ -160,10 +161,10 @@ class StepContext:
         return self.cache[key][1]
 
 
-class Method:
+class Recipe:
     """Base class of a training recipe; override what you need (see the module docstring)."""
 
-    name = "method"
+    name = "recipe"
 
     def setup(self, trainer: "Trainer") -> None:
         """Create and register extra modules (``trainer.register_module``) and runners (``trainer.set_runner``)."""
@@ -188,11 +189,11 @@ class Method:
         return cols or None
 
     def describe(self) -> str:
-        """One line saying which losses / groups the method uses (logged at start)."""
+        """One line saying which losses / groups the recipe uses (logged at start)."""
         return self.name
 
     def state_dict(self) -> dict[str, Any]:
-        """Method state outside modules (plain data / tensors; saved in checkpoints)."""
+        """Recipe state outside modules (plain data / tensors; saved in checkpoints)."""
         return {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -204,7 +205,7 @@ class Method:
 
 @dataclass
 class TrainConfig:
-    """Settings of a run (everything a method does not decide).
+    """Settings of a run (everything a recipe does not decide).
 
     ``out_dir`` receives ``checkpoints/``, ``scalars.csv``, ``tb/``, ``samples/`` and ``train.log``.
     ``amp``: ``"auto"`` (bf16 on CUDA when supported, else fp16 with a grad scaler; off on CPU),
@@ -425,14 +426,14 @@ def _fmt_stat(name: str, v: float) -> str:
 # the trainer
 
 class Trainer:
-    """Trains ``student`` against ``teacher`` with ``method``; see the module docstring.
+    """Trains ``student`` against ``teacher`` with ``recipe``; see the module docstring.
 
     Args:
-        method: the :class:`Method`.
+        recipe: the :class:`Recipe`.
         student: the model being trained (a compiled ``torch.fx.GraphModule`` or any ``nn.Module``);
             registered as module ``"student"``. Trained in place.
         teacher: the frozen reference model (module ``"teacher"``), or ``None`` when the batches carry
-            ``"teacher"`` outputs (a cached-teacher dataset) and the method needs nothing else.
+            ``"teacher"`` outputs (a cached-teacher dataset) and the recipe needs nothing else.
         data: a loader, or ``{source_name: loader}`` (the default source is ``"train"``). A loader is
             gcompiler's ResumableLoader (exact data position) or any iterable of batches; a batch is a
             dict (``"input"``, ``"target"``, ``"teacher"``, ...), a tensor (the input) or a tuple
@@ -440,17 +441,17 @@ class Trainer:
         config: :class:`TrainConfig`.
         callbacks: ``fn(trainer, ctx)`` called after every step (after checkpointing).
 
-    Construction seeds the global RNGs from ``config.seed`` (so modules the method creates are
+    Construction seeds the global RNGs from ``config.seed`` (so modules the recipe creates are
     initialised reproducibly), joins the process group when launched by ``torchrun``, runs
-    ``method.setup``, builds the optimizers and, with ``config.resume``, loads the newest checkpoint.
+    ``recipe.setup``, builds the optimizers and, with ``config.resume``, loads the newest checkpoint.
     """
 
-    def __init__(self, method: Method, *, student: nn.Module, teacher: nn.Module | None = None,
+    def __init__(self, recipe: Recipe, *, student: nn.Module, teacher: nn.Module | None = None,
                  data: Any | Mapping[str, Any], config: TrainConfig,
                  callbacks: Sequence[Callable[["Trainer", StepContext], None]] = ()) -> None:
         config.validate()
         self.config = config
-        self.method = method
+        self.recipe = recipe
         self.callbacks = list(callbacks)
         self.info, self._owns_group = init_distributed(config.device)
         self.device = _resolve_device(config.device, self.info)
@@ -482,22 +483,22 @@ class Trainer:
         self.register_module("student", student, trainable=True, save=True)
         if teacher is not None:
             self.register_module("teacher", teacher, trainable=False, save=False)
-        self.method.setup(self)
+        self.recipe.setup(self)
         self._setup_done = True
 
         self.groups: dict[str, ParamGroup] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedules: dict[str, Schedule] = {}
         self._base_lrs: dict[str, list[float]] = {}
-        self._build_optimizers(self.method.param_groups(self))
-        self.phases = list(self.method.phases(self))
+        self._build_optimizers(self.recipe.param_groups(self))
+        self.phases = list(self.recipe.phases(self))
         self._check_phases()
 
         self.resumed_from: Path | None = None
         if config.resume:
             latest = ckpt.latest_checkpoint(self.ckpt_dir)
             if latest is not None:
-                self.load_checkpoint(latest)
+                self.resume_from(latest)
                 self.resumed_from = latest
         self._wrap_ddp()
         self.scalars = ScalarLogger(self.run_dir, enabled=self.is_main, tensorboard=config.tensorboard,
@@ -568,10 +569,10 @@ class Trainer:
 
         ``trainable=False`` freezes it (eval mode, no gradients: the teacher, a VGG). ``save`` (default:
         ``trainable``) puts its state in checkpoints. ``ddp`` (default: ``trainable``) wraps its runner in
-        DistributedDataParallel under torchrun. Only during ``Method.setup`` (or before).
+        DistributedDataParallel under torchrun. Only during ``Recipe.setup`` (or before).
         """
         if self._setup_done:
-            raise ConfigError(f"register_module({name!r}) must be called in Method.setup")
+            raise ConfigError(f"register_module({name!r}) must be called in Recipe.setup")
         if name in self._entries:
             raise ConfigError(f"a module named {name!r} is already registered")
         if not isinstance(module, nn.Module):
@@ -591,10 +592,10 @@ class Trainer:
         """Run module ``name`` through ``runner`` (e.g. a TappedModel sharing its parameters).
 
         ``net(name)`` then returns the runner (DDP-wrapped when distributed) while checkpoints still
-        hold the registered module's state. Only during ``Method.setup``.
+        hold the registered module's state. Only during ``Recipe.setup``.
         """
         if self._setup_done:
-            raise ConfigError(f"set_runner({name!r}) must be called in Method.setup")
+            raise ConfigError(f"set_runner({name!r}) must be called in Recipe.setup")
         if name not in self._entries:
             raise ConfigError(f"set_runner: no module named {name!r} is registered")
         e = self._entries[name]
@@ -678,7 +679,7 @@ class Trainer:
 
     def _check_phases(self) -> None:
         if not self.phases:
-            raise ConfigError(f"method {self.method.name!r} defines no phases")
+            raise ConfigError(f"recipe {self.recipe.name!r} defines no phases")
         used = set()
         for ph in self.phases:
             if ph.every < 1:
@@ -720,7 +721,7 @@ class Trainer:
         with self.autocast():
             terms = dict(ph.loss(ctx))
         if not terms:
-            raise ConfigError(f"phase {ph.name!r} of method {self.method.name!r} returned no loss terms")
+            raise ConfigError(f"phase {ph.name!r} of recipe {self.recipe.name!r} returned no loss terms")
         values: dict[str, float] = {}
         bad: list[str] = []
         for k, v in terms.items():
@@ -770,13 +771,13 @@ class Trainer:
         keep = (f"the last good checkpoint is {last} (step {ckpt.list_checkpoints(self.ckpt_dir)[-1][0]}); "
                 f"continue from it with resume (--resume), e.g. after lowering the learning rate"
                 if last is not None else "no checkpoint had been saved yet")
-        msg = f"non-finite {where} at step {step} (method {self.method.name!r}); training stopped and {keep}"
+        msg = f"non-finite {where} at step {step} (recipe {self.recipe.name!r}); training stopped and {keep}"
         if self.is_main:
             log.error(msg)
         raise NonFiniteError(msg, step=step, phase=phase, term=term, checkpoint=last)
 
     def train_step(self) -> StepContext:
-        """Run one step (all due phases), advance ``self.step`` and call ``method.after_step``."""
+        """Run one step (all due phases), advance ``self.step`` and call ``recipe.after_step``."""
         ctx = StepContext(self, self.step)
         self._apply_schedules()
         for ph in self.phases:
@@ -784,7 +785,7 @@ class Trainer:
                 ctx.batch(ph.data)
                 self._run_phase(ph, ctx)
         self.step += 1
-        self.method.after_step(self, ctx)
+        self.recipe.after_step(self, ctx)
         return ctx
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -810,7 +811,7 @@ class Trainer:
                     log.setLevel(logging.INFO)
                 self._log_start()
             bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (self.is_main and cfg.progress),
-                       desc=self.method.name, dynamic_ncols=True, leave=True)
+                       desc=self.recipe.name, dynamic_ncols=True, leave=True)
             with bar:
                 if self.step >= cfg.max_steps and self.is_main:
                     log.info(f"already at step {self.step} of {cfg.max_steps}: nothing to train")
@@ -824,10 +825,10 @@ class Trainer:
                     last_losses = dict(ctx.losses)
                     final = self.step >= cfg.max_steps
                     if (cfg.save_every and self.step % cfg.save_every == 0) or final:
-                        self.save_checkpoint(losses=last_losses)
+                        self.save_run_checkpoint(losses=last_losses)
                     if (cfg.log_every and self.step % cfg.log_every == 0) or final or self.step == 1:
                         now = time.perf_counter()
-                        stats = {k: float(v) for k, v in self.method.progress(self).items()}
+                        stats = {k: float(v) for k, v in self.recipe.progress(self).items()}
                         self._log_scalars(acc, stats, (now - t_log) / max(steps_since, 1), now - t_start)
                         bar.set_postfix_str(self._postfix(acc, stats), refresh=False)
                         acc, t_log, steps_since = {}, now, 0
@@ -855,7 +856,7 @@ class Trainer:
                            f" ({sum(p.numel() for p in self.groups[n].params)} params)"
                            for n, o in self.optimizers.items())
         amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
-        log.info(f"method {self.method.name}: {self.method.describe()}")
+        log.info(f"recipe {self.recipe.name}: {self.recipe.describe()}")
         log.info(f"device {self.device}, amp {amp}, processes {self.info.world_size}, steps {cfg.max_steps}, "
                  f"seed {cfg.seed}; groups: {groups}")
         if self.resumed_from is not None:
@@ -879,7 +880,7 @@ class Trainer:
         return ", ".join(parts)
 
     def _save_samples(self, ctx: StepContext) -> None:
-        cols = self.method.sample_columns(self, ctx)
+        cols = self.recipe.sample_columns(self, ctx)
         if not cols:
             return
         try:
@@ -905,7 +906,7 @@ class Trainer:
         return {"rng": ckpt.capture_rng_state(), "data_rng": self._data_rng,
                 "data": {n: s.state_dict() for n, s in self.sources.items()}}
 
-    def save_checkpoint(self, losses: Mapping[str, float] | None = None) -> Path | None:
+    def save_run_checkpoint(self, losses: Mapping[str, float] | None = None) -> Path | None:
         """Save the full run state at the current step (rank 0 writes; all ranks must call it)."""
         self._check_finite_params()
         ranks = all_gather_objects(self._rank_state())
@@ -921,28 +922,29 @@ class Trainer:
                 "max_steps": self.config.max_steps,
                 "world_size": self.info.world_size,
                 "seed": self.config.seed,
-                "method": self.method.name,
-                "method_state": self.method.state_dict(),
+                "recipe": self.recipe.name,
+                "recipe_state": self.recipe.state_dict(),
                 "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "ranks": ranks,
                 "losses": {k: float(v) for k, v in (losses or {}).items()},
                 "wall_s": self._wall_offset + (time.perf_counter() - self._t_fit if self._t_fit else 0.0),
             }
-            meta = {"method": self.method.name, "max_steps": self.config.max_steps,
+            meta = {"recipe": self.recipe.name, "max_steps": self.config.max_steps,
                     "losses": {k: float(v) for k, v in (losses or {}).items()},
                     "modules": sorted(n for n, e in self._entries.items() if e.save)}
-            path = ckpt.save_checkpoint(self.ckpt_dir, self.step, tensors, state, meta, keep_last=self.config.keep_last)
+            path = ckpt.write_run_checkpoint(self.ckpt_dir, self.step, tensors, state, meta, keep_last=self.config.keep_last)
         barrier()
         self.last_checkpoint = path if path is not None else self.ckpt_dir / ckpt.checkpoint_name(self.step)
         return path
 
-    def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Restore modules, optimizers, scaler, step, RNG streams, data positions and method state."""
-        tensors, state, _meta = ckpt.load_checkpoint(path, map_location="cpu")
-        if state.get("method") not in (None, self.method.name):
-            raise CheckpointError(f"{path} was written by method {state.get('method')!r}, this run is "
-                                  f"{self.method.name!r}")
+    def resume_from(self, path: str | os.PathLike) -> None:
+        """Restore modules, optimizers, scaler, step, RNG streams, data positions and recipe state."""
+        tensors, state, _meta = ckpt.read_run_checkpoint(path, map_location="cpu")
+        written_by = state.get("recipe", state.get("method"))  # "method": checkpoints before the rename
+        if written_by not in (None, self.recipe.name):
+            raise CheckpointError(f"{path} was written by recipe {written_by!r}, this run is "
+                                  f"{self.recipe.name!r}")
         ws = int(state.get("world_size", 1))
         if ws != self.info.world_size:
             raise CheckpointError(f"{path} was written by a {ws}-process run; resume it with the same number of "
@@ -974,7 +976,7 @@ class Trainer:
                 raise CheckpointError(f"{path}: optimizer of group {n!r} does not match: {err}") from err
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.method.load_state_dict(state.get("method_state", {}))
+        self.recipe.load_state_dict(state.get("recipe_state", state.get("method_state", {})))
         if int(state.get("max_steps", self.config.max_steps)) != self.config.max_steps and self.is_main:
             log.warning(f"{path} was saved by a run of {state['max_steps']} steps, this one has "
                         f"{self.config.max_steps}: schedules now follow the new length")

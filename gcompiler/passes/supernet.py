@@ -1,0 +1,625 @@
+"""``make-supernet``: a channel-sliceable once-for-all supernet of a traced network (GAN Compression).
+
+The pass keeps the graph and every weight, and swaps each module that owns per-channel state (conv,
+transposed conv, linear, BatchNorm / InstanceNorm, GroupNorm with one channel per group, per-channel
+PReLU) for a *super* version of the same class (``SuperConv2d`` is an ``nn.Conv2d``: same attributes,
+same parameters, same state-dict keys) that computes with a slice of its weights. The slices follow
+one width per prunable channel group (:func:`gcompiler.analysis.channel_groups`): a group of ``n``
+units at width ``k`` keeps its first ``k`` units in every tensor it touches, so coupled producers (a
+residual trunk) shrink together, a concat consumer reads each input group at its own offset, a
+pixel-shuffle producer keeps whole blocks of ``r**2`` channels and a depthwise conv keeps its groups.
+
+Widths change at run time, without retracing: :func:`apply_widths` (``gcompiler.set_config``) sets the
+slices of every super module from a ``{group name: units}`` dict. :func:`extract_widths`
+(``gcompiler.extract``) returns a plain GraphModule whose modules hold copies of the slices.
+
+Contract: exact. At full widths (the state after the pass) every super module runs the very same
+functional call on the very same tensors as the module it replaces, so the output is bit-identical.
+At any widths, the supernet and the extracted sub-network run the same calls on equal tensors, so
+their outputs are equal too (``tests/test_supernet.py`` checks both).
+
+Groups the supernet cannot slice stay at full width and are listed with the reason in
+``gm.meta["supernet"]["fixed"]``: a group touched by a grouped (not depthwise) conv or transposed conv
+with groups > 1, by a module with parameters of another type (e.g. a ``ChannelMask``), or by a
+functional conv whose weight is a graph constant.
+
+``gm.meta["supernet"]``: ``{"groups": {name: full units}, "fixed": {name: reason}, "config": {name:
+units}, "plan": SupernetPlan}``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import ConfigError, PassError
+from ..fx.trace import register_leaf
+from ..fx.utils import node_shape, replace_module
+from .registry import Contract, register_pass
+
+__all__ = ["make_supernet", "apply_widths", "extract_widths", "SupernetPlan", "SuperModule", "subnet_cost",
+           "is_supernet"]
+
+# index state of a super module: None (all channels), an int k (the first k), or a LongTensor of channels
+Slice = Any
+
+
+def _take(t: torch.Tensor | None, dim: int, sl: Slice) -> torch.Tensor | None:
+    if t is None or sl is None:
+        return t
+    if isinstance(sl, int):
+        return t.narrow(dim, 0, sl)
+    return t.index_select(dim, sl.to(t.device))
+
+
+def _count(sl: Slice, full: int) -> int:
+    if sl is None:
+        return full
+    return sl if isinstance(sl, int) else int(sl.numel())
+
+
+class SuperModule:
+    """Mixin of the super modules: ``_sl_out`` / ``_sl_in`` hold the active channel slices."""
+
+    _sl_out: Slice = None
+    _sl_in: Slice = None
+
+    def set_slices(self, out: Slice, inp: Slice) -> None:
+        self._sl_out, self._sl_in = out, inp
+
+    def full_width(self) -> bool:
+        return self._sl_out is None and self._sl_in is None
+
+
+def _conv_fn(mod: nn.Module):
+    return {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}[_base(mod)]
+
+
+def _convt_fn(mod: nn.Module):
+    return {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv_transpose2d,
+            nn.ConvTranspose3d: F.conv_transpose3d}[_base(mod)]
+
+
+def _base(mod: nn.Module) -> type:
+    return getattr(type(mod), "_super_base", type(mod))
+
+
+class _SuperConv(SuperModule):
+    """Forward of a sliced ``nn.ConvNd`` (ordinary or depthwise), as ``nn.ConvNd._conv_forward`` computes it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if self.full_width():
+            return _base(self).forward(self, x)
+        depthwise = self.groups > 1
+        w = _take(self.weight, 0, self._sl_out)
+        if not depthwise:
+            w = _take(w, 1, self._sl_in)
+        w = w.contiguous()
+        b = _take(self.bias, 0, self._sl_out)
+        groups = _count(self._sl_in, self.in_channels) if depthwise else 1
+        fn = _conv_fn(self)
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return fn(x, w, b, self.stride, tuple(0 for _ in self.kernel_size), self.dilation, groups)
+        return fn(x, w, b, self.stride, self.padding, self.dilation, groups)
+
+    def count_macs(self, input_shapes, output_shape) -> int:  # noqa: ANN001 - profiler hook
+        if output_shape is None:
+            return 0
+        per_out = 1 if self.groups > 1 else _count(self._sl_in, self.in_channels)
+        return math.prod(output_shape) * per_out * math.prod(self.kernel_size)
+
+
+class _SuperConvTranspose(SuperModule):
+    """Forward of a sliced ``nn.ConvTransposeNd`` (groups = 1; weight ``[in, out, k...]``)."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:  # type: ignore[override]
+        if self.full_width():
+            return _base(self).forward(self, x, output_size)
+        w = _take(_take(self.weight, 0, self._sl_in), 1, self._sl_out).contiguous()
+        b = _take(self.bias, 0, self._sl_out)
+        nd = len(self.kernel_size)
+        op = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, nd, self.dilation)
+        return _convt_fn(self)(x, w, b, self.stride, self.padding, op, self.groups, self.dilation)
+
+    def count_macs(self, input_shapes, output_shape) -> int:  # noqa: ANN001 - profiler hook
+        if output_shape is None:
+            return 0
+        return math.prod(output_shape) * _count(self._sl_in, self.in_channels) * math.prod(self.kernel_size)
+
+
+class _SuperLinear(SuperModule):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if self.full_width():
+            return nn.Linear.forward(self, x)
+        w = _take(_take(self.weight, 0, self._sl_out), 1, self._sl_in).contiguous()
+        return F.linear(x, w, _take(self.bias, 0, self._sl_out))
+
+    def count_macs(self, input_shapes, output_shape) -> int:  # noqa: ANN001 - profiler hook
+        return 0 if output_shape is None else math.prod(output_shape) * _count(self._sl_in, self.in_features)
+
+
+class _SuperBatchNorm(SuperModule):
+    """``_BatchNorm.forward`` on the active channels; running statistics are updated in place."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if self.full_width():
+            return _base(self).forward(self, x)
+        sl = self._sl_out
+        eaf = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            eaf = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        use_stats = not self.training or self.track_running_stats
+        rm = _take(self.running_mean, 0, sl) if use_stats else None
+        rv = _take(self.running_var, 0, sl) if use_stats else None
+        y = F.batch_norm(x, rm, rv, _take(self.weight, 0, sl), _take(self.bias, 0, sl), bn_training, eaf, self.eps)
+        if bn_training and rm is not None and not isinstance(sl, int):  # index_select copied: write back
+            with torch.no_grad():
+                self.running_mean.index_copy_(0, sl.to(rm.device), rm)
+                self.running_var.index_copy_(0, sl.to(rv.device), rv)
+        return y
+
+
+class _SuperInstanceNorm(SuperModule):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if self.full_width():
+            return _base(self).forward(self, x)
+        sl = self._sl_out
+        rm = _take(self.running_mean, 0, sl)
+        rv = _take(self.running_var, 0, sl)
+        y = F.instance_norm(x, rm, rv, _take(self.weight, 0, sl), _take(self.bias, 0, sl),
+                            self.training or not self.track_running_stats, self.momentum or 0.0, self.eps)
+        if rm is not None and self.training and not isinstance(sl, int):
+            with torch.no_grad():
+                self.running_mean.index_copy_(0, sl.to(rm.device), rm)
+                self.running_var.index_copy_(0, sl.to(rv.device), rv)
+        return y
+
+
+class _SuperGroupNorm(SuperModule):
+    """GroupNorm with one channel per group (the only kind the channel analysis lets through)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if self.full_width():
+            return nn.GroupNorm.forward(self, x)
+        sl = self._sl_out
+        return F.group_norm(x, _count(sl, self.num_channels), _take(self.weight, 0, sl), _take(self.bias, 0, sl),
+                            self.eps)
+
+
+class _SuperPReLU(SuperModule):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if self.full_width():
+            return nn.PReLU.forward(self, x)
+        return F.prelu(x, _take(self.weight, 0, self._sl_out))
+
+
+_MIXINS: dict[type, type] = {}
+for _b in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+    _MIXINS[_b] = _SuperConv
+for _b in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
+    _MIXINS[_b] = _SuperConvTranspose
+_MIXINS[nn.Linear] = _SuperLinear
+for _b in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+    _MIXINS[_b] = _SuperBatchNorm
+for _b in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
+    _MIXINS[_b] = _SuperInstanceNorm
+_MIXINS[nn.GroupNorm] = _SuperGroupNorm
+_MIXINS[nn.PReLU] = _SuperPReLU
+
+_SUPER_CLASSES: dict[type, type] = {}
+
+
+def _super_class(base: type) -> type:
+    cls = _SUPER_CLASSES.get(base)
+    if cls is None:
+        cls = type(f"Super{base.__name__}", (_MIXINS[base], base), {"_super_base": base, "__module__": __name__})
+        register_leaf(cls)
+        _SUPER_CLASSES[base] = cls
+    return cls
+
+
+def _to_super(mod: nn.Module) -> nn.Module:
+    """A super module sharing ``mod``'s parameters, buffers and attributes (same state-dict keys)."""
+    cls = _super_class(type(mod))
+    new = cls.__new__(cls)
+    new.__dict__.update(mod.__dict__)
+    new._sl_out = None
+    new._sl_in = None
+    return new
+
+
+def is_supernet(gm: fx.GraphModule) -> bool:
+    return isinstance(getattr(gm, "meta", None), dict) and isinstance(gm.meta.get("supernet"), dict)
+
+
+# ------------------------------------------------------------------------------------------------
+# the plan: which channels of which tensor belong to which group's units
+
+@dataclasses.dataclass
+class SupernetPlan:
+    """What :func:`apply_widths` needs, computed once by the pass.
+
+    ``tensors[node]`` = ``(channels, [(group, rows)])``: the node's output width and, per sliceable
+    group touching it, that group's per-unit channel lists. ``modules[node]`` = ``(target, input node,
+    kind)`` for every super module call. ``groups`` / ``fixed`` as in the module docstring.
+    """
+
+    tensors: dict[str, tuple[int, list[tuple[str, tuple[tuple[int, ...], ...]]]]]
+    modules: dict[str, tuple[str, str | None, str]]
+    groups: dict[str, int]
+    fixed: dict[str, str]
+    macs_rows: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def kept(self, widths: Mapping[str, int]) -> dict[str, Slice]:
+        """Per tensor node: ``None`` (all channels), ``k`` (the first k) or a LongTensor of kept channels."""
+        out: dict[str, Slice] = {}
+        for node, (channels, parts) in self.tensors.items():
+            removed: set[int] = set()
+            for g, rows in parts:
+                k = widths.get(g, len(rows))
+                for r in rows[k:]:
+                    removed.update(r)
+            if not removed:
+                out[node] = None
+                continue
+            keep = [c for c in range(channels) if c not in removed]
+            if keep == list(range(len(keep))):
+                out[node] = len(keep)
+            else:
+                out[node] = torch.tensor(keep, dtype=torch.long)
+        return out
+
+
+
+
+def _sliceable(mod: nn.Module) -> tuple[bool, str]:
+    """Whether the supernet can slice ``mod``; else the reason."""
+    base = type(mod)
+    if base not in _MIXINS:
+        return False, f"module of type {base.__name__} with per-channel state"
+    if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        if 1 < mod.groups and mod.groups != mod.in_channels:
+            return False, f"grouped conv (groups={mod.groups})"
+        if isinstance(mod.padding, str) and mod.padding != "valid" and mod.padding_mode != "zeros":
+            return False, f"conv with padding={mod.padding!r} and padding_mode={mod.padding_mode!r}"
+    if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) and mod.groups != 1:
+        return False, f"transposed conv with groups={mod.groups}"
+    if isinstance(mod, nn.GroupNorm) and mod.num_groups != mod.num_channels:
+        return False, f"GroupNorm with {mod.num_channels // max(mod.num_groups, 1)} channels per group"
+    return True, ""
+
+
+def _module_kind(mod: nn.Module) -> str:
+    if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return "depthwise" if mod.groups > 1 else "conv"
+    if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        return "conv_transpose"
+    if isinstance(mod, nn.Linear):
+        return "linear"
+    return "norm"
+
+
+def _has_state(mod: nn.Module) -> bool:
+    return any(True for _ in mod.parameters(recurse=False)) or any(b is not None for b in mod.buffers(recurse=False))
+
+
+def _build_plan(gm: fx.GraphModule) -> tuple[SupernetPlan, list[fx.Node]]:
+    from ..analysis import channel_groups
+
+    groups = channel_groups(gm)
+    prunable = {g.name: g for g in groups if g.prunable and g.channels > 0}
+    by_tensor: dict[str, list[str]] = {}
+    by_consumer: dict[str, list[str]] = {}
+    for g in prunable.values():
+        for t in g.index:
+            by_tensor.setdefault(t, []).append(g.name)
+        for c in g.consumer_slices:
+            by_consumer.setdefault(c, []).append(g.name)
+    fixed: dict[str, str] = {}
+    nodes = {n.name: n for n in gm.graph.nodes}
+    to_wrap: list[fx.Node] = []
+
+    def touched(n: fx.Node) -> set[str]:
+        gs = set(by_tensor.get(n.name, ())) | set(by_consumer.get(n.name, ()))
+        for a in n.args:
+            if isinstance(a, fx.Node):
+                gs |= set(by_tensor.get(a.name, ()))
+        return gs
+
+    for g in prunable.values():
+        for name in list(g.producers) + list(g.consumers) + list(g.members):
+            n = nodes.get(name)
+            if n is None:
+                continue
+            if n.op == "call_module":
+                mod = gm.get_submodule(str(n.target))
+                ok, why = _sliceable(mod)
+                if not ok and (_has_state(mod) or isinstance(mod, nn.modules.instancenorm._InstanceNorm)):
+                    for gname in touched(n) | {g.name}:
+                        fixed.setdefault(gname, f"{why} at node '{name}'")
+            elif g.kinds.get(name) in ("conv", "conv_transpose", "linear", "depthwise") or name in g.producers \
+                    or name in g.consumers:
+                fixed.setdefault(g.name, f"functional {g.kinds.get(name, 'op')} '{name}' (weights are graph constants)")
+    live = {k: v for k, v in prunable.items() if k not in fixed}
+    tensors: dict[str, tuple[int, list[tuple[str, tuple[tuple[int, ...], ...]]]]] = {}
+    for g in live.values():
+        for t, rows in g.index.items():
+            shape = node_shape(nodes[t])
+            if shape is None or len(shape) < 2:
+                continue
+            entry = tensors.setdefault(t, (int(shape[1]), []))
+            entry[1].append((g.name, rows))
+    modules: dict[str, tuple[str, str | None, str]] = {}
+    for n in gm.graph.nodes:
+        if n.op != "call_module":
+            continue
+        mod = gm.get_submodule(str(n.target))
+        if type(mod) not in _MIXINS or not _sliceable(mod)[0]:
+            continue
+        inp = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None
+        inp_name = inp.name if inp is not None else None
+        if n.name not in tensors and (inp_name is None or inp_name not in tensors):
+            continue
+        if isinstance(mod, nn.PReLU) and mod.num_parameters == 1:
+            continue
+        modules[n.name] = (str(n.target), inp_name, _module_kind(mod))
+        to_wrap.append(n)
+    # a module called from several nodes must see the same slices at every call
+    targets: dict[str, list[str]] = {}
+    for name, (target, _, _) in modules.items():
+        targets.setdefault(target, []).append(name)
+    plan = SupernetPlan(tensors, modules, {k: g.channels for k, g in live.items()}, fixed)
+    for target, names in targets.items():
+        if len(names) > 1:
+            for nm in names:
+                for gname, _ in tensors.get(nm, (0, []))[1]:
+                    plan.fixed.setdefault(gname, f"module '{target}' is called at several nodes ({names})")
+    for gname in list(plan.groups):
+        if gname in plan.fixed:
+            del plan.groups[gname]
+    if any(k in plan.fixed for k in live):
+        for t in list(plan.tensors):
+            ch, parts = plan.tensors[t]
+            parts = [(g, r) for g, r in parts if g not in plan.fixed]
+            if parts:
+                plan.tensors[t] = (ch, parts)
+            else:
+                del plan.tensors[t]
+    return plan, to_wrap
+
+
+@register_pass("make-supernet", contract=Contract.exact(0.0))
+def make_supernet(gm: fx.GraphModule) -> fx.GraphModule:
+    """Make ``gm`` a channel-sliceable supernet: one run-time width per prunable channel group (first-k slicing).
+
+    Mutates ``gm`` in place (its modules become super modules sharing the same parameters) and records
+    ``gm.meta["supernet"]``. Exact at full width; see the module docstring.
+    """
+    if is_supernet(gm):
+        raise PassError("make-supernet: the graph is already a supernet (gm.meta['supernet'] is set)")
+    if "input_shapes" not in gm.meta:
+        raise PassError("make-supernet needs a traced graph with shapes: use gcompiler.trace(model, *inputs) first")
+    plan, to_wrap = _build_plan(gm)
+    for n in to_wrap:
+        if n.name not in plan.modules:
+            continue
+        target = str(n.target)
+        mod = gm.get_submodule(target)
+        if not isinstance(mod, SuperModule):
+            replace_module(gm, target, _to_super(mod))
+    # drop plan entries of modules whose every touched group got fixed
+    keep = {}
+    for name, (target, inp, kind) in plan.modules.items():
+        if name in plan.tensors or (inp is not None and inp in plan.tensors):
+            keep[name] = (target, inp, kind)
+    plan.modules = keep
+    from ..profiler import profile
+
+    try:
+        plan.macs_rows = {r.node: r.macs for r in profile(gm).rows if r.macs}
+    except Exception:  # noqa: BLE001 - the price table is an optimisation, subnet_cost falls back
+        plan.macs_rows = {}
+    gm.meta["supernet"] = {"groups": dict(plan.groups), "fixed": dict(plan.fixed),
+                           "config": dict(plan.groups), "plan": plan}
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+# ------------------------------------------------------------------------------------------------
+# widths at run time, extraction, cost
+
+def _meta(gm: fx.GraphModule) -> dict[str, Any]:
+    if not is_supernet(gm):
+        raise ConfigError("this GraphModule is not a supernet: run the 'make-supernet' pass first "
+                          "(gcompiler.compile(model, 'make-supernet', x))")
+    return gm.meta["supernet"]
+
+
+def check_widths(gm: fx.GraphModule, widths: Mapping[str, int]) -> dict[str, int]:
+    """Complete ``widths`` with full widths for the groups not named; :class:`ConfigError` for bad entries."""
+    meta = _meta(gm)
+    groups: dict[str, int] = meta["groups"]
+    out = dict(groups)
+    for name, k in widths.items():
+        if name not in groups:
+            if name in meta["fixed"]:
+                raise ConfigError(f"supernet group {name!r} has a fixed width: {meta['fixed'][name]}")
+            raise ConfigError(f"supernet has no group {name!r}; its groups: {', '.join(groups) or '(none)'}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= groups[name]:
+            raise ConfigError(f"supernet group {name!r}: width {k!r} is not an integer in [1, {groups[name]}]")
+        out[name] = int(k)
+    return out
+
+
+def apply_widths(gm: fx.GraphModule, widths: Mapping[str, int]) -> dict[str, int]:
+    """Select the sub-network of ``widths`` (``{group: units}``, others full) in place; returns the full config."""
+    meta = _meta(gm)
+    full = check_widths(gm, widths)
+    plan: SupernetPlan = meta["plan"]
+    kept = plan.kept(full)
+    for name, (target, inp, kind) in plan.modules.items():
+        mod = gm.get_submodule(target)
+        out_sl = kept.get(name)
+        in_sl = kept.get(inp) if inp is not None else None
+        if kind == "norm":
+            in_sl = out_sl
+        mod.set_slices(out_sl, in_sl)
+    meta["config"] = full
+    return full
+
+
+def _plain_copy(mod: nn.Module) -> nn.Module:
+    """A plain module of the super module's base class holding copies of the active slices."""
+    base = _base(mod)
+    out_sl, in_sl = mod._sl_out, mod._sl_in
+    dev, dtype = None, None
+    for p in list(mod.parameters(recurse=False)) + [b for b in mod.buffers(recurse=False) if b is not None]:
+        dev = p.device
+        if p.is_floating_point():
+            dtype = p.dtype
+            break
+    kw = {"device": dev, "dtype": dtype}
+    if issubclass(base, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        depthwise = mod.groups > 1
+        cin, cout = _count(in_sl, mod.in_channels), _count(out_sl, mod.out_channels)
+        new = base(cin, cout, mod.kernel_size, stride=mod.stride, padding=mod.padding, dilation=mod.dilation,
+                   groups=cin if depthwise else 1, bias=mod.bias is not None, padding_mode=mod.padding_mode, **kw)
+        w = _take(mod.weight, 0, out_sl)
+        if not depthwise:
+            w = _take(w, 1, in_sl)
+    elif issubclass(base, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        cin, cout = _count(in_sl, mod.in_channels), _count(out_sl, mod.out_channels)
+        new = base(cin, cout, mod.kernel_size, stride=mod.stride, padding=mod.padding,
+                   output_padding=mod.output_padding, groups=1, bias=mod.bias is not None, dilation=mod.dilation,
+                   padding_mode=mod.padding_mode, **kw)
+        w = _take(_take(mod.weight, 0, in_sl), 1, out_sl)
+    elif base is nn.Linear:
+        new = base(_count(in_sl, mod.in_features), _count(out_sl, mod.out_features), bias=mod.bias is not None, **kw)
+        w = _take(_take(mod.weight, 0, out_sl), 1, in_sl)
+    elif issubclass(base, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
+        n = _count(out_sl, mod.num_features)
+        new = base(n, eps=mod.eps, momentum=mod.momentum, affine=mod.affine,
+                   track_running_stats=mod.track_running_stats, **kw)
+        for name in ("running_mean", "running_var"):
+            buf = getattr(mod, name, None)
+            if buf is not None:
+                getattr(new, name).copy_(_take(buf, 0, out_sl))
+        if getattr(mod, "num_batches_tracked", None) is not None and new.num_batches_tracked is not None:
+            new.num_batches_tracked.copy_(mod.num_batches_tracked)
+        w = _take(mod.weight, 0, out_sl) if mod.weight is not None else None
+    elif base is nn.GroupNorm:
+        n = _count(out_sl, mod.num_channels)
+        new = base(n, n, eps=mod.eps, affine=mod.affine, **kw)
+        w = _take(mod.weight, 0, out_sl) if mod.weight is not None else None
+    elif base is nn.PReLU:
+        new = base(_count(out_sl, mod.num_parameters), **kw)
+        w = _take(mod.weight, 0, out_sl)
+    else:  # pragma: no cover - _MIXINS lists every base
+        raise PassError(f"cannot extract a plain module from {type(mod).__name__}")
+    with torch.no_grad():
+        if w is not None:
+            new.weight.copy_(w)
+        b = getattr(mod, "bias", None)
+        if isinstance(b, torch.Tensor) and getattr(new, "bias", None) is not None:
+            new.bias.copy_(_take(b, 0, out_sl))
+    new.train(mod.training)
+    for p_new, p_old in zip(new.parameters(), mod.parameters(recurse=False)):
+        p_new.requires_grad_(p_old.requires_grad)
+    return new
+
+
+def extract_widths(gm: fx.GraphModule, widths: Mapping[str, int] | None = None) -> fx.GraphModule:
+    """A plain slim GraphModule of the sub-network at ``widths`` (default: the active config).
+
+    The supernet is left as it was (its active config is restored). The result has fresh copies of the
+    sliced weights, no super modules and no ``meta["supernet"]``; ``meta["subnet_widths"]`` records the
+    widths. Its shapes are propagated at the supernet's recorded input shapes.
+    """
+    import copy
+
+    from ..fx.trace import propagate_shapes
+    from ..fx.utils import random_inputs
+
+    meta = _meta(gm)
+    before = dict(meta["config"])
+    full = apply_widths(gm, before if widths is None else widths)
+    try:
+        plan: SupernetPlan = meta["plan"]
+        replacements = {target: _plain_copy(gm.get_submodule(target)) for target, _, _ in plan.modules.values()}
+        saved_meta = gm.meta
+        gm.meta = {}
+        try:
+            new = copy.deepcopy(gm)
+        finally:
+            gm.meta = saved_meta
+        for target, mod in replacements.items():
+            replace_module(new, target, mod)
+        new.meta = {k: copy.deepcopy(v) for k, v in saved_meta.items() if k not in ("supernet", "pass_log")}
+        new.meta["subnet_widths"] = dict(full)
+        new.recompile()
+        if "input_shapes" in saved_meta:
+            propagate_shapes(new, *random_inputs(gm))
+    finally:
+        apply_widths(gm, before)
+    return new
+
+
+def subnet_cost(gm: fx.GraphModule, widths: Mapping[str, int] | None = None) -> dict[str, int]:
+    """``{"macs", "params"}`` of the sub-network at ``widths`` (default: active), from the plan, exactly.
+
+    MACs: every super module's full-width count scaled to its active output and input widths (the
+    spatial sizes do not depend on the widths); the other nodes keep their count. Params: the sliced
+    parameter counts of the super modules plus every other parameter.
+    """
+    meta = _meta(gm)
+    plan: SupernetPlan = meta["plan"]
+    full = check_widths(gm, meta["config"] if widths is None else widths)
+    kept = plan.kept(full)
+    macs = 0
+    super_nodes = set(plan.modules)
+    for node, m in plan.macs_rows.items():
+        if node not in super_nodes:
+            macs += m
+    params = 0
+    seen: set[str] = set()
+    for name, (target, inp, kind) in plan.modules.items():
+        mod = gm.get_submodule(target)
+        o = kept.get(name)
+        i = kept.get(inp) if inp is not None else None
+        if kind == "norm":
+            i = o
+        full_macs = plan.macs_rows.get(name, 0)
+        if kind in ("conv", "conv_transpose", "linear"):
+            fo = mod.out_channels if kind != "linear" else mod.out_features
+            fi = mod.in_channels if kind != "linear" else mod.in_features
+            if full_macs:
+                macs += full_macs // (fo * fi) * _count(o, fo) * _count(i, fi)
+        elif kind == "depthwise":
+            if full_macs:
+                macs += full_macs // mod.out_channels * _count(o, mod.out_channels)
+        if target in seen:
+            continue
+        seen.add(target)
+        for pname, p in mod.named_parameters(recurse=False):
+            n = p.numel()
+            if pname == "weight" and kind in ("conv", "linear"):
+                n = n // (p.shape[0] * p.shape[1]) * _count(o, p.shape[0]) * _count(i, p.shape[1])
+            elif pname == "weight" and kind == "conv_transpose":
+                n = n // (p.shape[0] * p.shape[1]) * _count(i, p.shape[0]) * _count(o, p.shape[1])
+            elif pname == "weight" and kind == "depthwise":
+                n = n // p.shape[0] * _count(o, p.shape[0])
+            elif p.dim() == 1:  # bias and norm / PReLU vectors follow the output channels
+                n = _count(o, p.shape[0])
+            params += n
+    super_ids = {id(p) for t in seen for p in gm.get_submodule(t).parameters(recurse=False)}
+    params += sum(p.numel() for p in {id(p): p for p in gm.parameters()}.values() if id(p) not in super_ids)
+    return {"macs": int(macs), "params": int(params)}

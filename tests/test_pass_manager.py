@@ -67,8 +67,11 @@ def test_verifier_catches_a_pass_breaking_its_exact_contract():
     x = torch.randn(1, 3, 8, 8)
     with pytest.raises(VerificationError, match="test-scale-weights.*beyond its contract"):
         gcompiler.compile(_net(), "test-scale-weights{factor=1.01}", x, verify="numeric")
-    # the same pass passes at shape level: numbers are not compared there
-    gcompiler.compile(_net(), "test-scale-weights{factor=1.01}", x, verify="shapes")
+    # at shape level the end-of-pipeline check still compares numbers, and names the pass
+    with pytest.raises(VerificationError, match="after pass 'test-scale-weights'.*end-of-pipeline check"):
+        gcompiler.compile(_net(), "test-scale-weights{factor=1.01}", x, verify="shapes")
+    # only an explicit opt-out skips it
+    gcompiler.compile(_net(), "test-scale-weights{factor=1.01}", x, verify="shapes", check=False)
 
 
 def test_changes_semantics_pass_is_not_compared_but_shapes_are():

@@ -1,9 +1,19 @@
-"""Imports every built-in pass module so that its passes register."""
-from ..quant import insert as _quant_insert  # noqa: F401,E402  insert-fake-quant
-from ..quant import fold as _quant_fold  # noqa: F401,E402  fold-norms
-from ..quant import convert as _quant_convert  # noqa: F401,E402  convert-to-int
-from . import masks as _masks  # noqa: F401,E402  insert-masks
-from . import dead_channels as _dead_channels  # noqa: F401,E402  eliminate-dead-channels
-from ..kernels import lower as _kernels_lower  # noqa: F401,E402  lower-to-triton
-from . import prune_ratio as _prune_ratio  # noqa: F401,E402  prune-by-ratio
-from . import fine_grained as _fine_grained  # noqa: F401,E402  prune-fine-grained
+"""The modules that define the built-in passes, listed by name and imported when the registry is first asked.
+
+Built-in passes live in three subpackages layered ``passes`` < ``quant`` < ``kernels`` (quant's passes
+register through :mod:`gcompiler.passes.registry`; ``lower-to-triton`` consumes quant's integer modules).
+The registry sits in the lowest of them and must not import the layers above it, so the pass modules are
+named here as text and imported with :mod:`importlib` -- the same way a plugin's modules are loaded
+(:func:`gcompiler.passes.registry.register_pass_module`). Add one line per new built-in pass module.
+"""
+BUILTIN_PASS_MODULES: tuple[str, ...] = (
+    "gcompiler.quant.insert",  # insert-fake-quant, strip-fake-quant
+    "gcompiler.quant.calibrate",  # calibrate-activations
+    "gcompiler.quant.fold",  # fold-norms
+    "gcompiler.quant.convert",  # convert-to-int
+    "gcompiler.passes.masks",  # insert-masks
+    "gcompiler.passes.dead_channels",  # eliminate-dead-channels
+    "gcompiler.kernels.lower",  # lower-to-triton
+    "gcompiler.passes.prune_ratio",  # prune-by-ratio
+    "gcompiler.passes.fine_grained",  # prune-fine-grained
+)

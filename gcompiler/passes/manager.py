@@ -8,8 +8,23 @@ After every pass the verifier runs, at the level ``verify`` asks for:
 
 * ``"lint"``: ``graph.lint()`` and the module recompiles;
 * ``"shapes"`` (default): also re-propagates shapes on random inputs of the recorded input shapes;
-* ``"numeric"`` (default under the test suite, ``GCOMPILER_VERIFY=numeric``): also compares the outputs
+* ``"numeric"`` (on request; the test suite sets ``GCOMPILER_VERIFY=numeric``): also compares the outputs
   with the previous graph's on the same inputs within the pass's :class:`~.registry.Contract`.
+
+Whatever the level (except ``"none"``), the **end-of-pipeline check** (``check=True``, the default) runs
+the graph once before and once after the pipeline on small random inputs of the recorded rank (batch <= 2,
+spatial sizes <= 64, the recorded shapes when the graph does not take those) and compares the outputs within
+the pipeline's combined contract: ``prod(1 + tol_i) - 1`` over its passes, which by the triangle inequality
+bounds the total change whenever every pass keeps its own contract. A pass that changes semantics on
+purpose splits the pipeline into segments checked separately (its own output is not compared). When the
+check fails, the failing segment is replayed pass by pass on a snapshot to name the pass that broke its
+contract; the error is a :class:`~gcompiler.errors.VerificationError`, never a log line.
+
+After every pass the manager also drops the cached analyses (``gm.meta["analysis_cache"]``) that the pass
+does not declare in its ``preserves`` and bumps ``gm.meta["graph_version"]``.
+
+:func:`run_pipeline` rewrites its argument in place (the argument holds the result afterwards, even when
+a pass returns a new module); :func:`compile` never touches its argument and returns a new GraphModule.
 
 Each pass leaves a :class:`PassRecord` (time, nodes / params / MACs before and after, measured error).
 """
@@ -17,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import re
 import time
@@ -25,9 +41,9 @@ from typing import Any, Callable, Iterable, Sequence, Union
 import torch
 import torch.fx as fx
 
-from ..errors import PassError, TraceError, VerificationError
+from ..errors import GCompilerError, PassError, TraceError, VerificationError
 from ..fx.trace import propagate_shapes, trace
-from ..fx.utils import random_inputs
+from ..fx.utils import input_specs, random_inputs
 from .registry import Contract, PassInfo, get_pass
 
 PipelineItem = Union[str, PassInfo, Callable[..., fx.GraphModule], tuple]
@@ -42,17 +58,21 @@ class PassRecord:
     seconds: float
     nodes: tuple[int, int]
     params: tuple[int, int]
-    macs: tuple[int, int]
+    macs: tuple[int | None, int | None]
     error: float | None = None
+    notes: str = ""
 
     def row(self) -> tuple[str, ...]:
         def arrow(a: int, b: int, fmt: Callable[[int], str] = str) -> str:
             return fmt(a) if a == b else f"{fmt(a)} -> {fmt(b)}"
 
         opts = ",".join(f"{k}={v}" for k, v in self.options.items())
+        def gmacs(v: int | None) -> str:
+            return "?" if v is None else f"{v / 1e9:.3f}G"
+
         return (self.name + (f"{{{opts}}}" if opts else ""), f"{self.seconds * 1e3:.1f} ms",
                 arrow(*self.nodes), arrow(*self.params, lambda v: f"{v:,}"),
-                arrow(*self.macs, lambda v: f"{v / 1e9:.3f}G"),
+                arrow(*self.macs, gmacs),
                 "-" if self.error is None else f"{self.error:.2e}", self.contract)
 
 
@@ -61,13 +81,16 @@ class PassLog:
     """The records of one pipeline run; ``str()`` prints them as a table."""
 
     records: list[PassRecord] = dataclasses.field(default_factory=list)
+    checks: list[str] = dataclasses.field(default_factory=list)
 
     def table(self) -> str:
         head = ("pass", "time", "nodes", "params", "MACs", "max rel err", "contract")
         rows = [r.row() for r in self.records]
         widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
         line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-        return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+        notes = [f"{r.name}: {r.notes}" for r in self.records if r.notes]
+        end = [f"end-of-pipeline check: {c}" for c in self.checks]
+        return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows] + notes + end)
 
     __str__ = table
 
@@ -100,18 +123,28 @@ def parse_pipeline(text: str) -> list[tuple[str, dict[str, str]]]:
     return items
 
 
-def _resolve(item: PipelineItem) -> tuple[str, Callable[..., fx.GraphModule], dict[str, Any], Contract | None]:
+@dataclasses.dataclass
+class _Step:
+    name: str
+    fn: Callable[..., fx.GraphModule]
+    opts: dict[str, Any]
+    contract: Contract | None
+    preserves: tuple[str, ...] = ()
+
+
+def _resolve(item: PipelineItem) -> _Step:
     opts: dict[str, Any] = {}
     if isinstance(item, tuple):
         item, opts = item
     if isinstance(item, str):
         info = get_pass(item)
-        return info.name, info.fn, info.bind(opts), info.contract
-    info = item if isinstance(item, PassInfo) else getattr(item, "pass_info", None)
+    else:
+        info = item if isinstance(item, PassInfo) else getattr(item, "pass_info", None)
     if isinstance(info, PassInfo):
-        return info.name, info.fn, info.bind(opts), info.contract
+        bound = info.bind(opts)
+        return _Step(info.name, info.fn, bound, info.contract_for(bound), info.preserves)
     if callable(item):
-        return getattr(item, "__name__", repr(item)), item, dict(opts), None
+        return _Step(getattr(item, "__name__", repr(item)), item, dict(opts), None)
     raise PassError(f"pipeline item {item!r} is neither a pass name, a registered pass nor a callable")
 
 
@@ -122,14 +155,16 @@ def _default_verify() -> str:
     return level
 
 
-def _summary(gm: fx.GraphModule) -> tuple[int, int, int]:
+def _summary(gm: fx.GraphModule) -> tuple[int, int, int | None, str]:
+    """Nodes, params, MACs (``None`` with the reason when the graph cannot be counted) of ``gm``."""
     from ..profiler import profile
 
+    params = sum(p.numel() for p in gm.parameters())
     try:
         p = profile(gm)
-        return len(gm.graph.nodes), p.params, p.macs
-    except Exception:  # a summary must never hide the real result of a pass
-        return len(gm.graph.nodes), sum(p.numel() for p in gm.parameters()), 0
+    except GCompilerError as exc:  # shown as '?' with the reason in the log, never as 0 MACs
+        return len(gm.graph.nodes), params, None, f"MACs not counted: {exc}"
+    return len(gm.graph.nodes), p.params, p.macs, ""
 
 
 def _run(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> Any:
@@ -148,71 +183,236 @@ def _first_tensor(x: Any) -> torch.Tensor:
         return x
     if isinstance(x, (list, tuple)):
         return torch.cat([_first_tensor(v).flatten() for v in x])
+    if isinstance(x, dict):
+        return torch.cat([_first_tensor(v).flatten() for v in x.values()])
     raise VerificationError(f"graph output of type {type(x).__name__} cannot be compared")
 
 
+CHECK_SIZE = 64  # spatial size of the end-of-pipeline check's inputs (where the graph takes it)
+CHECK_BATCH = 2
+
+
+def check_inputs(gm: fx.GraphModule, *, seed: int = 0) -> tuple[tuple[torch.Tensor, ...], bool]:
+    """Small random inputs of the recorded rank for the end-of-pipeline check, and whether they are small.
+
+    Batch ``<= CHECK_BATCH`` and every dim after the channel dim ``<= CHECK_SIZE``; when the graph does not
+    run on those (fixed sizes, shape guards), the recorded shapes. Runs ``gm`` once to find out.
+    """
+    specs = input_specs(gm)
+    g = torch.Generator().manual_seed(seed)
+
+    def make(shapes: list[tuple[int, ...]]) -> tuple[torch.Tensor, ...]:
+        out = []
+        for shape, (_, dtype) in zip(shapes, specs):
+            if dtype.is_floating_point:
+                out.append(torch.randn(shape, generator=g, dtype=torch.float32).to(dtype))
+            elif dtype == torch.bool:
+                out.append(torch.randint(0, 2, shape, generator=g).bool())
+            else:
+                out.append(torch.randint(0, 2, shape, generator=g).to(dtype))
+        return tuple(out)
+
+    small = [tuple(min(d, CHECK_BATCH) if i == 0 else min(d, CHECK_SIZE) if i >= 2 else d
+                   for i, d in enumerate(s)) for s, _ in specs]
+    if small != [tuple(s) for s, _ in specs]:
+        xs = make(small)
+        try:
+            _first_tensor(_run(gm, xs))
+            return xs, True
+        except Exception:  # noqa: BLE001 - the graph is specialised to its recorded sizes: use them
+            pass
+    return make([tuple(s) for s, _ in specs]), False
+
+
+def _combined(contracts: Sequence[Contract | None]) -> Contract | None:
+    tols = [c.tol for c in contracts if c is not None]
+    if not tols:
+        return None
+    if any(not math.isfinite(t) for t in tols):
+        return Contract.approximate(float("inf"))
+    total = math.prod(1.0 + t for t in tols) - 1.0
+    return Contract("exact" if all(c is not None and c.kind == "exact" for c in contracts) else "approximate",
+                    total)
+
+
+def _invalidate(gm: fx.GraphModule, preserves: Sequence[str]) -> None:
+    cache = gm.meta.get("analysis_cache")
+    if isinstance(cache, dict):
+        for key in list(cache):
+            if key not in preserves:
+                del cache[key]
+    gm.meta["graph_version"] = int(gm.meta.get("graph_version", 0)) + 1
+
+
+def _adopt(dst: fx.GraphModule, src: fx.GraphModule) -> None:
+    """Make ``dst`` the module ``src`` is (in-place result of a pipeline whose last pass returned a new one)."""
+    if dst is src:
+        return
+    dst.__dict__.clear()
+    dst.__dict__.update(src.__dict__)
+    dst.__class__ = src.__class__
+
+
+def _apply(gm: fx.GraphModule, step: _Step) -> fx.GraphModule:
+    meta = dict(gm.meta)
+    try:
+        out = step.fn(gm, **step.opts)
+    except (PassError, VerificationError, TraceError):
+        raise
+    except GCompilerError as exc:
+        raise PassError(f"pass '{step.name}' failed: {exc}") from exc
+    except Exception as exc:
+        raise PassError(f"pass '{step.name}' failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(out, fx.GraphModule):
+        raise PassError(f"pass '{step.name}' returned {type(out).__name__}, expected a torch.fx.GraphModule")
+    for k, v in meta.items():
+        out.meta.setdefault(k, v)
+    _invalidate(out, step.preserves)
+    return out
+
+
+def _localize(snapshot: fx.GraphModule, steps: Sequence[_Step], inputs: Sequence[torch.Tensor],
+              total: float, bound: Contract) -> VerificationError:
+    """Replay ``steps`` on ``snapshot`` comparing each pass with its own contract; the error naming the pass."""
+    names = ",".join(s.name for s in steps)
+    why = (f"(found by the end-of-pipeline check: passes '{names}' changed the output by {total:.3g} x max|y| "
+           f"on inputs {[tuple(x.shape) for x in inputs]}, beyond their combined contract {bound})")
+    gm = snapshot
+    before = _first_tensor(_run(gm, inputs))
+    for step in steps:
+        gm = _apply(gm, step)
+        after = _first_tensor(_run(gm, inputs))
+        c = step.contract
+        if c is not None and c.numeric and (after.shape != before.shape or not c.holds(before, after)):
+            err = c.error(before, after) if after.shape == before.shape else float("inf")
+            return VerificationError(f"after pass '{step.name}': output changed by {err:.3g} x max|y|, beyond its "
+                                     f"contract: {c} {why}")
+        before = after
+    return VerificationError(f"after pass '{steps[-1].name}': {why}; replaying the passes one by one did not "
+                             "reproduce it (a pass is not deterministic)")
+
+
 def run_pipeline(gm: fx.GraphModule, pipeline: str | Iterable[PipelineItem], *, verify: str | None = None,
-                 seed: int = 0, log: PassLog | None = None, progress: bool = False) -> tuple[fx.GraphModule, PassLog]:
-    """Run ``pipeline`` on ``gm`` (mutated or replaced pass by pass) and return the result and its log."""
+                 check: bool = True, seed: int = 0, log: PassLog | None = None,
+                 progress: bool = False) -> tuple[fx.GraphModule, PassLog]:
+    """Run ``pipeline`` on ``gm`` **in place** and return ``(gm, log)``; the log is also ``gm.meta["pass_log"]``.
+
+    ``verify``: per-pass verifier level (module docstring; default ``GCOMPILER_VERIFY`` or ``"shapes"``).
+    ``check``: the end-of-pipeline numeric check against the pipeline's combined contract (off only with
+    ``check=False`` or ``verify="none"``). Raises :class:`~gcompiler.errors.VerificationError` naming the pass
+    whose contract is broken, :class:`~gcompiler.errors.PassError` for bad pipelines / options / failing passes.
+    """
     level = verify or _default_verify()
     if level not in VERIFY_LEVELS:
         raise PassError(f"verify={level!r}; valid levels: {', '.join(VERIFY_LEVELS)}")
+    if not isinstance(gm, fx.GraphModule):
+        raise PassError(f"run_pipeline() expects a torch.fx.GraphModule, got {type(gm).__name__}; use "
+                        "gcompiler.compile(model, pipeline, *example_inputs) for a plain module")
     items: list[PipelineItem] = list(parse_pipeline(pipeline)) if isinstance(pipeline, str) else list(pipeline)
-    resolved = [_resolve(i) for i in items]  # resolve all first: a typo fails before any work is done
+    steps = [_resolve(i) for i in items]  # resolve all first: a typo fails before any work is done
     log = log or PassLog()
+    original = gm
     inputs = random_inputs(gm, seed=seed) if level in ("shapes", "numeric") else ()
     before = _first_tensor(_run(gm, inputs)) if level == "numeric" else None
-    for name, fn, opts, contract in resolved:
-        n0 = _summary(gm)
-        t0 = time.perf_counter()
-        meta = dict(gm.meta)
+    end_check = check and level != "none"
+    check_x: tuple[torch.Tensor, ...] = ()
+    segment: list[_Step] = []
+    seg_ref: torch.Tensor | None = None
+    snapshot: fx.GraphModule | None = None
+
+    def open_segment(g: fx.GraphModule) -> None:
+        nonlocal seg_ref, snapshot, segment
+        segment = []
+        seg_ref = _first_tensor(_run(g, check_x))
+        snapshot = copy.deepcopy(g)
+
+    def close_segment(g: fx.GraphModule) -> None:
+        bound = _combined([s.contract for s in segment])
+        if not segment or bound is None or seg_ref is None:
+            return
         try:
-            out = fn(gm, **opts)
-        except (PassError, VerificationError, TraceError):
+            out = _first_tensor(_run(g, check_x))
+        except GCompilerError:
             raise
         except Exception as exc:
-            raise PassError(f"pass '{name}' failed: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(out, fx.GraphModule):
-            raise PassError(f"pass '{name}' returned {type(out).__name__}, expected a torch.fx.GraphModule")
-        for k, v in meta.items():
-            out.meta.setdefault(k, v)
+            raise VerificationError(f"after pass '{segment[-1].name}': the graph does not run on the check inputs "
+                                    f"{[tuple(x.shape) for x in check_x]}: {type(exc).__name__}: {exc}") from exc
+        names = ",".join(s.name for s in segment)
+        if out.shape != seg_ref.shape:
+            raise _localize(snapshot, segment, check_x, float("inf"), bound)
+        total = bound.error(seg_ref, out)
+        if not total <= bound.tol:
+            raise _localize(snapshot, segment, check_x, total, bound)
+        log.checks.append(f"{names}: {total:.3g} x max|y| <= {bound.tol:.3g} on "
+                          f"{'x'.join(map(str, check_x[0].shape)) if check_x else '()'}")
+
+    if end_check:
+        check_x, _ = check_inputs(gm, seed=seed)
+        open_segment(gm)
+    for step in steps:
+        n0 = _summary(gm)
+        t0 = time.perf_counter()
+        if end_check and (step.contract is None or not step.contract.numeric):
+            close_segment(gm)  # a pass without a numeric promise ends a segment; the next one starts after it
+        gm = _apply(gm, step)
         seconds = time.perf_counter() - t0
-        gm = out
+        contract = step.contract
         err = None
         if level != "none":
             try:
                 gm.graph.lint()
             except Exception as exc:
-                raise VerificationError(f"after pass '{name}': graph lint failed: {exc}") from exc
+                raise VerificationError(f"after pass '{step.name}': graph lint failed: {exc}") from exc
         if level in ("shapes", "numeric"):
             try:
                 after_out = propagate_shapes(gm, *inputs)
             except TraceError as exc:
-                raise VerificationError(f"after pass '{name}': {exc}") from exc
+                raise VerificationError(f"after pass '{step.name}': {exc}") from exc
             if level == "numeric" and before is not None:
                 after = _first_tensor(after_out)
                 c = contract or Contract.changes_semantics()
                 if c.numeric:
                     if after.shape != before.shape:
-                        raise VerificationError(f"after pass '{name}': output shape {tuple(after.shape)} != "
+                        raise VerificationError(f"after pass '{step.name}': output shape {tuple(after.shape)} != "
                                                 f"{tuple(before.shape)} before; the pass promised {c}")
                     err = c.error(before, after)
                     if not err <= c.tol:
-                        raise VerificationError(f"after pass '{name}': output changed by {err:.3g} x max|y|, "
+                        raise VerificationError(f"after pass '{step.name}': output changed by {err:.3g} x max|y|, "
                                                 f"beyond its contract: {c}")
                 before = after
+        if end_check:
+            if contract is None or not contract.numeric:
+                try:
+                    open_segment(gm)
+                except GCompilerError:
+                    raise
+                except Exception as exc:
+                    raise VerificationError(f"after pass '{step.name}': the graph does not run: "
+                                            f"{type(exc).__name__}: {exc}") from exc
+            else:
+                segment.append(step)
         n1 = _summary(gm)
-        log.records.append(PassRecord(name, {k: v for k, v in opts.items()}, str(contract or "unchecked"), seconds,
-                                      (n0[0], n1[0]), (n0[1], n1[1]), (n0[2], n1[2]), err))
+        log.records.append(PassRecord(step.name, dict(step.opts), str(contract or "unchecked"), seconds,
+                                      (n0[0], n1[0]), (n0[1], n1[1]), (n0[2], n1[2]), err,
+                                      "; ".join(sorted({n for n in (n0[3], n1[3]) if n}))))
         if progress:
             print(log.records[-1].row()[0], "done", flush=True)
+    if end_check:
+        close_segment(gm)
+    snapshot = None
     gm.meta["pass_log"] = log
-    return gm, log
+    _adopt(original, gm)
+    return original, log
 
 
 def compile(model_or_gm: torch.nn.Module, pipeline: str | Iterable[PipelineItem], *example_inputs: torch.Tensor,
-            verify: str | None = None, seed: int = 0, leaf_modules: Iterable[type | str] = ()) -> fx.GraphModule:
-    """Trace (when given a plain module) and run ``pipeline``; the log is in ``gm.meta["pass_log"]``.
+            verify: str | None = None, check: bool = True, seed: int = 0,
+            leaf_modules: Iterable[type | str] = ()) -> fx.GraphModule:
+    """Trace (a plain module) or copy (a GraphModule) and run ``pipeline`` on the copy; returns a new GraphModule.
+
+    The argument is never modified: a GraphModule is deep-copied first (its recorded shapes, meta and pass
+    log stay as they were), a module is traced from a copy. The log is in ``gm.meta["pass_log"]``; the
+    end-of-pipeline numeric check runs unless ``check=False`` (see :func:`run_pipeline`).
 
     Example::
 
@@ -220,14 +420,15 @@ def compile(model_or_gm: torch.nn.Module, pipeline: str | Iterable[PipelineItem]
         print(gm.meta["pass_log"])
     """
     if isinstance(model_or_gm, fx.GraphModule):
-        gm = model_or_gm
+        if not example_inputs and "input_shapes" not in model_or_gm.meta:
+            raise TraceError("compile() got a GraphModule without recorded input shapes: pass example inputs")
+        gm = copy.deepcopy(model_or_gm)
         if example_inputs:
             propagate_shapes(gm, *example_inputs)
-        elif "input_shapes" not in gm.meta:
-            raise TraceError("compile() got a GraphModule without recorded input shapes: pass example inputs")
     else:
         if not example_inputs:
             raise TraceError(f"compile({type(model_or_gm).__name__}, ...) needs example inputs to trace with")
         gm = trace(model_or_gm, *example_inputs, leaf_modules=leaf_modules)
-    gm, _ = run_pipeline(gm, pipeline, verify=verify, seed=seed)
+    gm.meta.pop("pass_log", None)
+    gm, _ = run_pipeline(gm, pipeline, verify=verify, check=check, seed=seed)
     return gm

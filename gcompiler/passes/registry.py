@@ -6,14 +6,22 @@ with ``gm.graph.lint(); gm.recompile()``. Its keyword-only parameters *are* its 
 give the types used to parse pipeline text (``"insert-masks{round_to=8}"``), their defaults the defaults.
 
 Every pass declares a :class:`Contract` saying what it preserves; the verifier in
-:mod:`gcompiler.passes.manager` checks it after each pass.
+:mod:`gcompiler.passes.manager` checks it (after each pass on request, and for the whole pipeline at its end).
+A contract may depend on the options: pass a function ``contract(options: dict) -> Contract`` (it receives
+every option, defaults filled in), e.g. a quantization bound that depends on the bit widths.
+
+List options. Every option that holds a list uses one syntax, read by :func:`parse_list`: items separated
+by ``;`` (or ``|``), e.g. ``groups=model_1*;model_4`` or ``skip=conv1|conv9``; surrounding quotes or brackets
+are stripped. Options annotated ``tuple[T, ...]`` / ``list[T]`` are parsed this way automatically; a pass
+with a ``str`` option holding a list calls :func:`parse_list` itself.
 """
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import typing
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Union
 
 import torch
 
@@ -81,14 +89,57 @@ class OptionSpec:
         return _coerce(text.strip(), self.type, f"{pass_name}{{{self.name}}}")
 
 
+ContractSpec = Union[Contract, Callable[[dict], Contract]]
+
+LIST_SEPARATORS = ";|"
+
+
+def parse_list(value: Any, where: str = "option") -> list[str]:
+    """The one list syntax of pass options: ``"a;b;c"`` (or ``"a|b|c"``) -> ``["a", "b", "c"]``.
+
+    Surrounding quotes and one pair of brackets (``[a;b]``, ``(a;b)``) are stripped, items are stripped of
+    blanks and empty items dropped; a list / tuple passes through (items as text). A comma inside a list is
+    an error that names ``where``: in pipeline text a comma ends the option.
+    """
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if str(v).strip()]
+    text = str(value).strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1].strip()
+    if len(text) >= 2 and (text[0], text[-1]) in (("[", "]"), ("(", ")")):
+        text = text[1:-1].strip()
+    if "," in text:
+        raise PassError(f"{where}: list {value!r} contains a comma; separate items with ';' (or '|'), "
+                        f"e.g. 'a;b;c'")
+    return [item.strip() for item in re.split(r"[;|]", text) if item.strip()]
+
+
 @dataclasses.dataclass(frozen=True)
 class PassInfo:
     name: str
     fn: Callable[..., torch.fx.GraphModule]
-    contract: Contract
+    contract: ContractSpec
     description: str
     options: dict[str, OptionSpec]
     preserves: tuple[str, ...] = ()
+
+    def contract_for(self, options: dict[str, Any] | None = None) -> Contract:
+        """The contract for these (bound) options; defaults fill the options not given."""
+        if isinstance(self.contract, Contract):
+            return self.contract
+        full = {k: o.default for k, o in self.options.items()}
+        full.update(options or {})
+        c = self.contract(full)
+        if not isinstance(c, Contract):
+            raise PassError(f"pass '{self.name}': its contract function returned {type(c).__name__}, "
+                            "expected a Contract")
+        return c
+
+    def contract_text(self) -> str:
+        """The contract in words (for a contract that depends on the options: its value at the defaults)."""
+        if isinstance(self.contract, Contract):
+            return str(self.contract)
+        return f"{self.contract_for()} at the defaults; depends on the options"
 
     def bind(self, options: dict[str, Any]) -> dict[str, Any]:
         """Validate option names and coerce text values; returns the keyword arguments to call with."""
@@ -110,13 +161,24 @@ class PassInfo:
 
 _REGISTRY: dict[str, PassInfo] = {}
 
+#: Analyses cached in ``gm.meta["analysis_cache"]`` that a pass can declare it ``preserves``.
+ANALYSES: tuple[str, ...] = ("channel-groups",)
 
-def register_pass(name: str, *, contract: Contract, description: str | None = None,
+
+def register_pass(name: str, *, contract: ContractSpec, description: str | None = None,
                   preserves: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
     """Decorator registering ``fn`` as pass ``name``; options come from its keyword-only parameters.
 
-    ``preserves`` names analyses the pass keeps valid (e.g. ``("channel-groups",)``), MLIR style.
+    ``contract`` is a :class:`Contract`, or a function of the options dict returning one.
+    ``preserves`` names analyses the pass keeps valid (e.g. ``("channel-groups",)``), MLIR style: the pass
+    manager drops every cached analysis after a pass (see :data:`ANALYSES`) except those it preserves.
     """
+    if not (isinstance(contract, Contract) or callable(contract)):
+        raise PassError(f"pass '{name}': contract must be a Contract or a function of the options, "
+                        f"got {type(contract).__name__}")
+    unknown = sorted(set(preserves) - set(ANALYSES))
+    if unknown:
+        raise PassError(f"pass '{name}': preserves names unknown analyses {unknown}; known: {', '.join(ANALYSES)}")
 
     def deco(fn: Callable) -> Callable:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
@@ -161,9 +223,27 @@ def pass_infos() -> list[PassInfo]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
+_PASS_MODULES: list[str] = []
+_LOADED: set[str] = set()
+
+
+def register_pass_module(module: str) -> None:
+    """Have the registry import ``module`` (a dotted name) before it lists or looks up passes (plugins)."""
+    if module not in _PASS_MODULES:
+        _PASS_MODULES.append(module)
+
+
 def _load_builtin_passes() -> None:
-    # Importing the package's pass modules registers them; done lazily to keep `import gcompiler` light.
-    from . import _builtin  # noqa: F401
+    # Importing the pass modules registers them; done lazily to keep `import gcompiler` light. They are
+    # imported by name: the registry must not depend on the subpackages (quant, kernels) layered above it.
+    import importlib
+
+    from . import _builtin
+
+    for module in tuple(_builtin.BUILTIN_PASS_MODULES) + tuple(_PASS_MODULES):
+        if module not in _LOADED:
+            importlib.import_module(module)
+            _LOADED.add(module)
 
 
 def _type_name(tp: Any) -> str:
@@ -196,7 +276,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                     return a
             raise PassError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         if origin in (tuple, list):
-            items = value if isinstance(value, (list, tuple)) else [v for v in str(value).strip("()[]").split(";") if v]
+            items = value if isinstance(value, (list, tuple)) else parse_list(value, where)
             inner = args[0] if args else str
             return origin(_coerce(v.strip() if isinstance(v, str) else v, inner, where) for v in items)
         if tp is bool:

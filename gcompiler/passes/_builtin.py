@@ -16,4 +16,5 @@ BUILTIN_PASS_MODULES: tuple[str, ...] = (
     "gcompiler.kernels.lower",  # lower-to-triton
     "gcompiler.passes.prune_ratio",  # prune-by-ratio
     "gcompiler.passes.fine_grained",  # prune-fine-grained
+    "gcompiler.passes.supernet",  # make-supernet
 )

@@ -347,19 +347,26 @@ def compress(settings: Any, info: Any, options: Any) -> dict[str, Any]:
                  f"{settings.data_workers()} data worker(s)"
                  + (f", target {job.target_macs / 1e9:.3f} G MACs" if job.target_macs else "")
                  + f"; run dir {run_dir}")
-        return info.run(job, options)
+        result = info.run(job, options)
+        if isinstance(result, dict) and isinstance(result.get("report"), dict):
+            result["report"].setdefault("pass_log", job.pass_log_rows())
+        return result
     finally:
         torch.set_num_threads(threads)
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from .methods.base import summary_table
+    from .methods.base import pass_log_table, summary_table
 
     settings, info, options = resolve_settings(args)
     _check_run_dir(settings)
     with run_logging(Path(settings.out), settings.quiet):
         result = compress(settings, info, options)
     summary = result["summary"]
+    rows = result.get("report", {}).get("pass_log") or []
+    if rows:
+        print("graph rewrites (verified by the pass manager; report.json[\"pass_log\"]):")
+        print(pass_log_table(rows) + "\n")
     print(summary_table(summary))
     print(f"\n{summary['steps']} steps in {summary['wall_s']:.0f} s; run dir {settings.out} "
           f"(summary.json, report.json); load the student with gcompiler.load({str(settings.out)!r})")

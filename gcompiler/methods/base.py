@@ -162,6 +162,8 @@ class CompressJob:
         self._session_start = time.perf_counter()
         state = self._read_state()
         self._wall_before = float(state.get("wall_s", 0.0)) if settings.resume else 0.0
+        #: rows of every :meth:`rewrite` of this run (earlier sessions included with ``--resume``)
+        self.pass_log: list[dict[str, Any]] = list(state.get("pass_log", [])) if settings.resume else []
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -241,6 +243,42 @@ class CompressJob:
                                 f"{tuple(ref.shape)}: expected the teacher's output to have the shape of the "
                                 f"data's {key} images{ratio}")
         return out
+
+    # -- graph rewrites ---------------------------------------------------------------------------
+    def rewrite(self, gm: fx.GraphModule, pipeline: str | Sequence[Any], *, stage: str,
+                verify: str | None = None, check: bool = True) -> fx.GraphModule:
+        """Run the pass ``pipeline`` on ``gm`` **in place** through :func:`gcompiler.run_pipeline` and log it.
+
+        Every graph rewrite of a method goes through here: the pass manager verifies the graph after every
+        pass (lint, shapes; ``GCOMPILER_VERIFY=numeric`` compares outputs within each pass's contract) and
+        checks the whole pipeline against its combined contract at the end. One row per pass is appended to
+        :attr:`pass_log` (and so to ``report.json["pass_log"]`` at :meth:`export`, and to ``run_state.json``
+        so that a resumed run keeps the rows of its earlier sessions): ``{"stage", "pass", "options",
+        "seconds", "nodes", "params", "macs", "error", "contract"}`` (before/after pairs for nodes, params and
+        MACs). Rows of an earlier session with the same ``stage`` are replaced. ``pipeline`` is text
+        (``"insert-masks{round_to=8},eliminate-dead-channels"``) or a list of items as
+        :func:`~gcompiler.passes.manager.run_pipeline` takes them (``(name, {option: python value})`` pairs
+        for options that are not text, such as calibration batches). Returns ``gm``.
+        """
+        from ..passes.manager import run_pipeline
+
+        gm.meta.pop("pass_log", None)
+        _, plog = run_pipeline(gm, pipeline, verify=verify, check=check, seed=self.settings.seed)
+        self.pass_log = [r for r in self.pass_log if r.get("stage") != stage or r.get("session") == id(self)]
+        for r in plog.records:
+            self.pass_log.append({"stage": stage, "pass": r.name,
+                                  "options": {k: _jsonable(v) for k, v in r.options.items()},
+                                  "seconds": round(r.seconds, 4), "nodes": list(r.nodes), "params": list(r.params),
+                                  "macs": list(r.macs), "error": r.error, "contract": r.contract,
+                                  **({"notes": r.notes} if r.notes else {}), "session": id(self)})
+        gm.meta.pop("pass_log", None)
+        if self.run_dir.exists():
+            self.save_state()
+        return gm
+
+    def pass_log_rows(self) -> list[dict[str, Any]]:
+        """:attr:`pass_log` as written to ``report.json`` (without the session marker)."""
+        return [{k: v for k, v in r.items() if k != "session"} for r in self.pass_log]
 
     # -- data -------------------------------------------------------------------------------------
     def make_loader(self, *, seed_offset: int = 0, batch_size: int | None = None):
@@ -372,7 +410,9 @@ class CompressJob:
         shutil.rmtree(staged, ignore_errors=True)
         atomic_write_json(self.run_dir / "summary.json", {k: summary[k] for k in SUMMARY_KEYS})
         if report is not None:
-            atomic_write_json(self.run_dir / "report.json", dict(report))
+            report = dict(report)
+            report.setdefault("pass_log", self.pass_log_rows())
+            atomic_write_json(self.run_dir / "report.json", report)
         return self.run_dir
 
     # -- run state --------------------------------------------------------------------------------
@@ -395,6 +435,7 @@ class CompressJob:
         state = self._read_state()
         state.update(extra)
         state["wall_s"] = self.wall_s()
+        state["pass_log"] = self.pass_log_rows()
         atomic_write_json(self.run_dir / "run_state.json", state)
 
     def write_json(self, name: str, obj: Any) -> Path:
@@ -438,6 +479,52 @@ def _reference_input(info: Mapping[str, Any], first_input: torch.Tensor, size: i
     g = torch.Generator().manual_seed(0)
     lo, hi = (0.0, 1.0) if float(first_input.min()) >= 0 else (-1.0, 1.0)
     return torch.rand((1, c, *hw), generator=g) * (hi - lo) + lo
+
+
+def _jsonable(v: Any) -> Any:
+    """A pass option as it is recorded in the pass log: JSON values as they are, others described."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else repr(v)
+    if isinstance(v, (list, tuple)):
+        if len(v) > 16 or any(isinstance(x, torch.Tensor) for x in v):
+            return f"<{type(v).__name__} of {len(v)}>"
+        return [_jsonable(x) for x in v]
+    if isinstance(v, Mapping):
+        if len(v) > 16:
+            return f"<{type(v).__name__} of {len(v)} entries>"
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, torch.Tensor):
+        return f"<tensor {tuple(v.shape)}>"
+    return f"<{type(v).__name__}>"
+
+
+def _short_count(v: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(v) >= div:
+            return f"{v / div:.3f}{unit}"
+    return str(int(v))
+
+
+def pass_log_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The pass log of a run (``report.json["pass_log"]``) as a text table, one line per pass."""
+    def arrow(pair: Sequence[Any], fmt: Any = str) -> str:
+        a, b = pair
+        f = (lambda v: "?" if v is None else fmt(v))
+        return f(a) if a == b else f"{f(a)} -> {f(b)}"
+
+    head = ("stage", "pass", "time", "nodes", "params", "MACs", "max rel err", "contract")
+    body = []
+    for r in rows:
+        opts = ",".join(f"{k}={v}" for k, v in (r.get("options") or {}).items())
+        body.append((str(r.get("stage", "")), r["pass"] + (f"{{{opts}}}" if opts and len(opts) < 40 else ""),
+                     f"{r['seconds'] * 1e3:.0f} ms", arrow(r["nodes"]), arrow(r["params"], lambda v: f"{v:,}"),
+                     arrow(r["macs"], _short_count),
+                     "-" if r.get("error") is None else f"{r['error']:.2e}", str(r.get("contract", ""))))
+    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
 def merge_options(*layers: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -1,25 +1,31 @@
 #!/usr/bin/env python
-"""Train the x2 super-resolution teacher shipped for ``builtin:sr``.
+"""Train the x2 super-resolution teacher shipped for ``builtin:sr``, and its discriminator.
 
-The teacher is a small SRResNet (``gcompiler.models.create("srresnet", nf=..., nb=..., scale=2)``,
-BatchNorm kept so its normalization scales can serve as GAN-Slimming channel masks). It is trained
-with an L1 pixel loss and Adam on random LR/HR patch pairs cut from the training photos of
-``builtin:sr`` (see ``gcompiler/data/sr.py`` for the photos, the fixed held-out split and how LR
-images are made), with a cosine learning-rate decay, on the CPU.
+The teacher is an SRResNet (``gcompiler.models.create("srresnet", nf=..., nb=..., scale=2)``, BatchNorm
+kept so its normalization scales can serve as GAN-Slimming channel masks), started from (almost)
+bicubic upsampling (:func:`init_as_upsampler`) and trained with an L1 pixel loss and Adam on random
+LR/HR patch pairs cut from the training photos of ``builtin:sr`` (see ``gcompiler/data/sr.py`` and
+``gcompiler/data/photos.py`` for the photos, the fixed held-out split and how LR images are made), with
+a cosine learning-rate decay over ``--steps`` steps or over ``--time-budget`` seconds of wall time
+(``scripts/teacher_common.py``), on the CPU.
 
-At the end it measures PSNR/SSIM on the held-out photos (and bicubic's, for comparison) and writes
+Then (``--d-steps``) a PatchGAN discriminator (``patchgan_d``, input: an HR image in [0, 1]) is trained
+against the finished teacher's outputs with the LSGAN loss (real HR patches -> 1, teacher outputs -> 0):
+the teacher was trained without one, so this is the discriminator "it was trained against" for methods
+that need a D0 or want to start D warm.
 
-  * ``--out`` (default ``gcompiler/assets/sr_teacher_x2.safetensors``): the weights;
-  * the same path with ``.json``: architecture and keyword arguments (what ``load_teacher`` builds),
-    the exact command, seed, steps, hyper-parameters, wall time and the held-out numbers.
+Checkpoints are written atomically to ``--ckpt-dir`` every ``--ckpt-every`` steps (``--resume`` goes on
+from the latest; ``--export-only`` exports it). At the end both networks are written as fp16
+``.safetensors`` package assets with a JSON record each; the teacher's record holds the held-out
+PSNR/SSIM measured *after* loading the fp16 file back into a float32 model (what users get), plus the
+exact command, seed, steps, hyper-parameters and wall time.
 
-Everything is seeded; with the same torch version, thread count and arguments a rerun gives the same
-weights. The defaults take about 20 minutes on one CPU core.
+Held-out PSNR during training (``--eval-every``) is only logged; it never selects a checkpoint.
 
 Examples::
 
-    python scripts/train_teacher.py                      # the shipped teacher
-    python scripts/train_teacher.py --steps 200 --out /tmp/t.safetensors   # a quick smoke run
+    python scripts/train_teacher.py --time-budget 3900 --ckpt-dir /work/team/train/sr   # the shipped one
+    python scripts/train_teacher.py --steps 20 --d-steps 5 --out /tmp/t.safetensors       # a smoke run
 """
 from __future__ import annotations
 
@@ -33,6 +39,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from teacher_common import TimeSchedule, export_model, load_ckpt, save_ckpt  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from gcompiler.data.sr import HELDOUT_IMAGES, TEACHER_WEIGHTS, TRAIN_IMAGES
@@ -45,35 +54,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="Held-out PSNR/SSIM are on the Y channel with a 2-pixel border crop, outputs rounded to "
                "8 bits. Use scripts/eval_sr.py to re-measure a saved teacher.")
     g = p.add_argument_group("architecture (srresnet)")
-    g.add_argument("--nf", type=int, default=32, help="feature channels of the trunk")
-    g.add_argument("--nb", type=int, default=6, help="residual blocks")
+    g.add_argument("--nf", type=int, default=64, help="feature channels of the trunk")
+    g.add_argument("--nb", type=int, default=8, help="residual blocks")
     g.add_argument("--no-bn", action="store_true",
-                   help="drop the BatchNorm layers (smaller and cleaner for SR, but GS then has no norm "
-                        "scales to use as channel masks)")
+                   help="drop the BatchNorm layers (GS then has no norm scales to use as channel masks)")
+    g.add_argument("--ndf", type=int, default=32, help="discriminator base width (patchgan_d, 3 layers)")
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=2000, help="optimizer steps")
+    g.add_argument("--steps", type=int, default=3000, help="optimizer steps (ignored with --time-budget)")
+    g.add_argument("--time-budget", type=float, default=0.0,
+                   help="seconds of teacher training; the cosine decay runs over wall time and training "
+                        "stops when it is spent (0: run --steps steps)")
     g.add_argument("--batch-size", type=int, default=16, help="patch pairs per step")
-    g.add_argument("--patch", type=int, default=40, help="LR patch side in pixels (HR patch is twice that)")
-    g.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (cosine decay to 1%% of it)")
-    g.add_argument("--warmup", type=int, default=50, help="linear warm-up steps")
+    g.add_argument("--patch", type=int, default=32, help="LR patch side in pixels (HR patch is twice that)")
+    g.add_argument("--lr", type=float, default=5e-4, help="peak Adam learning rate (cosine decay to 1%% of it)")
+    g.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
+    g.add_argument("--d-steps", type=int, default=400, help="discriminator steps after the teacher")
     g.add_argument("--seed", type=int, default=0, help="seed for weights init and data order/augmentation")
     g.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 keeps the machine usable by others and results reproducible)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     g.add_argument("--random-init", action="store_true",
-                   help="plain random initialization instead of starting from bicubic upsampling "
-                        "(needs many more steps)")
-    g.add_argument("--eval-every", type=int, default=0,
-                   help="also evaluate on the held-out photos every N steps (0: only at the end)")
-    p.add_argument("--out", type=Path, default=TEACHER_WEIGHTS,
-                   help="where to write the weights (.safetensors); the .json goes next to it")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. for log files)")
+                   help="plain random initialization instead of starting from bicubic upsampling")
+    g.add_argument("--eval-every", type=int, default=300,
+                   help="log held-out PSNR every N steps (0: only at the end); never used to pick weights")
+    g = p.add_argument_group("checkpoints and output")
+    g.add_argument("--ckpt-dir", type=Path, default=None,
+                   help="where training checkpoints go (default: next to --out, in <out>.ckpt/)")
+    g.add_argument("--ckpt-every", type=int, default=100, help="checkpoint every N steps")
+    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --ckpt-dir")
+    g.add_argument("--export-only", action="store_true",
+                   help="export the latest checkpoint (teacher, and D if trained) without training more")
+    g.add_argument("--out", type=Path, default=TEACHER_WEIGHTS,
+                   help="where to write the teacher (.safetensors); the .json goes next to it, the "
+                        "discriminator to the same name with _discriminator")
+    g.add_argument("--fp32", action="store_true", help="store float32 weights (default: fp16 storage)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. for log files)")
     args = p.parse_args(argv)
-    for name in ("nf", "nb", "steps", "batch_size", "patch", "threads"):
+    for name in ("nf", "nb", "steps", "batch_size", "patch", "threads", "ndf", "ckpt_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.d_steps < 0:
+        p.error("--d-steps must be >= 0")
     if args.out.suffix != ".safetensors":
         p.error("--out must end in .safetensors")
+    if args.ckpt_dir is None:
+        args.ckpt_dir = args.out.with_suffix(".ckpt")
     return args
 
 
@@ -135,101 +160,171 @@ def init_as_upsampler(model: torch.nn.Module) -> None:
     assert nf >= 3
 
 
-def lr_factor(step: int, steps: int, warmup: int) -> float:
-    """Linear warm-up, then cosine decay from 1 to 0.01."""
-    if step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, steps - warmup)
-    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t))
+def discriminator_path(out: Path) -> Path:
+    """``sr_teacher_x2.safetensors`` -> ``sr_teacher_x2_discriminator.safetensors``."""
+    return out.with_name(out.stem + "_discriminator.safetensors")
+
+
+@torch.no_grad()
+def d_scores(disc: torch.nn.Module, teacher: torch.nn.Module) -> dict[str, float]:
+    """Mean LSGAN outputs of ``disc`` on the held-out HR photos and on the teacher's outputs."""
+    from gcompiler.data.sr import heldout_pairs
+
+    real, fake = [], []
+    for _, lr_img, hr_img in heldout_pairs():
+        real.append(disc(hr_img).mean().item())
+        fake.append(disc(teacher(lr_img).clamp(0, 1)).mean().item())
+    return {"heldout_real": sum(real) / len(real), "heldout_teacher": sum(fake) / len(fake)}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-
-    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     from gcompiler import models
     from gcompiler.data import make_loader, open_dataset
-    from gcompiler.data.sr import HELDOUT_IMAGES, TRAIN_IMAGES, evaluate_sr
+    from gcompiler.data.sr import HELDOUT_IMAGES, TRAIN_IMAGES, evaluate_sr, load_teacher
 
+    command = "python scripts/train_teacher.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     kwargs = {"nf": args.nf, "nb": args.nb, "scale": 2, "bn": not args.no_bn}
+    dkwargs = {"input_nc": 3, "ndf": args.ndf, "n_layers": 3, "norm": "instance"}
     model = models.create("srresnet", **kwargs)
     if not args.random_init:
         init_as_upsampler(model)
     model = model.to(args.device)
+    disc = models.create("patchgan_d", **dkwargs).to(args.device)
     n_params = sum(p.numel() for p in model.parameters())
-    data = open_dataset("builtin:sr", crop_size=args.patch, augment="dihedral",
-                        patches_per_epoch=args.steps * args.batch_size, seed=args.seed)
-    loader = make_loader(data, batch_size=args.batch_size, seed=args.seed, num_workers=0)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args.steps, args.warmup))
+    dopt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    sched = TimeSchedule(steps=args.steps, warmup=args.warmup, budget_s=args.time_budget)
+    ckpt_path = args.ckpt_dir / "latest.pt"
+    step, dstep, log = 0, 0, []
+    if args.resume or args.export_only:
+        if not ckpt_path.is_file():
+            print(f"no checkpoint {ckpt_path} to resume/export", file=sys.stderr)
+            return 2
+        ck = load_ckpt(ckpt_path)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        disc.load_state_dict(ck["disc"])
+        dopt.load_state_dict(ck["dopt"])
+        step, dstep, log = ck["step"], ck["dstep"], json.loads(ck["log"])
+        sched.elapsed_before = ck["elapsed"]
+        print(f"resumed {ckpt_path}: step {step}, D step {dstep}, {ck['elapsed']:.0f} s done", flush=True)
 
-    print(f"srresnet {kwargs}: {n_params:,} parameters; {args.steps} steps of {args.batch_size} "
-          f"{args.patch}x{args.patch} LR patches on {args.device} ({args.threads} thread(s))", flush=True)
-    t0 = time.time()
-    model.train()
+    def checkpoint() -> None:
+        save_ckpt(ckpt_path, {"model": model.state_dict(), "opt": opt.state_dict(), "disc": disc.state_dict(),
+                              "dopt": dopt.state_dict(), "step": step, "dstep": dstep,
+                              "elapsed": sched.elapsed(), "log": json.dumps(log)})
+
+    data = open_dataset("builtin:sr", crop_size=args.patch, augment="dihedral",
+                        patches_per_epoch=10000 * args.batch_size, seed=args.seed + step)
+    loader = make_loader(data, batch_size=args.batch_size, seed=args.seed + step, num_workers=0)
     stream = loader.batches()
-    bar = tqdm(range(args.steps), disable=args.no_progress, desc="teacher", dynamic_ncols=True)
+    print(f"srresnet {kwargs}: {n_params:,} parameters; "
+          + (f"{args.time_budget:.0f} s budget" if args.time_budget > 0 else f"{args.steps} steps")
+          + f" of {args.batch_size} {args.patch}x{args.patch} LR patches on {args.device} "
+            f"({args.threads} thread(s)); photos: {', '.join(TRAIN_IMAGES)}", flush=True)
+    t_start = time.time()
+    model.train()
     ema = None
-    for step in bar:
+    bar = tqdm(disable=args.no_progress, desc="teacher", dynamic_ncols=True)
+    while not args.export_only and not sched.done(step):
+        for gr in opt.param_groups:
+            gr["lr"] = args.lr * sched.factor(step)
         batch = next(stream)
         lr_img, hr_img = batch["input"].to(args.device), batch["target"].to(args.device)
         loss = torch.nn.functional.l1_loss(model(lr_img), hr_img)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
+        step += 1
         if not math.isfinite(loss.item()):
             print(f"loss is {loss.item()} at step {step}: stopping (try a lower --lr)", file=sys.stderr)
             return 1
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        bar.set_postfix(l1=f"{ema:.4f}", lr=f"{sched.get_last_lr()[0]:.1e}")
-        if args.no_progress and (step + 1) % 100 == 0:
-            print(f"step {step + 1}/{args.steps} l1 {ema:.4f} ({time.time() - t0:.0f}s)", flush=True)
-        if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
+        bar.update(1)
+        bar.set_postfix(l1=f"{ema:.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+        if args.no_progress and step % 50 == 0:
+            print(f"step {step} l1 {ema:.4f} lr {opt.param_groups[0]['lr']:.2e} ({sched.elapsed():.0f}s)",
+                  flush=True)
+        if args.eval_every and step % args.eval_every == 0:
             model.eval()
             m = evaluate_sr(model, device=args.device)["mean"]
             model.train()
-            print(f"step {step + 1}: held-out PSNR-Y {m['model']['psnr_y']:.3f} dB "
-                  f"(bicubic {m['bicubic']['psnr_y']:.3f})", flush=True)
-    wall = time.time() - t0
-
+            log.append({"step": step, "elapsed_s": round(sched.elapsed(), 1), "psnr_y": m["model"]["psnr_y"],
+                        "bicubic_psnr_y": m["bicubic"]["psnr_y"]})
+            print(f"step {step}: held-out PSNR-Y {m['model']['psnr_y']:.3f} dB (bicubic "
+                  f"{m['bicubic']['psnr_y']:.3f}, gain {m['model']['psnr_y'] - m['bicubic']['psnr_y']:+.3f})",
+                  flush=True)
+        if step % args.ckpt_every == 0:
+            checkpoint()
+    bar.close()
+    wall_g = sched.elapsed()
     model.eval()
-    res = evaluate_sr(model, device=args.device)
+    if not args.export_only:
+        checkpoint()
+
+    # The discriminator, trained against the finished teacher's outputs (LSGAN).
+    t_d = time.time()
+    disc.train()
+    while not args.export_only and dstep < args.d_steps:
+        batch = next(stream)
+        with torch.no_grad():
+            fake = model(batch["input"].to(args.device)).clamp(0, 1)
+        real = batch["target"].to(args.device)
+        dl = 0.5 * ((disc(real) - 1).pow(2).mean() + disc(fake).pow(2).mean())
+        dopt.zero_grad(set_to_none=True)
+        dl.backward()
+        dopt.step()
+        dstep += 1
+        if dstep % 50 == 0 or dstep == args.d_steps:
+            print(f"D step {dstep}/{args.d_steps} lsgan {dl.item():.4f}", flush=True)
+            checkpoint()
+    wall_d = time.time() - t_d
+    disc.eval()
+
+    # Export (fp16 storage), then measure what users load.
+    storage = not args.fp32
+    dout = discriminator_path(args.out)
+    export_model(model, args.out, arch="srresnet", kwargs=kwargs, fp16=storage)
+    loaded = load_teacher(weights=args.out)
+    res = evaluate_sr(loaded, device="cpu")
     mean = res["mean"]
     gain = mean["model"]["psnr_y"] - mean["bicubic"]["psnr_y"]
-    print(f"held-out ({', '.join(HELDOUT_IMAGES)}): teacher PSNR-Y {mean['model']['psnr_y']:.3f} dB / "
+    print(f"held-out ({', '.join(HELDOUT_IMAGES)}), as loaded: teacher PSNR-Y {mean['model']['psnr_y']:.3f} dB / "
           f"SSIM-Y {mean['model']['ssim_y']:.4f}; bicubic {mean['bicubic']['psnr_y']:.3f} dB / "
           f"{mean['bicubic']['ssim_y']:.4f}; gain {gain:+.3f} dB", flush=True)
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = args.out.with_suffix(".safetensors.tmp")
-    save_file(state, str(tmp), metadata={"arch": "srresnet", "kwargs": json.dumps(kwargs)})
-    tmp.chmod(0o644)  # a package asset, readable by everyone
-    tmp.replace(args.out)
+    export_model(disc, dout, arch="patchgan_d", kwargs=dkwargs, fp16=storage, extra={
+        "task": "builtin:sr", "role": "discriminator",
+        "input": "an HR RGB image in [0, 1] (the teacher's output or a real photo), unconditional",
+        "loss": "LSGAN (real -> 1, teacher output -> 0), trained after the teacher against its outputs",
+        "steps": dstep, "batch_size": args.batch_size, "patch_hr": 2 * args.patch,
+        "optimizer": "Adam(2e-4, betas 0.5, 0.999)", "train_wall_s": round(wall_d, 1),
+        "scores": d_scores(disc, loaded), "command": command, "seed": args.seed})
     meta = {
-        "arch": "srresnet",
-        "kwargs": kwargs,
-        "params": n_params,
-        "command": "python scripts/train_teacher.py " + " ".join(shlex.quote(a) for a in
-                                                              (sys.argv[1:] if argv is None else argv)),
-        "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "patch_lr": args.patch,
+        "task": "builtin:sr", "role": "teacher", "params": n_params, "command": command,
+        "seed": args.seed, "steps": step, "time_budget_s": args.time_budget, "batch_size": args.batch_size,
+        "patch_lr": args.patch,
         "init": "random" if args.random_init else "bicubic-like (init_as_upsampler)",
-        "lr": args.lr, "warmup": args.warmup, "loss": "L1", "optimizer": "Adam(0.9, 0.999), cosine to 1%",
+        "lr": args.lr, "warmup": args.warmup, "loss": "L1",
+        "optimizer": "Adam(0.9, 0.999); cosine to 1% over "
+                     + ("wall time (--time-budget)" if args.time_budget > 0 else "steps"),
         "augment": "random crop + dihedral (flips/transposes)", "threads": args.threads,
-        "device": str(args.device), "torch": torch.__version__, "train_wall_s": round(wall, 1),
+        "device": str(args.device), "torch": torch.__version__, "train_wall_s": round(wall_g, 1),
+        "session_wall_s": round(time.time() - t_start, 1),
         "train_images": list(TRAIN_IMAGES), "heldout_images": list(HELDOUT_IMAGES),
         "eval_protocol": "whole held-out images, output clamped and rounded to 8 bits, Y channel (BT.601), "
-                         "2-pixel border cropped",
-        "heldout": res,
+                         "2-pixel border cropped; measured after loading the stored weights",
+        "heldout_log": log, "heldout": res, "discriminator": dout.name,
     }
-    args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) and {args.out.with_suffix('.json')}; "
-          f"trained in {wall / 60:.1f} min")
+    export_model(model, args.out, arch="srresnet", kwargs=kwargs, fp16=storage, extra=meta)
+    size = args.out.stat().st_size + dout.stat().st_size
+    print(f"wrote {args.out} and {dout} ({size / 1e6:.2f} MB) with their .json; teacher trained "
+          f"{step} steps in {wall_g / 60:.1f} min, D {dstep} steps in {wall_d / 60:.1f} min", flush=True)
     return 0
 
 

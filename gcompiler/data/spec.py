@@ -3,6 +3,7 @@
 Forms:
 
 * ``builtin:sr``: the built-in x2 super-resolution task (:mod:`gcompiler.data.sr`);
+* ``builtin:cartoon``: the built-in photo -> cartoon translation task (:mod:`gcompiler.data.cartoon`);
 * ``single:PATH``: every image of folder PATH (inputs only; teacher outputs are computed by the trainer);
 * ``aligned:PATH``: side-by-side A|B images in folder PATH (pix2pix layout);
 * ``paired:PATH``: PATH/A and PATH/B (or trainA/trainB) matched by file name;
@@ -26,6 +27,7 @@ from .datasets import (AlignedDataset, PairedFolderDataset, SingleFolderDataset,
 from .images import RANGE_GAN, is_image_file
 
 MODES = ("single", "aligned", "paired", "unpaired")
+BUILTIN = ("builtin:sr", "builtin:cartoon")
 SPLITS = ("train", "eval")
 
 
@@ -44,14 +46,14 @@ def detect_mode(path: str | os.PathLike) -> str:
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """``spec`` -> ``(mode, path)``; mode is ``"builtin:sr"`` (path ``None``) or one of :data:`MODES`."""
+    """``spec`` -> ``(mode, path)``; mode is one of :data:`BUILTIN` (path ``None``) or of :data:`MODES`."""
     if not isinstance(spec, str) or not spec.strip():
-        raise DataError(f"empty data spec {spec!r}: give a folder or builtin:sr")
+        raise DataError(f"empty data spec {spec!r}: give a folder, builtin:sr or builtin:cartoon")
     spec = spec.strip()
     if spec.startswith("builtin:"):
-        if spec != "builtin:sr":
-            raise DataError(f"unknown built-in data set {spec!r}; available: builtin:sr")
-        return "builtin:sr", None
+        if spec not in BUILTIN:
+            raise DataError(f"unknown built-in data set {spec!r}; available: {', '.join(BUILTIN)}")
+        return spec, None
     head, sep, rest = spec.partition(":")
     if sep and head in MODES:
         return head, rest
@@ -65,10 +67,11 @@ def open_dataset(spec: str, *, split: str = "train", crop_size: int | None = Non
 
     ``split="train"`` gives augmented training items (random crops of ``crop_size`` if given,
     horizontal flips unless ``flip=False``); ``split="eval"`` gives whole images (unless ``crop_size``)
-    without flips. For ``builtin:sr`` the eval split is the fixed held-out photos and ``crop_size``
-    defaults to 48 LR pixels for training; a folder has no split of its own, so ``eval`` reads the same
+    without flips. For ``builtin:sr`` (``builtin:cartoon``) the eval split is the fixed held-out photos and ``crop_size``
+    defaults to 48 LR pixels (128 pixels) for training; a folder has no split of its own, so ``eval`` reads the same
     folder (pass another folder to evaluate on held-out images).
-    Folder datasets give tensors in ``value_range`` (default [-1, 1]); ``builtin:sr`` always [0, 1].
+    Folder datasets give tensors in ``value_range`` (default [-1, 1]); ``builtin:sr`` always [0, 1],
+    ``builtin:cartoon`` always [-1, 1].
     Extra ``kwargs`` go to the dataset class (e.g. ``direction`` for ``aligned``,
     ``patches_per_epoch``/``augment`` for ``builtin:sr``).
     """
@@ -88,6 +91,19 @@ def open_dataset(spec: str, *, split: str = "train", crop_size: int | None = Non
             return sr.SRTrainDataset(crop_size=48 if crop_size is None else crop_size, seed=seed, **kwargs)
         _check_kwargs(sr.SRHeldoutDataset, kwargs, "builtin:sr")
         return sr.SRHeldoutDataset(crop_size=crop_size, seed=0 if seed is None else seed, **kwargs)
+    if mode == "builtin:cartoon":
+        from . import cartoon
+
+        if value_range is not None and tuple(map(float, value_range)) != (-1.0, 1.0):
+            raise DataError("builtin:cartoon images are in [-1, 1]; value_range cannot be changed for it")
+        if train:
+            if flip is not None:
+                kwargs.setdefault("flip", flip)
+            _check_kwargs(cartoon.CartoonTrainDataset, kwargs, "builtin:cartoon")
+            return cartoon.CartoonTrainDataset(crop_size=128 if crop_size is None else crop_size, seed=seed,
+                                               **kwargs)
+        _check_kwargs(cartoon.CartoonHeldoutDataset, kwargs, "builtin:cartoon")
+        return cartoon.CartoonHeldoutDataset(crop_size=crop_size, seed=0 if seed is None else seed, **kwargs)
     assert path is not None
     common = dict(crop_size=crop_size, flip=train if flip is None else flip,
                   value_range=RANGE_GAN if value_range is None else value_range,

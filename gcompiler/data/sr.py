@@ -1,12 +1,10 @@
 """The built-in task ``builtin:sr``: x2 super-resolution on the colour photos shipped with scikit-image.
 
-Nothing is downloaded: the images come from ``skimage.data`` (scikit-image is a runtime requirement of
-this task). The split is fixed, by name:
+Nothing is downloaded: the images are the photos of :mod:`gcompiler.data.photos` (from ``skimage.data``;
+scikit-image is a runtime requirement of this task), with its fixed split:
 
-* training: :data:`TRAIN_IMAGES`; held-out (evaluation only): :data:`HELDOUT_IMAGES`.
-  The two stereo views of ``stereo_motorcycle`` show the same scene, so both sit on the training side.
-  ``skimage.data.cat`` is the same photo as ``chelsea`` and is not used; ``colorwheel`` and ``logo`` are
-  synthetic and not used.
+* training: :data:`TRAIN_IMAGES` (colour and grayscale photos); held-out (evaluation only):
+  :data:`HELDOUT_IMAGES` (``chelsea``, ``rocket``).
 
 Pairs: the high-resolution (HR) image is cut to even height and width, and its low-resolution (LR)
 partner is ``torch.nn.functional.interpolate(hr, scale_factor=1/2, mode="bicubic", antialias=True,
@@ -38,26 +36,17 @@ from ..errors import DataError
 from ..metrics import psnr, ssim
 from .datasets import CropFlipDataset
 from .images import RANGE_UNIT, ScanReport, to_tensor
+from .photos import HELDOUT_PHOTOS, TRAIN_PHOTOS, load_photo
 
 SCALE = 2
-#: Training photos (skimage.data names; ``motorcycle_*`` are the views of ``stereo_motorcycle``).
-TRAIN_IMAGES: tuple[str, ...] = ("astronaut", "coffee", "hubble_deep_field", "immunohistochemistry",
-                                 "retina", "motorcycle_left", "motorcycle_right")
+#: Training photos (see :mod:`gcompiler.data.photos`).
+TRAIN_IMAGES: tuple[str, ...] = TRAIN_PHOTOS
 #: Held-out photos: never used for training the teacher or students, only for evaluation.
-HELDOUT_IMAGES: tuple[str, ...] = ("chelsea", "rocket")
+HELDOUT_IMAGES: tuple[str, ...] = HELDOUT_PHOTOS
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets"
 TEACHER_WEIGHTS = ASSET_DIR / "sr_teacher_x2.safetensors"
 TEACHER_META = ASSET_DIR / "sr_teacher_x2.json"
-
-
-def _skimage_data():
-    try:
-        import skimage.data as skdata
-    except ImportError as exc:
-        raise DataError("builtin:sr needs scikit-image (its photos are the data): "
-                        "pip install 'scikit-image>=0.21' (or the gcompiler[data] extra)") from exc
-    return skdata
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,15 +54,7 @@ def load_hr(name: str) -> np.ndarray:
     """The HR photo ``name`` as ``uint8`` (H, W, 3), cut to even height and width (read-only array)."""
     if name not in TRAIN_IMAGES + HELDOUT_IMAGES:
         raise DataError(f"unknown builtin:sr image {name!r}; known: {', '.join(TRAIN_IMAGES + HELDOUT_IMAGES)}")
-    skdata = _skimage_data()
-    if name.startswith("motorcycle_"):
-        left, right, _ = skdata.stereo_motorcycle()
-        img = left if name.endswith("left") else right
-    else:
-        img = getattr(skdata, name)()
-    img = np.asarray(img)
-    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-        raise DataError(f"skimage.data.{name} is not an 8-bit RGB image ({img.dtype}, {img.shape})")
+    img = load_photo(name)
     h, w = img.shape[0] - img.shape[0] % SCALE, img.shape[1] - img.shape[1] % SCALE
     out = np.ascontiguousarray(img[:h, :w])
     out.setflags(write=False)

@@ -1,0 +1,87 @@
+"""Shared pieces of the teacher-training scripts (``train_teacher.py``, ``train_cartoon.py``).
+
+* :class:`TimeSchedule`: the learning-rate factor as a function of the step and of the wall time: a
+  linear warm-up over ``warmup`` steps, then a cosine decay from 1 to 0.01 over either ``steps``
+  optimizer steps or, with a time budget, over ``budget_s`` seconds of training wall time (the run
+  stops when the budget is spent, so it ends on time on a shared machine with its learning rate
+  annealed; the number of steps done is recorded).
+* :func:`save_ckpt` / :func:`load_ckpt`: atomic training checkpoints (``torch.save`` into a temp file
+  renamed into place; read back with ``weights_only=True``), so a run can be stopped at any time and
+  the latest checkpoint exported.
+* :func:`export_model`: a model's weights as an fp16 (or fp32) ``.safetensors`` package asset with its
+  ``{"arch", "kwargs"}`` JSON record next to it, written atomically.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class TimeSchedule:
+    """Learning-rate factor: warm-up, then cosine 1 -> 0.01 over steps or over a wall-time budget."""
+
+    def __init__(self, *, steps: int, warmup: int, budget_s: float = 0.0) -> None:
+        self.steps, self.warmup, self.budget_s = int(steps), int(warmup), float(budget_s)
+        self.t0 = time.time()
+        self.elapsed_before = 0.0  # training seconds of the runs this one resumes
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.t0
+
+    def progress(self, step: int) -> float:
+        """Fraction of the run done, in [0, 1]."""
+        if self.budget_s > 0:
+            return min(1.0, self.elapsed() / self.budget_s)
+        return min(1.0, step / max(1, self.steps))
+
+    def done(self, step: int) -> bool:
+        return self.progress(step) >= 1.0 or (self.budget_s <= 0 and step >= self.steps)
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        t = self.progress(step)
+        if self.budget_s <= 0:
+            t = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def save_ckpt(path: Path, obj: dict[str, Any]) -> None:
+    """``torch.save(obj)`` into ``path`` atomically (temp file + os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_ckpt(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def export_model(model: torch.nn.Module, out: Path, *, arch: str, kwargs: dict[str, Any],
+                 extra: dict[str, Any] | None = None, fp16: bool = True) -> None:
+    """Write ``model``'s weights to ``out`` (.safetensors, floats stored as fp16 if ``fp16``) and
+    ``out.with_suffix('.json')`` = ``{"arch", "kwargs", **extra}``, both atomically."""
+    from safetensors.torch import save_file
+
+    from gcompiler.ioutil import atomic_file, atomic_write_text
+
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu")
+        if fp16 and v.is_floating_point():
+            v = v.half()
+        state[k] = v.contiguous()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out) as tmp:
+        save_file(state, str(tmp), metadata={"arch": arch, "kwargs": json.dumps(kwargs)})
+    os.chmod(out, 0o644)
+    meta = {"arch": arch, "kwargs": kwargs, "storage": "fp16" if fp16 else "fp32", **(extra or {})}
+    atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+    os.chmod(out.with_suffix(".json"), 0o644)

@@ -1,0 +1,250 @@
+#!/usr/bin/env python
+"""Train the ``builtin:cartoon`` teacher (a ``resnet_9blocks`` generator) and its discriminator.
+
+The task (``gcompiler/data/cartoon.py``): input a photo, target a fixed deterministic cartoon
+stylization of it (TV smoothing, colour quantization, dark Canny edges), on the photos of
+``gcompiler/data/photos.py`` with their fixed held-out split.
+
+Teacher: CycleGAN's ResNet generator, ``gcompiler.models.create("resnet_9blocks", ngf=32)`` (reflection
+padding, InstanceNorm without affine, no dropout, tanh output; the zoo's key names), weights initialized
+N(0, 0.02) as in pix2pix. Discriminator: ``patchgan_d`` (70x70 PatchGAN, ``n_layers`` 3, InstanceNorm),
+unconditional (it sees a cartoon image in [-1, 1], real or generated).
+
+Training is pix2pix-style: ``L_G = 100 * L1(G(x), y) + LSGAN(D(G(x)) -> 1)``,
+``L_D = 0.5 * (LSGAN(D(y) -> 1) + LSGAN(D(G(x)) -> 0))``, one D step per G step, Adam betas (0.5, 0.999),
+random crops with horizontal flips, a cosine learning-rate decay over ``--steps`` or ``--time-budget``
+seconds of wall time (``scripts/teacher_common.py``). Checkpoints are written atomically every
+``--ckpt-every`` steps (``--resume``, ``--export-only``). Held-out PSNR during training
+(``--eval-every``) is only logged, never used to pick weights.
+
+At the end both networks are written as fp16 ``.safetensors`` package assets with a JSON record each;
+the teacher's record holds the held-out PSNR/SSIM measured after loading the fp16 file back into a
+float32 model, the exact command, seed, steps and wall time.
+
+Examples::
+
+    python scripts/train_cartoon.py --time-budget 4200 --ckpt-dir /work/team/train/cartoon   # shipped
+    python scripts/train_cartoon.py --steps 4 --out /tmp/c.safetensors                       # smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from teacher_common import TimeSchedule, export_model, load_ckpt, save_ckpt  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from gcompiler.data.tasks import CARTOON_TEACHER
+
+    p = argparse.ArgumentParser(prog="train_cartoon.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("architecture")
+    g.add_argument("--ngf", type=int, default=32, help="generator base width (resnet_9blocks)")
+    g.add_argument("--ndf", type=int, default=32, help="discriminator base width (patchgan_d, 3 layers)")
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=int, default=4000, help="G/D steps (ignored with --time-budget)")
+    g.add_argument("--time-budget", type=float, default=0.0,
+                   help="seconds of training; cosine decay over wall time, stop when spent (0: --steps)")
+    g.add_argument("--batch-size", type=int, default=4)
+    g.add_argument("--crop", type=int, default=96, help="training crop side (pixels of the 256-short-side photos)")
+    g.add_argument("--lr", type=float, default=4e-4, help="peak generator learning rate")
+    g.add_argument("--d-lr", type=float, default=2e-4, help="peak discriminator learning rate")
+    g.add_argument("--l1-weight", type=float, default=100.0, help="weight of the L1 term (pix2pix: 100)")
+    g.add_argument("--warmup", type=int, default=50)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, default=1)
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--eval-every", type=int, default=200, help="log held-out PSNR every N steps")
+    g = p.add_argument_group("checkpoints and output")
+    g.add_argument("--ckpt-dir", type=Path, default=None, help="default: <out>.ckpt/")
+    g.add_argument("--ckpt-every", type=int, default=50)
+    g.add_argument("--resume", action="store_true")
+    g.add_argument("--export-only", action="store_true")
+    g.add_argument("--out", type=Path, default=CARTOON_TEACHER,
+                   help="teacher weights (.safetensors); the discriminator goes to <stem>_discriminator")
+    g.add_argument("--fp32", action="store_true", help="store float32 weights (default fp16)")
+    args = p.parse_args(argv)
+    for name in ("ngf", "ndf", "steps", "batch_size", "crop", "threads", "ckpt_every"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.out.suffix != ".safetensors":
+        p.error("--out must end in .safetensors")
+    if args.ckpt_dir is None:
+        args.ckpt_dir = args.out.with_suffix(".ckpt")
+    return args
+
+
+@torch.no_grad()
+def pix2pix_init(model: torch.nn.Module) -> None:
+    """Conv weights ~ N(0, 0.02), biases 0 (pix2pix's ``init_weights('normal')``)."""
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            torch.nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+
+
+@torch.no_grad()
+def d_scores(disc: torch.nn.Module, teacher: torch.nn.Module) -> dict[str, float]:
+    from gcompiler.data.cartoon import heldout_pairs
+
+    real, fake = [], []
+    for _, x, y in heldout_pairs():
+        real.append(disc(y).mean().item())
+        fake.append(disc(teacher(x)).mean().item())
+    return {"heldout_real": sum(real) / len(real), "heldout_teacher": sum(fake) / len(fake)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    from gcompiler import models
+    from gcompiler.data import make_loader, open_dataset
+    from gcompiler.data.cartoon import HELDOUT_IMAGES, TRAIN_IMAGES, evaluate_cartoon
+    from gcompiler.data.tasks import discriminator_path, load_asset_model
+
+    command = "python scripts/train_cartoon.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    gkw = {"ngf": args.ngf, "n_blocks": 9, "norm": "instance", "dropout": False, "padding_type": "reflect"}
+    dkw = {"input_nc": 3, "ndf": args.ndf, "n_layers": 3, "norm": "instance"}
+    G = models.create("resnet_9blocks", **gkw).to(args.device)
+    D = models.create("patchgan_d", **dkw).to(args.device)
+    pix2pix_init(G)
+    pix2pix_init(D)
+    n_params = sum(p.numel() for p in G.parameters())
+    gopt = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))
+    dopt = torch.optim.Adam(D.parameters(), lr=args.d_lr, betas=(0.5, 0.999))
+    sched = TimeSchedule(steps=args.steps, warmup=args.warmup, budget_s=args.time_budget)
+    ckpt_path = args.ckpt_dir / "latest.pt"
+    step, log = 0, []
+    if args.resume or args.export_only:
+        if not ckpt_path.is_file():
+            print(f"no checkpoint {ckpt_path} to resume/export", file=sys.stderr)
+            return 2
+        ck = load_ckpt(ckpt_path)
+        G.load_state_dict(ck["G"])
+        D.load_state_dict(ck["D"])
+        gopt.load_state_dict(ck["gopt"])
+        dopt.load_state_dict(ck["dopt"])
+        step, log = ck["step"], json.loads(ck["log"])
+        sched.elapsed_before = ck["elapsed"]
+        print(f"resumed {ckpt_path}: step {step}, {ck['elapsed']:.0f} s done", flush=True)
+
+    def checkpoint() -> None:
+        save_ckpt(ckpt_path, {"G": G.state_dict(), "D": D.state_dict(), "gopt": gopt.state_dict(),
+                              "dopt": dopt.state_dict(), "step": step, "elapsed": sched.elapsed(),
+                              "log": json.dumps(log)})
+
+    data = open_dataset("builtin:cartoon", crop_size=args.crop, patches_per_epoch=10000 * args.batch_size,
+                        seed=args.seed + step)
+    loader = make_loader(data, batch_size=args.batch_size, seed=args.seed + step, num_workers=0)
+    stream = loader.batches()
+    print(f"resnet_9blocks {gkw}: {n_params:,} parameters; patchgan_d {dkw}; "
+          + (f"{args.time_budget:.0f} s budget" if args.time_budget > 0 else f"{args.steps} steps")
+          + f" of {args.batch_size} {args.crop}x{args.crop} crops ({args.threads} thread(s)); photos: "
+          + ", ".join(TRAIN_IMAGES), flush=True)
+    t_start = time.time()
+    G.train()
+    D.train()
+    ema = None
+    mse = torch.nn.functional.mse_loss
+    while not args.export_only and not sched.done(step):
+        f = sched.factor(step)
+        for gr in gopt.param_groups:
+            gr["lr"] = args.lr * f
+        for gr in dopt.param_groups:
+            gr["lr"] = args.d_lr * f
+        batch = next(stream)
+        x, y = batch["input"].to(args.device), batch["target"].to(args.device)
+        fake = G(x)
+        # D step
+        pr, pf = D(y), D(fake.detach())
+        d_loss = 0.5 * (mse(pr, torch.ones_like(pr)) + mse(pf, torch.zeros_like(pf)))
+        dopt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        dopt.step()
+        # G step
+        pg = D(fake)
+        l1 = torch.nn.functional.l1_loss(fake, y)
+        g_loss = args.l1_weight * l1 + mse(pg, torch.ones_like(pg))
+        gopt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        gopt.step()
+        step += 1
+        if not math.isfinite(g_loss.item()):
+            print(f"G loss is {g_loss.item()} at step {step}: stopping", file=sys.stderr)
+            return 1
+        cur = (l1.item(), d_loss.item())
+        ema = cur if ema is None else tuple(0.98 * a + 0.02 * b for a, b in zip(ema, cur))
+        if step % 25 == 0:
+            print(f"step {step} l1 {ema[0]:.4f} d {ema[1]:.4f} lr {gopt.param_groups[0]['lr']:.2e} "
+                  f"({sched.elapsed():.0f}s)", flush=True)
+        if args.eval_every and step % args.eval_every == 0:
+            G.eval()
+            m = evaluate_cartoon(G, device=args.device)["mean"]
+            G.train()
+            log.append({"step": step, "elapsed_s": round(sched.elapsed(), 1), "psnr": m["model"]["psnr"],
+                        "identity_psnr": m["identity"]["psnr"]})
+            print(f"step {step}: held-out PSNR {m['model']['psnr']:.3f} dB / SSIM {m['model']['ssim']:.4f} "
+                  f"(identity {m['identity']['psnr']:.3f}, gain {m['model']['psnr'] - m['identity']['psnr']:+.3f})",
+                  flush=True)
+        if step % args.ckpt_every == 0:
+            checkpoint()
+    wall = sched.elapsed()
+    if not args.export_only:
+        checkpoint()
+    G.eval()
+    D.eval()
+
+    fp16 = not args.fp32
+    dout = discriminator_path(args.out)
+    export_model(G, args.out, arch="resnet_9blocks", kwargs=gkw, fp16=fp16)
+    loaded = load_asset_model(args.out)
+    res = evaluate_cartoon(loaded)
+    mean = res["mean"]
+    print(f"held-out ({', '.join(HELDOUT_IMAGES)}), as loaded: teacher PSNR {mean['model']['psnr']:.3f} dB / "
+          f"SSIM {mean['model']['ssim']:.4f}; identity {mean['identity']['psnr']:.3f} dB / "
+          f"{mean['identity']['ssim']:.4f}; gain {mean['model']['psnr'] - mean['identity']['psnr']:+.3f} dB",
+          flush=True)
+    export_model(D, dout, arch="patchgan_d", kwargs=dkw, fp16=fp16, extra={
+        "task": "builtin:cartoon", "role": "discriminator",
+        "input": "a cartoon RGB image in [-1, 1] (real target or generated), unconditional",
+        "loss": "LSGAN (real -> 1, generated -> 0), trained jointly with the teacher (pix2pix-style)",
+        "steps": step, "scores": d_scores(D, loaded), "command": command, "seed": args.seed})
+    meta = {
+        "task": "builtin:cartoon", "role": "teacher", "params": n_params, "command": command,
+        "seed": args.seed, "steps": step, "time_budget_s": args.time_budget, "batch_size": args.batch_size,
+        "crop": args.crop, "lr": args.lr, "d_lr": args.d_lr, "l1_weight": args.l1_weight,
+        "warmup": args.warmup, "init": "N(0, 0.02) (pix2pix)",
+        "loss": f"{args.l1_weight:g} * L1 + LSGAN against the unconditional PatchGAN",
+        "optimizer": "Adam(0.5, 0.999) for G and D; cosine to 1% over "
+                     + ("wall time (--time-budget)" if args.time_budget > 0 else "steps"),
+        "augment": "random crop + horizontal flip", "threads": args.threads, "device": str(args.device),
+        "torch": torch.__version__, "train_wall_s": round(wall, 1),
+        "session_wall_s": round(time.time() - t_start, 1),
+        "train_images": list(TRAIN_IMAGES), "heldout_images": list(HELDOUT_IMAGES),
+        "eval_protocol": "whole held-out photos (short side 256), outputs mapped to [0, 1] and rounded to "
+                         "8 bits, RGB PSNR/SSIM against the stylized target; measured after loading the "
+                         "stored weights",
+        "heldout_log": log, "heldout": res, "discriminator": dout.name,
+    }
+    export_model(G, args.out, arch="resnet_9blocks", kwargs=gkw, fp16=fp16, extra=meta)
+    size = args.out.stat().st_size + dout.stat().st_size
+    print(f"wrote {args.out} and {dout} ({size / 1e6:.2f} MB) with their .json; trained {step} steps in "
+          f"{wall / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

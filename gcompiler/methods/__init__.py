@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..errors import ConfigError
+from .options import coerce_option, option_docs, parse_key_values, type_name
 
 #: Built-in method name -> module that registers it on import.
-BUILTIN: dict[str, str] = {"gs": "gcompiler.methods.gs"}
+BUILTIN: dict[str, str] = {"gs": "gcompiler.methods.gs", "gan-compression": "gcompiler.methods.gan_compression"}
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,19 @@ class MethodInfo:
     def option_fields(self) -> list[dataclasses.Field]:
         return list(dataclasses.fields(self.options))
 
-    def option_help(self) -> str:
-        """One line per option: ``name = default  help``."""
+    def option_rows(self) -> list[tuple[str, str, Any, str]]:
+        """``(name, type, default, help)`` of every option."""
         docs = option_docs(self.options)
-        lines = []
+        hints = typing.get_type_hints(self.options)
+        rows = []
         for f in self.option_fields():
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            lines.append(f"  {f.name} = {default!r}  {docs.get(f.name, '')}".rstrip())
-        return "\n".join(lines)
+            rows.append((f.name, type_name(hints.get(f.name, Any)), default, docs.get(f.name, "")))
+        return rows
+
+    def option_help(self) -> str:
+        """One line per option: ``name: type = default  help``."""
+        return "\n".join(f"  {n}: {t} = {d!r}  {h}".rstrip() for n, t, d, h in self.option_rows())
 
     def make_options(self, values: Mapping[str, Any]) -> Any:
         """Build the options dataclass from ``values`` (strings are converted to each field's type)."""
@@ -117,77 +123,7 @@ def get_method(name: str) -> MethodInfo:
     return _METHODS[name]
 
 
-def option_docs(cls: type) -> dict[str, str]:
-    """Help strings of a dataclass's fields: the string literal right after each field in the source."""
-    import ast
-    import inspect
-    import textwrap
-
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError, SyntaxError):
-        return {}
-    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-    docs: dict[str, str] = {}
-    for prev, cur in zip(body, body[1:]):
-        if isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name) and isinstance(cur, ast.Expr) \
-                and isinstance(cur.value, ast.Constant) and isinstance(cur.value.value, str):
-            docs[prev.target.id] = " ".join(cur.value.value.split())
-    return docs
-
-
-def coerce_option(method: str, name: str, value: Any, hint: Any) -> Any:
-    """Convert ``value`` (a string from ``--opt`` or a value from a config file) to the type ``hint``."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    import types
-
-    is_union = origin is typing.Union or origin is getattr(types, "UnionType", None)
-    allowed = [a for a in args if a is not type(None)] if is_union else [hint]
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")
-                         and type(None) in args):
-        if type(None) in args:
-            return None
-        raise ConfigError(f"method {method!r} option {name!r} cannot be empty")
-    if typing.get_origin(allowed[0]) is typing.Literal:
-        choices = typing.get_args(allowed[0])
-        if value not in choices:
-            raise ConfigError(f"method {method!r} option {name!r} must be one of {list(choices)}, got {value!r}")
-        return value
-    errors = []
-    for t in allowed:
-        try:
-            if t is bool:
-                if isinstance(value, bool):
-                    return value
-                s = str(value).strip().lower()
-                if s in ("1", "true", "yes", "on"):
-                    return True
-                if s in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(f"{value!r} is not a boolean")
-            if t is int:
-                if isinstance(value, bool):
-                    raise ValueError("a boolean is not an int")
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError(f"{value!r} is not an integer")
-                return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-            if t is float:
-                if isinstance(value, bool):
-                    raise ValueError("a boolean is not a number")
-                return float(value)
-            if t is str:
-                return str(value)
-            if t is Any:
-                return value
-        except (TypeError, ValueError) as exc:
-            errors.append(str(exc))
-            continue
-    want = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
-    raise ConfigError(f"method {method!r} option {name!r}: expected {want}, got {value!r}")
-
-
 from .base import CompressJob  # noqa: E402  (re-export; base imports nothing from here at module level)
 
 __all__ = ["MethodInfo", "register_method", "get_method", "available_methods", "option_docs", "coerce_option",
-           "CompressJob", "BUILTIN"]
+           "parse_key_values", "CompressJob", "BUILTIN"]

@@ -1,0 +1,602 @@
+"""GAN Compression (Li et al., CVPR 2020; the "Fast" variant) as ``gcompiler compress --method gan-compression``.
+
+Stages (BRIEF section 1):
+
+1. **Student**: a traced copy of the teacher (same weights), or with ``--opt student=mobile`` every
+   residual block replaced by a depthwise-separable block (the ``substitute-ops`` pass; pipeline text in
+   ``mobile_pipeline``). The ``make-supernet`` pass turns it into a once-for-all supernet: one width per
+   prunable channel group, weights sliced to their first ``k`` channels (:mod:`gcompiler.supernet`).
+2. **Once-for-all training** (the shared engine: :class:`~gcompiler.train.Trainer` + a
+   :class:`~gcompiler.train.Distill` recipe): every step samples one configuration uniformly from the
+   search space (``sandwich=true``: the largest, the smallest and a random one, losses summed) and
+   minimises ``lambda_gan * GAN + lambda_recon * L1 + lambda_distill * sum MSE(A_k(S_k), T_k)``. The L1
+   target is the ground truth for paired data and the teacher's output otherwise; ``A_k`` is a learnable
+   1x1 conv on the *student* feature ``S_k`` (sliced to the active channels, like GAN Compression's
+   ``SuperConv2d`` mapping layers); the taps default to the trunk input and the outputs of blocks 3, 6
+   and 9 of the widest residual trunk (any node names by ``--opt feature_taps=s1=t1,s2=t2``). A PatchGAN
+   discriminator (LSGAN by default; GAN Compression's CycleGAN setting) judges the student's outputs
+   against the ground truth (paired) or the teacher's outputs.
+3. **Search** under ``--target-macs``: brute force when the space is small (``brute_force_limit``), else
+   evolution (population, mutation probability 0.2, crossover; :mod:`gcompiler.search.evolution`). Each
+   candidate is priced exactly by the supernet's cost table at the reference input
+   (:func:`gcompiler.supernet.subnet_cost`, the same count as profiling the extracted network) and scored
+   on a fixed search split (``search_images`` training crops drawn with their own seed, never the
+   held-out evaluation photos) by PSNR or SSIM to the teacher or the ground truth, or by FID when
+   Inception weights are given (``fid_weights``). Every candidate goes into ``search.json`` and the
+   Pareto plot ``pareto.png`` in the run directory.
+4. **Fine-tuning** of the extracted sub-network (a plain slim GraphModule) with the reconstruction and
+   GAN losses for ``--finetune-steps``, then export (``job.export``).
+
+Defaults follow GAN Compression (lambda 1 / 100 / 1, Adam 2e-4 with betas 0.5 / 0.999, linear decay
+from half-way, the ``channels-64-cycleGAN`` choices {64, 48, 32, 24, 16} x ngf / 64 for ResNet
+generators); for other models each group offers 1/4 .. 1 of its width in eighths (``choices``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from ..errors import ConfigError
+from ..train import Distill, DistillConfig, TrainConfig, Trainer
+from ..train.losses import FeatureDistillLoss
+from ..train.taps import TappedModel
+from . import register_method
+from .base import CompressJob, _first_sample, describe_bytes
+
+log = logging.getLogger("gcompiler.compress")
+
+
+@dataclass
+class GANCompressionOptions:
+    """Options of the ``gan-compression`` method (``--opt key=value``, or a ``[gan-compression]`` table)."""
+
+    student: Literal["teacher", "mobile"] = "teacher"
+    "Student layout: the teacher's own, or 'mobile' (every residual block depthwise-separable via substitute-ops)."
+    mobile_pipeline: str = "substitute-ops"
+    "Pass pipeline that makes the mobile student (student=mobile)."
+    lambda_recon: float = 100.0
+    "Weight of the L1 reconstruction loss (ground truth when paired, else the teacher's output)."
+    lambda_distill: float = 1.0
+    "Weight of the intermediate-feature distillation (sum of MSEs through 1x1 mappings)."
+    lambda_gan: float = 1.0
+    "Weight of the generator's adversarial loss."
+    recon: Literal["l1", "mse"] = "l1"
+    "Reconstruction loss."
+    recon_target: Literal["auto", "target", "teacher"] = "auto"
+    "L1 target: auto = the ground truth when the data is paired, else the teacher's output."
+    gan: Literal["lsgan", "hinge", "vanilla"] = "lsgan"
+    "Adversarial loss (GAN Compression: lsgan for CycleGAN, hinge for pix2pix)."
+    feature_taps: str | None = None
+    "Distilled features as 'student_node=teacher_node' pairs separated by ',' (default: trunk input, blocks 3/6/9)."
+    lr: float = 2e-4
+    "Adam learning rate (generator, mappings; betas 0.5/0.999, linear decay from half-way)."
+    d_lr: float | None = None
+    "Discriminator learning rate (default: lr)."
+    finetune_lr: float | None = None
+    "Learning rate of the fine-tuning (default: lr)."
+    disc_ndf: int | None = None
+    "PatchGAN width (default: the teacher's first conv width clamped to [16, 64])."
+    disc_layers: int = 3
+    "PatchGAN stride-2 layers."
+    sandwich: bool = False
+    "Sandwich rule: each step trains the largest, the smallest and one random sub-network (3x the cost)."
+    choices: str | None = None
+    "Width choices as fractions of the full width, e.g. '0.25,0.5,0.75,1' (ResNet: fractions of ngf)."
+    round_to: int = 4
+    "Group widths are multiples of this (generic space)."
+    search: Literal["auto", "brute-force", "evolution", "random"] = "auto"
+    "Search algorithm (auto: brute force up to brute_force_limit candidates, else evolution)."
+    brute_force_limit: int = 256
+    "Largest space searched exhaustively."
+    search_evals: int = 120
+    "Evolution: sub-networks scored at most."
+    population: int = 20
+    "Evolution: population size (parents 1/4, mutations 1/2, crossovers the rest)."
+    mutate_prob: float = 0.2
+    "Evolution: probability that a mutation resamples a position."
+    metric: Literal["psnr", "ssim", "fid"] = "psnr"
+    "Search score (fid needs fid_weights)."
+    score_against: Literal["auto", "teacher", "target"] = "auto"
+    "Reference of the search score: auto = the ground truth when the data has it, else the teacher."
+    search_images: int = 16
+    "Crops in the search split."
+    fid_weights: str | None = None
+    "Path to pytorch-fid's Inception weights (pt_inception-2015-12-05-6726825d.pth) for metric=fid."
+    freeze_norm_stats: bool = True
+    "BatchNorm in eval mode with the teacher's statistics (exact first-k slices)."
+
+    def validate(self) -> None:
+        for name in ("lambda_recon", "lambda_distill", "lambda_gan"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"gan-compression option {name} must be a finite number >= 0, got {v!r}")
+        for name in ("lr", "d_lr", "finetune_lr"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"gan-compression option {name} must be > 0, got {v!r}")
+        if self.lambda_recon == 0 and self.lambda_gan == 0 and self.lambda_distill == 0:
+            raise ConfigError("gan-compression: every loss weight is 0")
+        for name in ("round_to", "brute_force_limit", "search_evals", "search_images", "disc_layers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"gan-compression option {name} must be >= 1")
+        if self.population < 2:
+            raise ConfigError("gan-compression option population must be >= 2")
+        if not 0 <= self.mutate_prob <= 1:
+            raise ConfigError(f"gan-compression option mutate_prob must be in [0, 1], got {self.mutate_prob}")
+        if self.metric == "fid" and not self.fid_weights:
+            raise ConfigError("gan-compression: metric=fid needs the Inception weights: --opt fid_weights=PATH "
+                              "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth; nothing is downloaded)")
+        self.choice_list()
+        self.tap_pairs()
+
+    def choice_list(self) -> list[float] | None:
+        if self.choices is None:
+            return None
+        try:
+            vals = [float(v) for v in str(self.choices).replace(";", ",").split(",") if v.strip()]
+        except ValueError:
+            vals = []
+        if not vals or any(not 0 < v <= 1 for v in vals):
+            raise ConfigError(f"gan-compression option choices must be fractions in (0, 1] separated by ',', "
+                              f"got {self.choices!r}")
+        return vals
+
+    def tap_pairs(self) -> list[tuple[str, str]] | None:
+        if not self.feature_taps:
+            return None
+        pairs = []
+        for item in str(self.feature_taps).replace(";", ",").split(","):
+            item = item.strip()
+            if not item:
+                continue
+            s, sep, t = item.partition("=")
+            if not sep or not s.strip() or not t.strip():
+                raise ConfigError(f"gan-compression option feature_taps: {item!r} is not 'student_node=teacher_node'")
+            pairs.append((s.strip(), t.strip()))
+        return pairs
+
+
+# ------------------------------------------------------------------------------------------------
+# feature taps and the sliced mapping layers
+
+def residual_taps(gm: fx.GraphModule) -> list[str]:
+    """Trunk input and the outputs of blocks n/3, 2n/3 and n of the widest coupled group's residual additions.
+
+    For ``resnet_9blocks`` / ``mobile_resnet_9blocks`` these are GAN Compression's ``model.9`` (the
+    ReLU after the second down conv) and the outputs of residual blocks 3, 6 and 9.
+    """
+    import operator
+
+    from ..analysis import channel_groups
+
+    best: list[fx.Node] = []
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for g in channel_groups(gm):
+        adds = [nodes[m] for m in g.members if m in nodes and nodes[m].op == "call_function"
+                and nodes[m].target in (operator.add, torch.add)]
+        if len(adds) > len(best):
+            best = adds
+    if not best:
+        raise ConfigError("gan-compression: no residual trunk found to tap; name the distilled nodes with "
+                          "--opt feature_taps=student_node=teacher_node,...")
+    first = best[0].args[0]
+    n = len(best)
+    picks = sorted({max(1, round(n / 3)), max(1, round(2 * n / 3)), n})
+    taps = ([first.name] if isinstance(first, fx.Node) else []) + [best[i - 1].name for i in picks]
+    return list(dict.fromkeys(taps))
+
+
+class SlicedFeatureLoss(FeatureDistillLoss):
+    """:class:`FeatureDistillLoss` whose 1x1 mappings read only the student's active channels.
+
+    ``slices[tap]`` is ``None`` (all channels), ``k`` (the first k) or a LongTensor of channel indices;
+    the recipe updates it whenever it selects a sub-network.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slices: dict[str, Any] = {}
+
+    def forward(self, student_feats, teacher_feats) -> torch.Tensor:  # noqa: ANN001
+        import torch.nn.functional as F
+
+        from ..passes.supernet import _take
+
+        total = None
+        for (s, t), conv in zip(self.pairs, self.maps.values()):
+            fs, ft = student_feats[s], teacher_feats[t]
+            w = _take(conv.weight, 1, self.slices.get(s))
+            mapped = F.conv2d(fs, w, conv.bias)
+            term = F.mse_loss(mapped.float(), ft.detach().float())
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+
+
+# ------------------------------------------------------------------------------------------------
+# the once-for-all recipe
+
+class OnceForAll(Distill):
+    """Distill + one sampled sub-network per step (or the sandwich) + sliced feature distillation."""
+
+    name = "gan-compression"
+
+    def __init__(self, config: DistillConfig, *, space, taps: list[tuple[str, str]], feature_weight: float,
+                 sandwich: bool, seed: int, freeze_norm_stats: bool) -> None:
+        super().__init__(config)
+        self.space = space
+        self.taps = taps
+        self.fweight = feature_weight
+        self.sandwich = sandwich
+        self.seed = seed
+        self.freeze_norm_stats = freeze_norm_stats
+        self._bns: list[nn.Module] = []
+        self.last_config: str = ""
+
+    def setup(self, trainer: Trainer) -> None:
+        super().setup(trainer)
+        student = trainer.module("student")
+        if self.freeze_norm_stats:
+            self._bns = [m for m in student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if self.taps and self.fweight > 0:
+            s_run = TappedModel(student, [s for s, _ in self.taps])
+            t_run = TappedModel(trainer.module("teacher"), [t for _, t in self.taps])
+            x = trainer.example_input()
+            loss = SlicedFeatureLoss(self.taps, s_run.channels(x), t_run.channels(x))
+            self.feature_loss = trainer.register_module("feature_maps", loss, trainable=True)
+            self.cfg.feature_weight = self.fweight
+            trainer.set_runner("student", s_run)
+            trainer.set_runner("teacher", t_run)
+
+    def sample(self, step: int) -> list[tuple]:
+        rng = random.Random(self.seed * 1_000_003 + step)
+        rand = tuple(rng.choice(c) for c in self.space.choices)
+        if self.sandwich:
+            return [self.space.largest(), rand, self.space.smallest()]
+        return [rand]
+
+    def select(self, student: fx.GraphModule, cand: tuple) -> None:
+        from ..supernet import set_config
+
+        widths = set_config(student, self.space.to_config(cand))
+        if self.feature_loss is not None:
+            kept = student.meta["supernet"]["plan"].kept(widths)
+            self.feature_loss.slices = {s: kept.get(s) for s, _ in self.taps}
+        self.last_config = self.space.label(cand)
+
+    def generator_loss(self, ctx) -> dict[str, torch.Tensor]:  # noqa: ANN001
+        student = ctx.trainer.module("student")
+        for m in self._bns:
+            m.eval()
+        total: dict[str, torch.Tensor] = {}
+        for cand in self.sample(ctx.step):
+            self.select(student, cand)
+            for k, v in super().generator_loss(ctx).items():
+                total[k] = total[k] + v if k in total else v
+        return total
+
+    def describe(self) -> str:
+        taps = f"; {self.fweight:g} x feature MSE at {self.taps}" if self.taps and self.fweight > 0 else ""
+        rule = "sandwich (largest + random + smallest)" if self.sandwich else "one uniform random sub-network"
+        return f"{super().describe()}{taps}; {rule} per step from {self.space.size} configurations"
+
+
+class _FrozenNormFinetune(Distill):
+    name = "gan-compression-finetune"
+
+    def generator_loss(self, ctx) -> dict[str, torch.Tensor]:  # noqa: ANN001
+        for m in ctx.trainer.module("student").modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return super().generator_loss(ctx)
+
+
+# ------------------------------------------------------------------------------------------------
+# search split and scoring
+
+def search_split(job: CompressJob, n: int) -> list[dict[str, torch.Tensor]]:
+    """``n`` fixed training crops drawn with their own seed (batches of up to 8), the same in every session."""
+    from ..train import checkpoint as ckpt
+
+    state = ckpt.capture_rng_state()
+    items: list[dict[str, torch.Tensor]] = []
+    try:
+        torch.manual_seed(job.settings.seed + 7919)
+        loader = job.make_loader(seed_offset=7919, batch_size=min(8, n))
+        for batch in loader:
+            items.append({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
+            if sum(b["input"].shape[0] for b in items) >= n:
+                break
+    finally:
+        ckpt.restore_rng_state(state)
+    return items
+
+
+class CandidateScorer:
+    """Scores the active sub-network of a supernet on the search split (higher is better)."""
+
+    def __init__(self, supernet: fx.GraphModule, space, batches: list[dict[str, torch.Tensor]], references: list,
+                 *, metric: str, value_range: tuple[float, float], fid_features: nn.Module | None = None) -> None:
+        self.supernet, self.space, self.batches, self.references = supernet, space, batches, references
+        self.metric, self.value_range, self.fid_features = metric, value_range, fid_features
+
+    @torch.no_grad()
+    def __call__(self, cand: tuple) -> float:
+        from ..metrics import psnr, ssim
+        from ..supernet import set_config
+
+        set_config(self.supernet, self.space.to_config(cand))
+        self.supernet.eval()
+        lo, hi = self.value_range
+        outs = [self.supernet(b["input"]).float().clamp(lo, hi) for b in self.batches]
+        if self.metric == "fid":
+            from ..search.fid import fid_score
+
+            norm = lambda t: (t - lo) / (hi - lo)  # noqa: E731
+            return -fid_score([norm(o) for o in outs], [norm(r) for r in self.references], self.fid_features)
+        fn = psnr if self.metric == "psnr" else ssim
+        vals = [fn(o, r, data_range=hi - lo) * o.shape[0] for o, r in zip(outs, self.references)]
+        return float(sum(vals) / sum(o.shape[0] for o in outs))
+
+
+# ------------------------------------------------------------------------------------------------
+# the driver
+
+def _discriminator(job: CompressJob, opts: GANCompressionOptions, conditional: bool) -> nn.Module:
+    from ..models import create
+
+    width = 64
+    for m in job.teacher.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            width = int(m.out_channels)
+            break
+    ndf = opts.disc_ndf if opts.disc_ndf is not None else max(16, min(64, width))
+    shape = job.train_output_shape
+    side = min(shape[-2:])
+    layers = opts.disc_layers
+    while layers > 1 and side // 2 ** layers - 1 < 2:
+        layers -= 1
+    channels = int(shape[0]) + (int(job.reference_input.shape[1]) if conditional else 0)
+    return create("patchgan_d", input_nc=channels, ndf=ndf, n_layers=layers)
+
+
+def _train_config(job: CompressJob, out_dir, max_steps: int) -> TrainConfig:
+    s = job.settings
+    return TrainConfig(out_dir=out_dir, max_steps=max_steps, save_every=s.save_every, log_every=s.log_every,
+                       sample_every=s.sample_every, seed=s.seed, device=s.device, resume=s.resume,
+                       progress=not s.quiet, value_range=job.value_range, amp="off")
+
+
+def _build_student(job: CompressJob, opts: GANCompressionOptions) -> fx.GraphModule:
+    from ..fx import trace
+    from ..passes.registry import available
+
+    model = copy.deepcopy(job.teacher).cpu().eval()
+    gm = trace(model, job.reference_input.cpu())
+    for p in gm.parameters():
+        p.requires_grad_(True)
+    if opts.student == "mobile":
+        name = opts.mobile_pipeline.split("{")[0].split(",")[0].strip()
+        if name not in available():
+            raise ConfigError(f"gan-compression: student=mobile needs the pass {name!r}, which this build does not "
+                              f"register (available: {', '.join(available())}); use student=teacher")
+        gm = job.rewrite(gm, opts.mobile_pipeline, stage="mobile-student")
+    return job.rewrite(gm, "make-supernet", stage="supernet")
+
+
+@register_method("gan-compression", options=GANCompressionOptions,
+                 summary="GAN Compression: once-for-all supernet trained by distillation (features + L1 + GAN), "
+                         "brute-force / evolutionary search under --target-macs, fine-tune, export",
+                 defaults={"max_steps": 300, "finetune_steps": 100, "batch_size": 8, "bits": 32})
+def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[str, Any]:
+    """Run GAN Compression on ``job`` (see the module docstring); returns ``{"summary", "report"}``."""
+    from ..fx import propagate_shapes
+    from ..profiler import profile
+    from ..search.evolution import search
+    from ..supernet import extract, search_space, subnet_cost
+
+    s = job.settings
+    if s.bits != 32:
+        raise ConfigError("gan-compression trains and exports float networks: use --bits 32 (quantize the result "
+                          "with GS-8 or the quantization passes)")
+    sample = _first_sample(job.dataset)
+    paired = isinstance(sample.get("target"), torch.Tensor) and \
+        tuple(sample["target"].shape) == tuple(job.train_output_shape)
+    recon_target = ("target" if paired else "teacher") if opts.recon_target == "auto" else opts.recon_target
+    if recon_target == "target" and not paired:
+        raise ConfigError("gan-compression: recon_target=target but the data has no ground truth of the output's "
+                          "shape (unpaired data: use recon_target=teacher)")
+    d_real = "target" if paired else ("reference" if isinstance(sample.get("reference"), torch.Tensor) else "teacher")
+    report: dict[str, Any] = {"method": "gan-compression", "options": dataclasses.asdict(opts),
+                              "teacher": job.teacher_info, "target_macs": job.target_macs, "paired": paired,
+                              "recon_target": recon_target, "d_real": d_real}
+
+    # -- stage 1: the supernet ---------------------------------------------------------------------------------
+    supernet = _build_student(job, opts)
+    meta = supernet.meta["supernet"]
+    space = search_space(supernet, choices=opts.choice_list(), round_to=opts.round_to)
+    report["supernet"] = {"groups": dict(meta["groups"]), "fixed": dict(meta["fixed"]), "space": space.kind,
+                          "positions": space.positions, "choices": space.choices, "space_size": space.size}
+    fixed_note = f" ({len(meta['fixed'])} fixed)" if meta["fixed"] else ""
+    log.info(f"gan-compression: supernet with {len(meta['groups'])} sliceable groups{fixed_note}; search space "
+             f"{space.kind}, {space.size} configurations")
+    taps = opts.tap_pairs()
+    if taps is None:
+        student_taps = residual_taps(supernet)
+        taps = list(zip(student_taps, student_taps)) if opts.student == "teacher" else \
+            list(zip(student_taps, residual_taps(_trace_teacher(job))))
+    report["feature_taps"] = taps
+    teacher_run: nn.Module = _trace_teacher(job) if opts.lambda_distill > 0 and taps else job.teacher
+
+    disc = _discriminator(job, opts, conditional=False) if opts.lambda_gan > 0 else None
+    dcfg = DistillConfig(pixel=opts.recon if opts.lambda_recon > 0 else None, pixel_weight=opts.lambda_recon,
+                         target=recon_target, gan=opts.gan if disc is not None else None, gan_weight=opts.lambda_gan,
+                         discriminator=disc, d_real=d_real, lr=opts.lr, betas=(0.5, 0.999), d_lr=opts.d_lr,
+                         schedule="linear_decay:0.5")
+    if dcfg.pixel is None and dcfg.gan is None:
+        dcfg.pixel, dcfg.pixel_weight = "l1", 0.0  # only features: Distill needs one output loss to be valid
+    recipe = OnceForAll(dcfg, space=space, taps=taps if opts.lambda_distill > 0 else [],
+                        feature_weight=opts.lambda_distill, sandwich=opts.sandwich, seed=s.seed,
+                        freeze_norm_stats=opts.freeze_norm_stats)
+    t0 = time.perf_counter()
+    trainer = Trainer(recipe, student=supernet, teacher=teacher_run, data=job.make_loader(),
+                      config=_train_config(job, job.run_dir / "supernet", s.max_steps))
+    result = trainer.fit()
+    supernet = trainer.module("student").cpu().eval()
+    if disc is not None:
+        disc = trainer.module("disc").cpu()
+    job.teacher.cpu()
+    teacher_run.cpu()
+    report["supernet_training"] = {"steps": result.steps, "losses": result.losses,
+                                   "seconds": round(time.perf_counter() - t0, 1)}
+    train_steps = result.steps
+
+    # -- stage 2: search ---------------------------------------------------------------------------------------
+    batches = search_split(job, opts.search_images)
+    against = ("target" if paired else "teacher") if opts.score_against == "auto" else opts.score_against
+    if against == "target" and not paired:
+        raise ConfigError("gan-compression: score_against=target but the data has no ground truth")
+    with torch.no_grad():
+        refs = [b["target"] if against == "target" else job.teacher(b["input"]) for b in batches]
+    fid_features = None
+    if opts.metric == "fid":
+        from ..search.fid import load_inception
+
+        fid_features = load_inception(opts.fid_weights)
+    scorer = CandidateScorer(supernet, space, batches, refs, metric=opts.metric, value_range=job.value_range,
+                             fid_features=fid_features)
+
+    def cost(c: tuple) -> float:
+        return float(subnet_cost(supernet, space.to_config(c))["macs"])
+
+    budget = float(job.target_macs) if job.target_macs is not None else None
+    t0 = time.perf_counter()
+    res = search(space.choices, cost, scorer, budget=budget, method=opts.search,
+                 brute_force_limit=opts.brute_force_limit, evals=opts.search_evals, population=opts.population,
+                 mutate_prob=opts.mutate_prob, seed=s.seed)
+    search_s = time.perf_counter() - t0
+    chosen = res.best
+    cfg = space.to_config(chosen.candidate)
+    metric_name = {"psnr": "PSNR (dB)", "ssim": "SSIM", "fid": "-FID"}[opts.metric] + f" to the {against}"
+    full_score = scorer(space.largest())
+    history = [{"config": space.label(e.candidate), "macs": int(e.cost), "score": e.score} for e in res.history]
+    job.write_json("search.json", {"method": res.method, "budget": budget, "metric": metric_name,
+                                   "evaluations": res.evaluations, "seconds": round(search_s, 1),
+                                   "chosen": space.label(chosen.candidate), "chosen_macs": int(chosen.cost),
+                                   "chosen_score": chosen.score, "largest_score": full_score,
+                                   "candidates": history})
+    plot_path = None
+    try:
+        from ..search.plot import pareto_plot
+
+        plot_path = pareto_plot(res.history, chosen, job.run_dir / "pareto.png", budget=budget, metric=metric_name,
+                                title=f"gan-compression {res.method} search: {res.evaluations} sub-networks",
+                                baselines={"largest sub-network": (cost(space.largest()), full_score)})
+    except ConfigError as exc:
+        log.warning(f"gan-compression: no Pareto plot ({exc})")
+    report["search"] = {"method": res.method, "evaluations": res.evaluations, "seconds": round(search_s, 1),
+                        "metric": metric_name, "chosen": space.label(chosen.candidate),
+                        "chosen_macs": int(chosen.cost), "chosen_score": chosen.score,
+                        "largest_score": full_score, "pareto_plot": str(plot_path) if plot_path else None,
+                        "split": f"{sum(b['input'].shape[0] for b in batches)} training crops (seed "
+                                 f"{s.seed} + 7919), not the held-out evaluation images"}
+    log.info(f"gan-compression: {res.method} search scored {res.evaluations} sub-networks in {search_s:.1f} s; chose "
+             f"{space.label(chosen.candidate)} at {chosen.cost / 1e9:.4f} G MACs ({metric_name} {chosen.score:.3f}; "
+             f"largest {full_score:.3f})")
+
+    # -- stage 3: extract, fine-tune, export -----------------------------------------------------------------
+    slim = extract(supernet, cfg)
+    est = _cross_check_estimate(supernet, cfg, slim, job.reference_input)
+    report["cost_check"] = est
+    for p in slim.parameters():
+        p.requires_grad_(True)
+    ft_steps = 0
+    if s.finetune_steps > 0:
+        fcfg = dataclasses.replace(dcfg, lr=opts.finetune_lr or opts.lr, discriminator=disc)
+        ft = _FrozenNormFinetune(fcfg)
+        trainer = Trainer(ft, student=slim, teacher=job.teacher, data=job.make_loader(seed_offset=1),
+                          config=_train_config(job, job.run_dir / "finetune", s.finetune_steps))
+        r = trainer.fit()
+        ft_steps = r.steps
+        slim = trainer.module("student").cpu()
+        job.teacher.cpu()
+        report["finetune_losses"] = r.losses
+    slim = slim.cpu().eval()
+    for p in slim.parameters():
+        p.requires_grad_(False)
+    slim.meta.pop("supernet", None)
+    propagate_shapes(slim, job.reference_input)
+    prof = profile(slim, job.reference_input)
+    device = s.device if s.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    ev = job.evaluate(slim.to(device), device=device)
+    grid = job.save_samples(slim, job.run_dir / "samples" / "heldout.png", device=device)
+    if grid is not None:
+        report["samples"] = str(grid)
+    slim = slim.cpu()
+    job.teacher.cpu()
+    tp = job.teacher_profile
+    summary = {
+        "method": "gan-compression",
+        "input_shape": [int(v) for v in job.reference_input.shape],
+        "macs_before": int(tp.macs),
+        "macs_after": int(prof.macs),
+        "params_before": int(tp.params),
+        "params_after": int(prof.params),
+        "size_bytes_before": int(round(tp.size_bytes(32))),
+        "size_bytes_after": int(round(prof.size_bytes(32))),
+        "psnr_to_teacher": ev["psnr_to_teacher"],
+        "psnr_to_target": ev["psnr_to_target"],
+        "steps": int(train_steps + ft_steps),
+        "wall_s": round(job.wall_s(), 2),
+    }
+    report.update(supernet_steps=train_steps, finetune_steps=ft_steps, evaluation=ev, config=space.label(chosen.candidate),
+                  size=f"{describe_bytes(summary['size_bytes_before'])} -> {describe_bytes(summary['size_bytes_after'])}")
+    if job.target_macs is not None and prof.macs > job.target_macs:
+        raise ConfigError(f"gan-compression: the exported network has {prof.macs} MACs, above --target-macs "
+                          f"{job.target_macs} (cost table and profile disagree: {json.dumps(est)})")
+    job.export(slim, summary, report)
+    job.save_state(stage="done", step=summary["steps"])
+    return {"summary": summary, "report": report}
+
+
+def _trace_teacher(job: CompressJob) -> fx.GraphModule:
+    from ..fx import trace
+
+    gm = trace(copy.deepcopy(job.teacher).cpu().eval(), job.reference_input.cpu())
+    for p in gm.parameters():
+        p.requires_grad_(False)
+    return gm
+
+
+def _cross_check_estimate(supernet: fx.GraphModule, cfg: Any, slim: fx.GraphModule, x: torch.Tensor) -> dict[str, Any]:
+    """MACs of the chosen sub-network three ways: the supernet's cost table, the profile of the extracted
+    network and (when it exists) the shared cost model ``gcompiler.estimate`` on the supernet's widths."""
+    from ..profiler import profile
+    from ..supernet import config_to_widths, subnet_cost
+
+    out: dict[str, Any] = {"cost_table": subnet_cost(supernet, cfg)["macs"], "profile": profile(slim, x).macs}
+    try:
+        from ..cost import estimate  # the shared cost model (elimination helper)
+    except ImportError:
+        out["estimate"] = None
+        return out
+    try:
+        plain = copy.deepcopy(supernet)
+        from ..passes.supernet import apply_widths
+
+        apply_widths(plain, {})
+        out["estimate"] = int(estimate(plain, widths=config_to_widths(supernet, cfg)).macs)
+    except Exception as exc:  # noqa: BLE001 - a cross-check must not fail the run
+        out["estimate"] = f"{type(exc).__name__}: {exc}"
+    return out

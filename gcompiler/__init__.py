@@ -43,6 +43,8 @@ _LAZY = {  # public name -> (module, attribute); imported on first use to keep `
     "make_loader": ("data", "make_loader"),
     "psnr": ("metrics", "psnr"),
     "ssim": ("metrics", "ssim"),
+    "compress": ("compression", "compress"),
+    "CompressResult": ("compression", "CompressResult"),
     "set_config": ("supernet", "set_config"),
     "extract": ("supernet", "extract"),
 }

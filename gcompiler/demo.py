@@ -1,27 +1,31 @@
 """``gcompiler demo``: the main job on the built-in default (the target of ``make demo``).
 
 GS-8 (GAN Slimming with 8-bit quantization) of the shipped x2 super-resolution teacher on ``builtin:sr``
-with a short schedule that finishes in a few minutes on two CPU cores, then a before/after table (MACs,
-parameters, size, PSNR to the teacher and to the ground truth on the held-out photos) and the run
-directory. The zoo's profile table is ``gcompiler zoo``.
+with a short schedule that finishes in a few minutes on two CPU cores, then the verified graph rewrites, a
+before/after table (MACs, parameters, size, PSNR to the teacher and to the ground truth on the held-out
+photos) and the run directory. It is one call of the Python entry :func:`gcompiler.compress`; the zoo's
+profile table is ``gcompiler zoo``. (The command itself is registered in :mod:`gcompiler.cli`.)
 """
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
-
-from .cli import command
+from typing import Any
 
 #: The demo's schedule (also what BENCHMARKS.md quotes as the GS-8 demo run).
-DEMO_SETTINGS = dict(teacher="builtin:sr", data="builtin:sr", method="gs", bits=8, max_steps=200, finetune_steps=100,
-                     batch_size=4, crop=32, save_every=100, sample_every=100, target_macs="3x")
+DEMO_SETTINGS: dict[str, Any] = dict(teacher="builtin:sr", data="builtin:sr", method="gs", bits=8, max_steps=200,
+                                     finetune_steps=100, batch_size=4, crop=32, save_every=100, sample_every=100,
+                                     target_macs="3x")
 
 
-def _configure(p: argparse.ArgumentParser) -> None:
+def configure(p: argparse.ArgumentParser) -> None:
+    """The ``gcompiler demo`` flags."""
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = ("The same run as a compress command:\n  gcompiler compress " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in DEMO_SETTINGS.items() if k != "method") + " --out DIR\n\n"
+        "or from Python:\n  gcompiler.compress('builtin:sr', 'builtin:sr', 'gs', bits=8, target_macs='3x', "
+        "steps=200,\n                     finetune_steps=100, batch_size=4, crop=32, out=DIR)\n\n"
         "`gcompiler zoo` prints the model zoo's profile table.")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="run directory (default: runs/demo-<date>-<time>)")
@@ -35,10 +39,10 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .compress import compress, run_logging
-    from .methods import get_method
-    from .methods.base import Settings, summary_table
+def run_demo(args: argparse.Namespace) -> int:
+    """Run the demo with the parsed flags of :func:`configure`; prints the result."""
+    from .cli import print_result
+    from .compression import compress
 
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     values = dict(DEMO_SETTINGS)
@@ -46,28 +50,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         values["max_steps"] = args.max_steps
     if args.finetune_steps is not None:
         values["finetune_steps"] = args.finetune_steps
-    settings = Settings(**values, out=out, device=args.device, quiet=args.quiet, threads=args.threads)
-    info = get_method("gs")
-    options = info.make_options({})
-    import dataclasses
-
-    settings.options = dataclasses.asdict(options)
-    if (Path(out) / "summary.json").exists() or (Path(out) / "checkpoints").exists():
-        settings.resume = True  # an interrupted or finished demo in the same directory continues
+    # an interrupted or finished demo in the same directory continues
+    resume = (Path(out) / "summary.json").exists() or (Path(out) / "checkpoints").exists()
     print(f"gcompiler demo: GS-8 of the built-in x2 SR teacher on builtin:sr ({values['max_steps']} search + "
           f"{values['finetune_steps']} fine-tuning steps, target {values['target_macs']} fewer MACs); run dir {out}\n")
-    with run_logging(Path(out), args.quiet):
-        result = compress(settings, info, options)
-    s = result["summary"]
+    teacher, data, method, bits = (values.pop(k) for k in ("teacher", "data", "method", "bits"))
+    result = compress(teacher, data, method, bits=bits, steps=values.pop("max_steps"), out=out, device=args.device,
+                      quiet=args.quiet, threads=args.threads, resume=resume, **values)
     print()
-    print(summary_table(s))
-    print(f"\nMACs at input {'x'.join(map(str, s['input_shape']))}; PSNR on the held-out photos (Y channel). "
-          f"{s['steps']} steps in {s['wall_s']:.0f} s.")
-    print(f"run dir: {out}  (summary.json, report.json, samples/, train.log; the student: gcompiler.load({out!r}))")
+    print_result(result)
+    s = result.summary
+    print(f"MACs at input {'x'.join(map(str, s['input_shape']))}; PSNR on the held-out photos (Y channel).")
     print("the model zoo's profile table: gcompiler zoo")
     return 0
-
-
-cmd_demo.configure = _configure  # type: ignore[attr-defined]
-command("demo", "run the main job on the built-in default: GS-8 of the built-in SR teacher, before/after table")(
-    cmd_demo)

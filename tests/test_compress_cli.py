@@ -51,10 +51,14 @@ def test_help_teaches(capsys):
     out = capsys.readouterr().out
     for flag in ("--teacher", "--data", "--method", "--bits", "--target-macs", "--max-steps", "--save-every",
                  "--resume", "--out", "--config", "--seed", "--device", "--batch-size", "--crop", "--finetune-steps",
-                 "--rho", "--teacher-kw", "--quiet"):
+                 "--opt", "--teacher-kw", "--quiet"):
         assert flag in out, flag
     assert "examples:" in out and "gcompiler compress --teacher builtin:sr --data builtin:sr" in out
-    assert "gs options" in out and "gamma_lr" in out
+    assert "gs options" in out and "gamma_lr: float = 0.1" in out and "ablation: none|prune-only" in out
+    assert "--rho" not in out  # GS-only flags are GS options now
+    with pytest.raises(SystemExit) as e:
+        main(["compress", "--rho", "0.5"])
+    assert e.value.code == 2 and "--opt rho=0.5" in capsys.readouterr().err
 
 
 def test_gs8_end_to_end_exports_a_loadable_student(tmp_path, capsys):

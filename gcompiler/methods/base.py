@@ -167,23 +167,33 @@ class CompressJob:
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def create(cls, settings: Settings) -> "CompressJob":
-        """Build the teacher and the dataset, check them against each other and fix the reference input."""
+    def create(cls, settings: Settings, teacher: nn.Module | None = None) -> "CompressJob":
+        """Build the teacher and the dataset, check them against each other and fix the reference input.
+
+        ``teacher``: an ``nn.Module`` to use instead of building ``settings.teacher`` from its spec (the job
+        works on a deep copy; ``settings.teacher`` then only names it in the run's files).
+        """
         from ..data import open_dataset
         from ..spec import build_teacher, parse_teacher
 
         settings.validate()
         run_dir = Path(settings.out)
-        tspec = parse_teacher(settings.teacher)
-        teacher = build_teacher(tspec, **settings.teacher_kw)
         info: dict[str, Any] = {"spec": settings.teacher, "arch": None, "kwargs": dict(settings.teacher_kw)}
-        if tspec.kind == "builtin":
-            from ..data.sr import teacher_meta
+        if teacher is not None:
+            import copy
 
-            meta = teacher_meta()
-            info.update(arch=meta.get("arch"), kwargs=dict(meta.get("kwargs", {})))
-        elif tspec.kind == "zoo":
-            info["arch"] = tspec.name
+            teacher = copy.deepcopy(teacher).cpu()
+            info["kwargs"] = {}
+        else:
+            tspec = parse_teacher(settings.teacher)
+            teacher = build_teacher(tspec, **settings.teacher_kw)
+            if tspec.kind == "builtin":
+                from ..data.sr import teacher_meta
+
+                meta = teacher_meta()
+                info.update(arch=meta.get("arch"), kwargs=dict(meta.get("kwargs", {})))
+            elif tspec.kind == "zoo":
+                info["arch"] = tspec.name
         for p in teacher.parameters():
             p.requires_grad_(False)
         teacher.eval()

@@ -32,6 +32,7 @@ __all__ = [
 
 _LAZY = {  # public name -> (module, attribute); imported on first use to keep `import gcompiler` fast
     "dump": ("viz", "dump"),
+    "register_leaf_function": ("fx", "register_leaf_function"),
     "load_checkpoint": ("checkpoint", "load_checkpoint"),
     "save_checkpoint": ("checkpoint", "save_checkpoint"),
     "channel_groups": ("analysis", "channel_groups"),

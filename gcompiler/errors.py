@@ -36,3 +36,7 @@ class DataError(GCompilerError):
 
 class KernelError(GCompilerError):
     """A kernel was called with unsupported arguments or could not be compiled."""
+
+
+class GuardError(TraceError):
+    """A traced graph ran on inputs that break an assumption recorded at trace time (a guard)."""

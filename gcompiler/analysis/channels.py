@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import TraceError
+from ..fx.utils import not_plain_reason, torch_base_class
 
 __all__ = [
     "ChannelGroup",
@@ -530,6 +531,12 @@ class _Analysis:
                 rule = r
         ins = [a for a in node.args if isinstance(a, torch.fx.Node)]
         x = ins[0] if ins else None
+        if rule is None and torch_base_class(type(m)) is not None \
+                and not type(m).__module__.startswith("gcompiler."):
+            why = not_plain_reason(m)
+            if why is not None:  # a user subclass of a torch layer with its own forward, hooks, parametrizations
+                self.unknown(node, why)
+                return
         if rule == "pin":
             self.unknown(node, "pinned by a registered channel rule")
         elif rule == "passthrough":

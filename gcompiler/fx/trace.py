@@ -8,8 +8,12 @@ Contract of :func:`trace`:
 * in-place operations (``ReLU(inplace=True)``, ``x += y``, ``x.mul_(2)``, ``F.relu(x, inplace=True)``) are
   rewritten to out-of-place ones, and later readers of the mutated value read the new node instead, so the
   graph computes bit-identically what the eager module computes,
-* every node carries ``node.meta["tensor_meta"]`` from shape propagation on the example inputs and
-  ``gm.meta["input_shapes"]`` / ``gm.meta["input_specs"]`` record those inputs.
+* every node carries ``node.meta["tensor_meta"]`` from shape propagation on the example inputs (fake tensors:
+  nothing is computed) and ``gm.meta["input_shapes"]`` / ``gm.meta["input_specs"]`` record those inputs,
+* ``forward`` arguments beyond the example inputs are specialized to their defaults or ``kwargs`` values;
+  Python-level reads of tensor attributes are answered from the example inputs and re-checked at run time
+  by guards (``gm.meta["guards"]``, :mod:`gcompiler.fx.guards`); see :mod:`gcompiler.fx.tracer`,
+* any failure becomes a :class:`~gcompiler.errors.TraceError` naming the module and the source line.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import operator
 import os
 import sys
 import traceback
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.fx as fx
@@ -27,6 +31,9 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 from ..errors import TraceError
+from .guards import check_guard
+from .tracer import (_FX_DIR, _TORCH_DIR, GTracer, describe, find_proxies, leaf_functions as leaf_function_registry,
+                     register_leaf_function, tracing_patches)
 
 _LEAF_CLASSES: list[type] = []
 
@@ -64,55 +71,32 @@ def register_leaf(cls: type) -> type:
     return cls
 
 
-class _Tracer(fx.Tracer):
-    def __init__(self, leaf_classes: tuple[type, ...], leaf_paths: frozenset[str]):
-        super().__init__()
-        self._leaf_classes = leaf_classes
-        self._leaf_paths = leaf_paths
-        self.module_stack_paths: list[str] = []
-        self.failed_path: str | None = None
-
-    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
-        if self._leaf_classes and isinstance(m, self._leaf_classes):
-            return True
-        if module_qualified_name in self._leaf_paths:
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
-
-    def call_module(self, m, forward, args, kwargs):
-        try:
-            path = self.path_of_module(m)
-        except NameError:
-            path = type(m).__name__
-        self.module_stack_paths.append(path)
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            if self.failed_path is None:
-                self.failed_path = path
-            raise
-        finally:
-            self.module_stack_paths.pop()
-
-
-def trace(module: torch.nn.Module, *example_inputs: torch.Tensor, leaf_modules: Iterable[type | str] = (),
+def trace(module: torch.nn.Module, *example_inputs: torch.Tensor, kwargs: dict[str, Any] | None = None,
+          leaf_modules: Iterable[type | str] = (), leaf_functions: Iterable[Callable[..., Any]] = (),
           concrete_args: dict[str, Any] | None = None, copy_module: bool = True,
           propagate: bool = True, verify: bool = True) -> fx.GraphModule:
     """Trace ``module`` into a :class:`torch.fx.GraphModule` ready for gcompiler passes.
 
     Args:
-        module: the model. It is deep-copied unless ``copy_module=False``.
-        example_inputs: tensors used for shape propagation (at least one unless ``propagate=False``).
+        module: the model. It is deep-copied unless ``copy_module=False``; the argument is never changed.
+        example_inputs: the tensors ``forward`` takes first (at least one unless ``propagate=False``).
+        kwargs: values for ``forward``'s other arguments; those not given take their defaults. They are
+            specialized (Python values while tracing), never graph inputs.
         leaf_modules: extra classes (or dotted submodule paths) to keep as opaque leaves.
-        concrete_args: arguments to specialise away (``torch.fx`` semantics), e.g. a Python flag that
-            drives control flow.
-        verify: run the eager module (eval mode, on the copy) and the graph on the example inputs and
-            require identical outputs. This catches the one thing tracing cannot see: Python's ``y += x``
-            on a tensor that another name aliases (torch.fx records it as ``y = y + x``).
+        leaf_functions: plain functions to keep un-traced (as :func:`register_leaf_function` does).
+        concrete_args: deprecated spelling of ``kwargs``.
+        verify: run the eager module (eval mode, on a copy) and the graph on the example inputs (on a spatially
+            reduced copy of them when the model accepts it) with the same random seed and require identical
+            outputs.
+
+    Python-level questions the code asks about traced tensors (``x.is_cuda``, ``x.shape[2] % 8``, ...) are
+    answered from the example inputs and re-checked at run time by guard nodes, listed in
+    ``gm.meta["guards"]``; ``gm.meta["specialized"]`` records the specialized arguments.
 
     Raises:
-        TraceError: naming the module path and source line when tracing fails, or the node and module
-            when shape propagation fails (e.g. an input of the wrong rank).
+        TraceError: naming the module path and source line when tracing fails (any torch.fx failure, data-
+            dependent control flow, a Proxy left on a module), or the node and module when shape propagation
+            fails (e.g. an input of the wrong rank).
     """
     if not isinstance(module, torch.nn.Module):
         raise TraceError(f"trace() expects an nn.Module, got {type(module).__name__}")
@@ -121,59 +105,214 @@ def trace(module: torch.nn.Module, *example_inputs: torch.Tensor, leaf_modules: 
                          f"gcompiler.trace(model, torch.randn(1, 3, 256, 256))")
     for i, x in enumerate(example_inputs):
         if not isinstance(x, torch.Tensor):
-            raise TraceError(f"example input {i} is a {type(x).__name__}, not a tensor")
-    root = copy.deepcopy(module) if copy_module else module
+            raise TraceError(f"example input {i} is a {type(x).__name__}, not a tensor; give non-tensor forward "
+                             f"arguments with kwargs={{name: value}}")
+    kw = dict(concrete_args or {})
+    kw.update(kwargs or {})
+    root = _copy_model(module) if copy_module else module
     classes = tuple(c for c in (*_LEAF_CLASSES, *leaf_modules) if isinstance(c, type))
     paths = frozenset(c for c in leaf_modules if isinstance(c, str))
-    tracer = _Tracer(classes, paths)
+    fns = tuple(dict.fromkeys((*leaf_function_registry(), *leaf_functions)))
+    for f in fns:
+        if not callable(f) or isinstance(f, type):
+            raise TraceError(f"leaf_functions must hold plain functions, got {f!r}")
+    tracer = GTracer(classes, paths, fns, tuple(example_inputs), kw)
     try:
-        graph = tracer.trace(root, concrete_args=concrete_args)
+        with tracing_patches(tracer):
+            graph = tracer.trace(root)
+        left = find_proxies(root)
+        if left:
+            raise TraceError("tracing left torch.fx Proxy objects on the model: " + "; ".join(left) +
+                             ". A traced value stored in a list or dict attribute (self.feats.append(x)) escapes "
+                             "the trace; keep such values in local variables")
+        gm = fx.GraphModule(tracer.root, graph, class_name=type(root).__name__)
+    except TraceError as exc:
+        if tracer.failed_path is not None or "cannot trace" not in str(exc):
+            raise _trace_error(root, tracer, exc) from exc
+        raise
     except Exception as exc:  # torch raises many types here; all mean "not symbolically traceable"
         raise _trace_error(root, tracer, exc) from exc
-    gm = fx.GraphModule(tracer.root, graph, class_name=type(root).__name__)
+    _finish_graph(gm, tracer)
     normalize_inplace(gm)
     if propagate:
-        out = propagate_shapes(gm, *example_inputs)
+        _propagate_for_trace(gm, example_inputs)
         if verify:
-            _verify_against_eager(module, gm, out, example_inputs)
+            _verify_against_eager(module, gm, example_inputs, kw)
     return gm
 
 
-def _verify_against_eager(module: torch.nn.Module, gm: fx.GraphModule, out: Any,
-                          inputs: Sequence[torch.Tensor]) -> None:
-    eager = copy.deepcopy(module).eval()
-    with torch.no_grad():
-        ref = eager(*inputs)
+def _copy_model(module: torch.nn.Module) -> torch.nn.Module:
+    try:
+        return copy.deepcopy(module)
+    except Exception as exc:
+        bad = []
+        for path, m in module.named_modules():
+            for k, v in m.__dict__.items():
+                if isinstance(v, torch.Tensor) and v.grad_fn is not None:
+                    bad.append(f"'{path or type(module).__name__}'.{k}")
+        hint = (f" (non-leaf tensor attributes: {', '.join(bad)}; usually torch.nn.utils.weight_norm / "
+                "spectral_norm: use torch.nn.utils.parametrizations or remove the hook)") if bad else ""
+        raise TraceError(f"cannot copy {type(module).__name__} before tracing: {type(exc).__name__}: {exc}{hint}") \
+            from exc
+
+
+def _finish_graph(gm: fx.GraphModule, tracer: GTracer) -> None:
+    """Post-trace clean-up: asserts -> guards, constants detached, guard / specialization metadata."""
+    graph = gm.graph
+    changed = False
+    dropped: list[str] = []
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is torch._assert:
+            cond = node.args[0] if node.args else node.kwargs.get("condition")
+            msg = node.args[1] if len(node.args) > 1 else node.kwargs.get("message", "")
+            if isinstance(cond, fx.Node) and not tracer.is_tensor(cond):
+                node.target = check_guard
+                node.args, node.kwargs = (cond, True, f"torch._assert({describe(cond)}): {msg}"), {}
+                tracer.guards.append({"expected": True, "description": node.args[2]})
+            else:  # an assert on tensor values: not checkable on shapes alone; dropped (recorded)
+                dropped.append(f"torch._assert({describe(cond)}, {msg!r})")
+                graph.erase_node(node)
+            changed = True
+    frozen = []
+    for name, value in list(gm.__dict__.items()):
+        if isinstance(value, torch.Tensor) and (value.grad_fn is not None or value.requires_grad):
+            setattr(gm, name, value.detach())
+            frozen.append(name)
+    for name, b in list(gm.named_buffers()):
+        if b.grad_fn is not None:
+            mod_name, _, attr = name.rpartition(".")
+            gm.get_submodule(mod_name).register_buffer(attr, b.detach())
+            frozen.append(name)
+    if changed:
+        graph.lint()
+        gm.recompile()
+    gm.meta["guards"] = list(tracer.guards)
+    gm.meta["specialized"] = {k: _short_repr(v) for k, v in tracer.specialized.items()}
+    if dropped:
+        gm.meta["dropped_asserts"] = dropped
+    if frozen:
+        gm.meta["frozen_constants"] = frozen
+
+
+def _short_repr(v: Any) -> Any:
+    if isinstance(v, (bool, int, float, str)) or v is None:
+        return v
+    r = repr(v)
+    return r if len(r) <= 200 else r[:197] + "..."
+
+
+def _propagate_for_trace(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
+    """Shape metadata from fake tensors (nothing computed); real tensors when an op needs real data."""
+    try:
+        propagate_shapes(gm, *inputs, fake=True)
+    except Exception:
+        propagate_shapes(gm, *inputs)
+
+
+def _reduced_inputs(inputs: Sequence[torch.Tensor], side: int = 32) -> tuple[torch.Tensor, ...] | None:
+    """The example inputs cropped spatially (dims >= 2 of 4-D / 5-D tensors) to at most ``side`` by repeated
+    halving; None when nothing gets smaller."""
+    out, smaller = [], False
+    for x in inputs:
+        if x.dim() in (4, 5):
+            idx: list[Any] = [slice(None)] * 2
+            for d in x.shape[2:]:
+                r = d
+                while r > side and r % 2 == 0:
+                    r //= 2
+                smaller |= r < d
+                idx.append(slice(0, r))
+            out.append(x[tuple(idx)].contiguous())
+        else:
+            out.append(x)
+    return tuple(out) if smaller else None
+
+
+def _run_seeded(fn: Callable[..., Any], inputs: Sequence[torch.Tensor], kwargs: dict[str, Any]) -> Any:
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        return fn(*inputs, **kwargs)
+
+
+def _verify_against_eager(module: torch.nn.Module, gm: fx.GraphModule, inputs: Sequence[torch.Tensor],
+                          kwargs: dict[str, Any]) -> None:
+    left = find_proxies(module)
+    if left:
+        raise TraceError("the model holds torch.fx Proxy objects from an earlier trace: " + "; ".join(left) +
+                         "; rebuild or reload the model before tracing it")
+    eager = _copy_model(module).eval()
+    flags = {m: m.training for m in gm.modules()}
+    gm.eval()
+    try:
+        small = _reduced_inputs(inputs)
+        if small is not None:
+            try:
+                ref = _run_seeded(eager, small, kwargs)
+                out = _run_seeded(gm, small, {})
+            except Exception:
+                small = None  # the model only takes the example's size (or a guard says so): check at full size
+                eager = _copy_model(module).eval()
+        if small is None:
+            ref = _run_seeded(eager, inputs, kwargs)
+            out = _run_seeded(gm, inputs, {})
+    except TraceError:
+        raise
+    except Exception as exc:
+        raise TraceError(f"the traced graph of {type(module).__name__} fails on the example inputs where the eager "
+                         f"module runs: {type(exc).__name__}: {exc}") from exc
+    finally:
+        for m, t in flags.items():
+            m.training = t
+    where = "the example inputs" if small is None else f"the example inputs cropped to {[tuple(x.shape) for x in small]}"
     refs = ref if isinstance(ref, (list, tuple)) else (ref,)
     outs = out if isinstance(out, (list, tuple)) else (out,)
+    if len(refs) != len(outs):
+        raise TraceError(f"the traced graph of {type(module).__name__} returns {len(outs)} outputs, eager {len(refs)}")
     for i, (a, b) in enumerate(zip(refs, outs)):
-        if isinstance(a, torch.Tensor) and not torch.equal(a, b):
-            diff = float((a.float() - b.float()).abs().max()) if a.shape == b.shape else float("nan")
+        if isinstance(a, torch.Tensor) and not (isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)):
+            diff = float((a.float() - b.float()).abs().max()) if isinstance(b, torch.Tensor) and a.shape == b.shape \
+                else float("nan")
             raise TraceError(
-                f"the traced graph of {type(module).__name__} differs from eager on the example inputs (output {i}, "
-                f"max |diff| {diff:.3g}). The usual cause is an augmented assignment (y += x, y *= s) on a tensor "
-                "that another variable still refers to: torch.fx records it out of place. Write it as "
-                "y = y + x (or y.add_(x)) in the model's forward; pass verify=False to skip this check.")
+                f"the traced graph of {type(module).__name__} differs from eager on {where} (output {i}, max |diff| "
+                f"{diff:.3g}). Causes: Python state the trace cannot see (a tensor stored on self and read back, a "
+                "global), or an augmented assignment on a tensor that another variable refers to through a view. "
+                "Pass verify=False to skip this check.")
 
 
-def _trace_error(root: torch.nn.Module, tracer: _Tracer, exc: Exception) -> TraceError:
+def _trace_error(root: torch.nn.Module, tracer: GTracer, exc: Exception) -> TraceError:
     path = tracer.failed_path or ""
-    where = f"module '{path}' ({type(root.get_submodule(path)).__name__})" if path else \
-        f"the top-level module ({type(root).__name__})"
-    frames = traceback.extract_tb(exc.__traceback__)
-    torch_dir = os.path.dirname(torch.__file__)
-    here = os.path.dirname(os.path.dirname(__file__))
-    user = [f for f in frames if not f.filename.startswith(torch_dir) and not f.filename.startswith(here)]
+    try:
+        where = f"module '{path}' ({type(root.get_submodule(path)).__name__})" if path else \
+            f"the top-level module ({type(root).__name__})"
+    except AttributeError:
+        where = f"module '{path}'"
+    frame, lineno = None, None
+    tb = exc.__traceback__
+    while tb is not None:
+        f = tb.tb_frame
+        fn = f.f_code.co_filename
+        if not (fn.startswith(_TORCH_DIR) or fn.startswith(_FX_DIR) or fn.startswith("<")):
+            frame, lineno = f, tb.tb_lineno
+        tb = tb.tb_next
     src = ""
-    if user:
-        f = user[-1]
-        line = (f.line or linecache.getline(f.filename, f.lineno)).strip()
-        src = f"\n  at {f.filename}:{f.lineno}: {line}"
-    return TraceError(
-        f"cannot trace {where}: {type(exc).__name__}: {exc}{src}\n"
-        "  fixes: mark the offending submodule class as a leaf (gcompiler.trace(..., leaf_modules=[ThatClass]) or "
-        "@gcompiler.register_leaf), or specialise Python-level control flow away with "
-        "concrete_args={'flag': value}; data-dependent control flow (if x.sum() > 0) cannot be traced.")
+    remedy = ("  fixes: mark the offending submodule class as a leaf (gcompiler.trace(..., leaf_modules=[ThatClass]) or "
+              "@gcompiler.register_leaf); give non-tensor forward arguments with kwargs={'flag': value}; "
+              "data-dependent control flow (if x.sum() > 0) cannot be traced.")
+    if frame is not None:
+        line = linecache.getline(frame.f_code.co_filename, lineno).strip()
+        src = f"\n  at {frame.f_code.co_filename}:{lineno}: {line}"
+        func = frame.f_code.co_name
+        if not isinstance(frame.f_locals.get("self"), torch.nn.Module) and func not in ("<module>", "<lambda>"):
+            remedy = (f"  fix: keep the plain function '{func}' un-traced with gcompiler.register_leaf_function({func}) "
+                      f"or gcompiler.trace(..., leaf_functions=[{func}]); or mark the module calling it as a leaf "
+                      "(leaf_modules=[ThatClass]).")
+    elif isinstance(exc, SyntaxError) or "code" in type(exc).__name__.lower():
+        srcs = [n.meta.get("source") for n in tracer.graph.nodes if n.meta.get("source")] \
+            if getattr(tracer, "graph", None) is not None else []
+        if srcs:
+            src = f"\n  while generating Python code for the graph; last traced line: {srcs[-1]}"
+    msg = str(exc) if not isinstance(exc, TraceError) else str(exc).split("\n  fix")[0]
+    return TraceError(f"cannot trace {where}: {type(exc).__name__}: {msg}{src}\n{remedy}")
 
 
 def normalize_inplace(gm: fx.GraphModule) -> fx.GraphModule:

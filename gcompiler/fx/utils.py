@@ -93,3 +93,65 @@ def tensor_meta_of(value: Any) -> Any:
 def iter_nodes(gm: fx.GraphModule, ops: Iterable[str]) -> Iterable[fx.Node]:
     ops = set(ops)
     return (n for n in gm.graph.nodes if n.op in ops)
+
+
+# ---------------------------------------------------------------------------------------- plain modules
+
+_TORCH_LAYER_PREFIXES = ("torch.nn.modules.", "torch.ao.nn.")
+_COMPUTE_METHODS = ("forward", "_conv_forward", "__call__", "_call_impl")
+
+
+def torch_base_class(cls: type) -> type | None:
+    """The first class of ``cls``'s MRO defined by ``torch.nn`` (``torch.nn.modules.*``), or ``None`` when that
+    is ``nn.Module`` itself (a user module, not a torch layer)."""
+    for k in cls.__mro__:
+        if k.__module__.startswith(_TORCH_LAYER_PREFIXES):
+            return None if k is torch.nn.Module else k
+    return None
+
+
+def not_plain_reason(m: torch.nn.Module) -> str | None:
+    """Why ``m`` does not compute exactly what its ``torch.nn`` base class computes, or ``None`` if it does.
+
+    A module is *plain* when its class is a ``torch.nn`` layer class, or a subclass of one that does not
+    redefine ``forward`` / ``_conv_forward`` (e.g. one that only changes ``__init__``), it carries no
+    parametrization (``torch.nn.utils.parametrize``) and no forward (pre-)hooks (``weight_norm`` /
+    ``spectral_norm`` recompute the weight in a pre-hook). gcompiler's own subclasses (``QConv2d``...) are
+    not plain: passes that know them test for them by type.
+    """
+    cls = type(m)
+    base = torch_base_class(cls)
+    if base is None:
+        return f"{cls.__name__} is not a torch.nn layer"
+    for k in cls.__mro__[: cls.__mro__.index(base)]:
+        for meth in _COMPUTE_METHODS:
+            if meth in k.__dict__:
+                return (f"{k.__module__}.{k.__qualname__} subclasses nn.{base.__name__} and redefines {meth}; "
+                        f"what it computes is not known")
+    try:
+        from torch.nn.utils import parametrize
+        if parametrize.is_parametrized(m):
+            return f"nn.{base.__name__} with a parametrization (torch.nn.utils.parametrize) computes its weights"
+    except ImportError:  # pragma: no cover
+        pass
+    if getattr(m, "_forward_pre_hooks", None) or getattr(m, "_forward_hooks", None):
+        return (f"nn.{base.__name__} with forward hooks (weight_norm / spectral_norm / user hooks) may change "
+                f"its weights, inputs or outputs")
+    return None
+
+
+def is_plain_module(m: torch.nn.Module, classes: type | tuple[type, ...] = torch.nn.Module) -> bool:
+    """``isinstance(m, classes)`` and ``m`` computes exactly what its torch.nn class does (see
+    :func:`not_plain_reason`). Use it instead of ``isinstance`` wherever a pass relies on the math of a
+    torch layer (slicing conv weights, folding norms, counting MACs, quantizing)."""
+    return isinstance(m, classes) and not_plain_reason(m) is None
+
+
+def is_plain_conv(m: torch.nn.Module) -> bool:
+    """A ``torch.nn`` convolution or transposed convolution (any dims) computing torch's own conv."""
+    return is_plain_module(m, torch.nn.modules.conv._ConvNd)
+
+
+def is_plain_linear(m: torch.nn.Module) -> bool:
+    """A ``torch.nn.Linear`` computing torch's own linear map."""
+    return is_plain_module(m, torch.nn.Linear)

@@ -60,20 +60,27 @@ class CostTable:
                     skip.add(n.name)
         self.constant = float(sum(v for k, v in row_macs.items() if k not in skip))
 
-    def _width_dist(self, c: Cell, hard: bool) -> torch.Tensor:
+    def _width_dist(self, name: str, c: Cell, hard: bool, choices: dict) -> torch.Tensor:
+        if name in choices:
+            return F.one_hot(torch.tensor(choices[name][1]), len(c.widths)).to(torch.float64)
         if hard:
             return F.one_hot(torch.tensor(c.width_index()), len(c.widths)).to(torch.float64)
-        return c.width_probs().to(torch.float64)
+        return c.width_probs().to("cpu", torch.float64)
 
-    def expected(self, *, hard: bool = False) -> torch.Tensor:
-        """Expected MACs (a differentiable float64 scalar); ``hard``: at the argmax architecture."""
-        q = {name: self._width_dist(c, hard) for name, c, *_ in self.cells}
+    def expected(self, *, hard: bool = False, choices: dict[str, tuple[int, int]] | None = None) -> torch.Tensor:
+        """Expected MACs (a differentiable float64 scalar on the CPU); ``hard``: at the argmax architecture;
+        ``choices``: ``{cell: (operator index, width index)}`` fixed for the cells it names."""
+        choices = choices or {}
+        q = {name: self._width_dist(name, c, hard, choices) for name, c, *_ in self.cells}
         total = torch.tensor(self.constant, dtype=torch.float64)
         for name, c, prod, batch, table in self.cells:
             qin = q[prod] if prod is not None else torch.ones(1, dtype=torch.float64)
             if isinstance(c, MixedOp):
-                p = F.one_hot(torch.tensor(c.op_index()), len(c.candidates)).to(torch.float64) if hard \
-                    else c.op_probs().to(torch.float64)
+                if name in choices or hard:
+                    k = choices[name][0] if name in choices else c.op_index()
+                    p = F.one_hot(torch.tensor(k), len(c.candidates)).to(torch.float64)
+                else:
+                    p = c.op_probs().to("cpu", torch.float64)
             else:
                 p = torch.ones(1, dtype=torch.float64)
             total = total + batch * torch.einsum("k,i,j,kij->", p, qin, q[name], table)

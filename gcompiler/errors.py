@@ -5,6 +5,8 @@ node, module, file or option at fault and, where one exists, the fix.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class GCompilerError(Exception):
     """Base class of every error gcompiler raises on purpose."""
@@ -40,3 +42,21 @@ class KernelError(GCompilerError):
 
 class GuardError(TraceError):
     """A traced graph ran on inputs that break an assumption recorded at trace time (a guard)."""
+
+
+class NonFiniteError(GCompilerError):
+    """A loss term (or a parameter) became NaN/inf during training; the run stopped without saving over good
+    checkpoints.
+
+    Attributes: ``step`` (1-based update at which it happened), ``phase``, ``term`` and
+    ``checkpoint`` (the last good checkpoint directory, or ``None``).
+    """
+
+    def __init__(self, message: str, *, step: int, phase: str | None, term: str | None,
+                 checkpoint: "Path | None") -> None:
+        super().__init__(message)
+        self.step, self.phase, self.term, self.checkpoint = step, phase, term, checkpoint
+
+
+class ExportError(GCompilerError):
+    """A model could not be exported (ONNX, integer conversion) or the exported model disagrees with it."""

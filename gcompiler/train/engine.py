@@ -37,29 +37,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import CheckpointError, ConfigError, DataError, GCompilerError
+from ..errors import CheckpointError, ConfigError, DataError, GCompilerError, NonFiniteError  # noqa: F401
 from . import checkpoint as ckpt
+from . import run_state
 from .distributed import DistInfo, all_gather_objects, any_true, barrier, init_distributed
 from .runlog import ScalarLogger, save_grid
 from .schedules import Schedule, parse_schedule
+from .streams import DataStreams, as_batch_dict, rng_seed
 
 log = logging.getLogger("gcompiler.train")
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 PostStep = Callable[[list[nn.Parameter], float], None]
-
-
-class NonFiniteError(GCompilerError):
-    """A loss term (or a parameter) became NaN/inf; the run stopped without saving over good checkpoints.
-
-    Attributes: ``step`` (1-based update at which it happened), ``phase``, ``term`` and
-    ``checkpoint`` (the last good checkpoint directory, or ``None``).
-    """
-
-    def __init__(self, message: str, *, step: int, phase: str | None, term: str | None,
-                 checkpoint: Path | None) -> None:
-        super().__init__(message)
-        self.step, self.phase, self.term, self.checkpoint = step, phase, term, checkpoint
 
 
 # ------------------------------------------------------------------------------------------------
@@ -268,136 +257,6 @@ class _Entry:
     wrapped: nn.Module | None = None
 
 
-# ------------------------------------------------------------------------------------------------
-# data sources
-
-def _rng_seed(seed: int, rank: int, salt: int) -> int:
-    return int(np.random.SeedSequence([seed, rank, salt]).generate_state(1)[0])
-
-
-class _DataSource:
-    """An endless batch stream over a loader, with a saveable position.
-
-    Loaders with ``state_dict``/``load_state_dict`` (gcompiler's ResumableLoader) keep their own
-    position. Any other iterable (a torch DataLoader, with a DistributedSampler or not) is tracked
-    as ``(epoch, batches consumed)``: its sampler's ``set_epoch`` is called at each epoch, and on
-    resume the epoch is re-created from the data RNG state saved at its start and the consumed
-    batches are skipped (loaded and dropped).
-    """
-
-    def __init__(self, name: str, loader: Any) -> None:
-        self.name = name
-        self.loader = loader
-        self.native = hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict")
-        self.epoch = 0
-        self.consumed = 0
-        self.skip = 0
-        self.epoch_rng: dict[str, Any] | None = None
-        self._it: Iterator[Any] | None = None
-
-    def _epoch_iter(self) -> Iterator[Any]:
-        for holder in (self.loader, getattr(self.loader, "batch_sampler", None)):
-            sampler = getattr(holder, "sampler", None)
-            if sampler is not None and hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(self.epoch)
-        return iter(self.loader)
-
-    def next(self, rng_capture: Callable[[], dict], rng_restore: Callable[[dict], None]) -> Any:
-        if self.native:
-            if self._it is None:
-                self._it = self.loader.batches() if hasattr(self.loader, "batches") else self._native_stream()
-            return next(self._it)
-        for _ in range(3):  # an empty epoch right after another one means the loader is empty
-            if self._it is None:
-                if self.epoch_rng is None or self.skip == 0:
-                    self.epoch_rng = rng_capture()
-                else:
-                    rng_restore(self.epoch_rng)
-                self._it = self._epoch_iter()
-                while self.skip > 0:
-                    if next(self._it, None) is None:
-                        raise DataError(f"data source {self.name!r}: cannot skip to batch {self.consumed} of epoch "
-                                        f"{self.epoch} on resume (the loader yields fewer batches now)")
-                    self.skip -= 1
-            batch = next(self._it, None)
-            if batch is not None:
-                self.consumed += 1
-                return batch
-            self._it = None
-            self.epoch += 1
-            self.consumed = 0
-            self.epoch_rng = None
-        raise DataError(f"data source {self.name!r} yields no batches (empty dataset, or fewer samples than "
-                        f"the batch size with drop_last=True)")
-
-    def _native_stream(self) -> Iterator[Any]:
-        while True:
-            got = False
-            for b in self.loader:
-                got = True
-                yield b
-            if not got:
-                raise DataError(f"data source {self.name!r} yields no batches")
-
-    def state_dict(self) -> dict[str, Any]:
-        if self.native:
-            return {"native": self.loader.state_dict()}
-        return {"epoch": self.epoch, "consumed": self.consumed, "epoch_rng": self.epoch_rng}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if self.native:
-            if "native" not in state:
-                raise CheckpointError(f"data source {self.name!r}: the checkpoint has no position for a resumable "
-                                      f"loader (it was saved with a different kind of loader)")
-            self.loader.load_state_dict(state["native"])
-        else:
-            if "epoch" not in state:
-                raise CheckpointError(f"data source {self.name!r}: the checkpoint's position was saved by a "
-                                      f"resumable loader; use the same kind of loader to resume")
-            self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
-            self.skip = self.consumed
-            self.epoch_rng = state.get("epoch_rng")
-        self._it = None
-
-    def check_replicas(self, info: DistInfo) -> None:
-        for holder in (self.loader, getattr(self.loader, "batch_sampler", None)):
-            sampler = getattr(holder, "sampler", None)
-            n = getattr(sampler, "num_replicas", None)
-            if n is not None and int(n) != info.world_size:
-                raise ConfigError(f"data source {self.name!r} is split for {n} process(es) but the job has "
-                                  f"{info.world_size}: build the loader with rank/world_size from "
-                                  f"gcompiler.train.dist_info()")
-            r = getattr(sampler, "rank", None)
-            if r is not None and n is not None and int(r) != info.rank:
-                raise ConfigError(f"data source {self.name!r} is built for rank {r} but this process is "
-                                  f"rank {info.rank}")
-
-
-def _as_batch_dict(batch: Any) -> dict[str, Any]:
-    if isinstance(batch, Mapping):
-        return dict(batch)
-    if isinstance(batch, torch.Tensor):
-        return {"input": batch}
-    if isinstance(batch, (tuple, list)) and batch and all(isinstance(b, torch.Tensor) for b in batch):
-        names = ("input", "target", "teacher")
-        if len(batch) > len(names):
-            raise DataError(f"a batch given as a sequence may hold at most {len(names)} tensors {names}, "
-                            f"got {len(batch)}; yield a dict instead")
-        return dict(zip(names, batch))
-    raise DataError(f"batches must be dicts of tensors (as gcompiler.data datasets give), a tensor or a tuple "
-                    f"(input, target), got {type(batch).__name__}")
-
-
-def _to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj
-
-
 def _resolve_device(spec: str, info: DistInfo) -> torch.device:
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
@@ -465,17 +324,8 @@ class Trainer:
         self._t_fit: float | None = None
 
         self._seed_everything(config.seed)
-        self._data_rng = self._fresh_data_rng(config.seed)
         self.amp_dtype, self.scaler = self._setup_amp()
-
-        if isinstance(data, Mapping):
-            if not data:
-                raise ConfigError("no data sources given")
-            self.sources = {str(k): _DataSource(str(k), v) for k, v in data.items()}
-        else:
-            self.sources = {"train": _DataSource("train", data)}
-        for src in self.sources.values():
-            src.check_replicas(self.info)
+        self.streams = DataStreams(data, seed=config.seed, info=self.info)
         self.value_range = self._value_range()
 
         self._entries: dict[str, _Entry] = {}
@@ -508,7 +358,7 @@ class Trainer:
         if self.config.value_range is not None:
             lo, hi = self.config.value_range
         else:
-            ds = getattr(self.sources[next(iter(self.sources))].loader, "dataset", None)
+            ds = getattr(self.streams.first().loader, "dataset", None)
             lo, hi = getattr(ds, "value_range", (-1.0, 1.0))
         if not float(lo) < float(hi):
             raise ConfigError(f"value_range must be (low, high) with low < high, got {(lo, hi)}")
@@ -518,32 +368,10 @@ class Trainer:
     def _seed_everything(self, seed: int) -> None:
         import random
 
-        s = _rng_seed(seed, 0, 0x7EA1)
+        s = rng_seed(seed, 0, 0x7EA1)
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)
-
-    def _fresh_data_rng(self, seed: int) -> dict[str, Any]:
-        import random
-
-        saved = ckpt.capture_rng_state()
-        s = _rng_seed(seed, self.info.rank, 0xDA7A)
-        random.seed(s)
-        np.random.seed(s)
-        torch.manual_seed(s)
-        state = ckpt.capture_rng_state()
-        ckpt.restore_rng_state(saved)
-        return state
-
-    @contextlib.contextmanager
-    def _data_rng_scope(self) -> Iterator[None]:
-        train_state = ckpt.capture_rng_state()
-        ckpt.restore_rng_state(self._data_rng)
-        try:
-            yield
-        finally:
-            self._data_rng = ckpt.capture_rng_state()
-            ckpt.restore_rng_state(train_state)
 
     # -- AMP --------------------------------------------------------------------------------------
     def _setup_amp(self) -> tuple[torch.dtype | None, Any]:
@@ -639,14 +467,14 @@ class Trainer:
             shape = tuple(meta["input_shapes"][0])
             g = torch.Generator().manual_seed(0)
             return (torch.rand((1, *shape[1:]), generator=g) * 2 - 1).to(self.device)
-        src = next(iter(self.sources.values()))
+        src = self.streams.first()
         dataset = getattr(src.loader, "dataset", None)
         if dataset is None:
             raise ConfigError("cannot find an example input: the student has no traced input shape and the data "
                               "loader exposes no .dataset")
         state = ckpt.capture_rng_state()
         try:
-            item = _as_batch_dict(dataset[0])
+            item = as_batch_dict(dataset[0])
         finally:
             ckpt.restore_rng_state(state)
         x = item["input"]
@@ -684,9 +512,9 @@ class Trainer:
         for ph in self.phases:
             if ph.every < 1:
                 raise ConfigError(f"phase {ph.name!r}: every must be >= 1, got {ph.every}")
-            if ph.data not in self.sources:
+            if ph.data not in self.streams:
                 raise ConfigError(f"phase {ph.name!r} reads data source {ph.data!r} but the trainer has "
-                                  f"{sorted(self.sources)}")
+                                  f"{sorted(self.streams.sources)}")
             for g in ph.groups:
                 if g not in self.groups:
                     raise ConfigError(f"phase {ph.name!r} steps parameter group {g!r}, which does not exist "
@@ -708,10 +536,7 @@ class Trainer:
 
     # -- data -------------------------------------------------------------------------------------
     def _next_batch(self, source: str) -> dict[str, Any]:
-        src = self.sources[source]
-        with self._data_rng_scope():
-            batch = src.next(ckpt.capture_rng_state, ckpt.restore_rng_state)
-        return _to_device(_as_batch_dict(batch), self.device)
+        return self.streams.next(source, self.device)
 
     # -- one step ---------------------------------------------------------------------------------
     def _run_phase(self, ph: Phase, ctx: StepContext) -> None:
@@ -902,94 +727,16 @@ class Trainer:
                            f"tensor {name}.{pname} holds NaN/inf after step {self.step}; no checkpoint had been saved")
                     raise NonFiniteError(msg, step=self.step, phase=None, term=f"{name}.{pname}", checkpoint=last)
 
-    def _rank_state(self) -> dict[str, Any]:
-        return {"rng": ckpt.capture_rng_state(), "data_rng": self._data_rng,
-                "data": {n: s.state_dict() for n, s in self.sources.items()}}
-
     def save_run_checkpoint(self, losses: Mapping[str, float] | None = None) -> Path | None:
-        """Save the full run state at the current step (rank 0 writes; all ranks must call it)."""
+        """Save the full run state at the current step (rank 0 writes; all ranks must call it); see
+        :func:`gcompiler.train.run_state.save_trainer`."""
         self._check_finite_params()
-        ranks = all_gather_objects(self._rank_state())
-        path = None
-        if self.is_main:
-            tensors = {}
-            for name, e in self._entries.items():
-                if e.save:
-                    for k, v in e.module.state_dict().items():
-                        tensors[f"{name}.{k}"] = v
-            state = {
-                "step": self.step,
-                "max_steps": self.config.max_steps,
-                "world_size": self.info.world_size,
-                "seed": self.config.seed,
-                "recipe": self.recipe.name,
-                "recipe_state": self.recipe.state_dict(),
-                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "ranks": ranks,
-                "losses": {k: float(v) for k, v in (losses or {}).items()},
-                "wall_s": self._wall_offset + (time.perf_counter() - self._t_fit if self._t_fit else 0.0),
-            }
-            meta = {"recipe": self.recipe.name, "max_steps": self.config.max_steps,
-                    "losses": {k: float(v) for k, v in (losses or {}).items()},
-                    "modules": sorted(n for n, e in self._entries.items() if e.save)}
-            path = ckpt.write_run_checkpoint(self.ckpt_dir, self.step, tensors, state, meta, keep_last=self.config.keep_last)
-        barrier()
-        self.last_checkpoint = path if path is not None else self.ckpt_dir / ckpt.checkpoint_name(self.step)
-        return path
+        return run_state.save_trainer(self, losses)
 
     def resume_from(self, path: str | os.PathLike) -> None:
-        """Restore modules, optimizers, scaler, step, RNG streams, data positions and recipe state."""
-        tensors, state, _meta = ckpt.read_run_checkpoint(path, map_location="cpu")
-        written_by = state.get("recipe", state.get("method"))  # "method": checkpoints before the rename
-        if written_by not in (None, self.recipe.name):
-            raise CheckpointError(f"{path} was written by recipe {written_by!r}, this run is "
-                                  f"{self.recipe.name!r}")
-        ws = int(state.get("world_size", 1))
-        if ws != self.info.world_size:
-            raise CheckpointError(f"{path} was written by a {ws}-process run; resume it with the same number of "
-                                  f"processes (this run has {self.info.world_size}) for an exact continuation")
-        by_module: dict[str, dict[str, torch.Tensor]] = {}
-        for key, t in tensors.items():
-            mod, _, sub = key.partition(".")
-            by_module.setdefault(mod, {})[sub] = t
-        for name, e in self._entries.items():
-            if not e.save:
-                continue
-            if name not in by_module:
-                raise CheckpointError(f"{path} has no tensors for module {name!r} (it has {sorted(by_module)})")
-            try:
-                e.module.load_state_dict(by_module[name], strict=True)
-            except RuntimeError as err:
-                raise CheckpointError(f"{path}: module {name!r} does not match the checkpoint: {err}") from err
-        extra = set(by_module) - {n for n, e in self._entries.items() if e.save}
-        if extra:
-            raise CheckpointError(f"{path} holds modules {sorted(extra)} that this run does not have")
-        opt_states = state.get("optimizers", {})
-        if set(opt_states) != set(self.optimizers):
-            raise CheckpointError(f"{path} has optimizer groups {sorted(opt_states)}, this run has "
-                                  f"{sorted(self.optimizers)}")
-        for n, o in self.optimizers.items():
-            try:
-                o.load_state_dict(opt_states[n])
-            except (ValueError, KeyError, RuntimeError) as err:
-                raise CheckpointError(f"{path}: optimizer of group {n!r} does not match: {err}") from err
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.recipe.load_state_dict(state.get("recipe_state", state.get("method_state", {})))
-        if int(state.get("max_steps", self.config.max_steps)) != self.config.max_steps and self.is_main:
-            log.warning(f"{path} was saved by a run of {state['max_steps']} steps, this one has "
-                        f"{self.config.max_steps}: schedules now follow the new length")
-        mine = state["ranks"][self.info.rank]
-        for n, src in self.sources.items():
-            if n not in mine["data"]:
-                raise CheckpointError(f"{path} has no position for data source {n!r} (it has {sorted(mine['data'])})")
-            src.load_state_dict(mine["data"][n])
-        self._data_rng = mine["data_rng"]
-        ckpt.restore_rng_state(mine["rng"])
-        self.step = int(state["step"])
-        self._wall_offset = float(state.get("wall_s", 0.0))
-        self.last_checkpoint = Path(path)
+        """Restore modules, optimizers, scaler, step, RNG streams, data positions and recipe state; see
+        :func:`gcompiler.train.run_state.restore_trainer`."""
+        run_state.restore_trainer(self, path)
 
     def close(self) -> None:
         """Close the loggers (the process group, if any, stays up for later trainers; see

@@ -46,6 +46,7 @@ _LAZY = {  # public name -> (module, attribute); imported on first use to keep `
     "psnr": ("metrics", "psnr"),
     "MixedOp": ("nas.mixed", "MixedOp"),
     "ssim": ("metrics", "ssim"),
+    "deploy": ("deploy", "deploy"),
     "compress": ("compression", "compress"),
     "CompressResult": ("compression", "CompressResult"),
     "set_config": ("supernet", "set_config"),

@@ -14,6 +14,7 @@ Shapes come from fake-tensor propagation, so profiling a 1-TMAC network computes
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Any, Iterable
@@ -23,7 +24,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import TraceError
+from .errors import GCompilerError, TraceError
 from .fx.trace import propagate_shapes, trace
 from torch.fx.passes.shape_prop import TensorMetadata
 
@@ -110,22 +111,41 @@ def _conv_macs(out_shape: torch.Size, in_channels: int, groups: int, kernel: Ite
     return math.prod(out_shape) * (in_channels // groups) * math.prod(kernel)
 
 
+_CONVS = (F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d)
+_CONV_TRANSPOSES = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, torch.conv_transpose1d,
+                    torch.conv_transpose2d, torch.conv_transpose3d)
+
+
 def _function_macs(node: fx.Node, gm: fx.GraphModule) -> int:
-    out = node_shape(node)
-    if out is None:
+    """MACs of a functional conv / linear, from the recorded shapes only.
+
+    Arguments computed from the data (``groups=x.shape[1]``, a weight produced by another node) are never
+    read: a conv's weight ``[C_out, C_in/g, k...]`` already holds ``C_in/g``, and a transposed conv's
+    ``g = C_out / w.shape[1]`` follows from its output shape. A shape that is not recorded is an error
+    naming the node, never a silent 0.
+    """
+    is_conv, is_tconv = node.target in _CONVS, node.target in _CONV_TRANSPOSES
+    if not (is_conv or is_tconv or node.target is F.linear):
         return 0
-    if node.target in (F.conv1d, F.conv2d, F.conv3d, torch.conv2d):
-        w = _arg_shape(node, 1, "weight", gm)
-        groups = node.kwargs.get("groups", node.args[6] if len(node.args) > 6 else 1)
-        return math.prod(out) * w[1] * math.prod(w[2:]) if w is not None else 0
-    if node.target in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d):
-        w = _arg_shape(node, 1, "weight", gm)
-        return math.prod(out) * w[0] // max(1, int(node.kwargs.get("groups", 1))) * math.prod(w[2:]) \
-            if w is not None else 0
+    out = node_shape(node)
+    w = _arg_shape(node, 1, "weight", gm)
+    if out is None or w is None:
+        missing = "output" if out is None else "weight"
+        raise GCompilerError(f"profile: cannot count the MACs of node '{node.name}' ({_op_name(node)}): its "
+                             f"{missing} shape is not recorded; run gcompiler.propagate_shapes(gm, *inputs) first")
     if node.target is F.linear:
-        w = _arg_shape(node, 1, "weight", gm)
-        return math.prod(out) * w[1] if w is not None else 0
-    return 0
+        return math.prod(out) * w[-1]
+    if is_conv:
+        return math.prod(out) * w[1] * math.prod(w[2:])
+    groups = out[1] // w[1]  # [C_in, C_out/g, k...]
+    if groups < 1 or out[1] % w[1]:
+        raise GCompilerError(f"profile: node '{node.name}' ({_op_name(node)}): output channels {out[1]} are not a "
+                             f"multiple of the weight's {w[1]} per group")
+    return math.prod(out) * (w[0] // groups) * math.prod(w[2:])
+
+
+def _op_name(node: fx.Node) -> str:
+    return getattr(node.target, "__name__", str(node.target))
 
 
 def _lowered_conv(node: fx.Node, gm: fx.GraphModule) -> tuple[int, list[str]] | None:
@@ -177,12 +197,19 @@ def _module_params(mod: nn.Module) -> int:
 def profile(model_or_graph: nn.Module, *example_inputs: torch.Tensor) -> Profile:
     """Count MACs, parameters and size of a model or traced graph.
 
-    A plain module is traced first (without computing anything); a GraphModule is re-propagated on the
-    given inputs, or uses its recorded shapes when none are given.
+    A plain module is traced first (without computing anything); a GraphModule is counted at the given
+    inputs' shapes (propagated on a view of it that shares its modules: ``gm``'s own recorded shapes and
+    meta are left as they were), or at its recorded shapes when none are given.
+
+    Raises:
+        TraceError: no shapes to count with. GCompilerError: a node whose MACs cannot be counted (named).
     """
     if isinstance(model_or_graph, fx.GraphModule):
         gm = model_or_graph
         if example_inputs:
+            gm = fx.GraphModule(model_or_graph, copy.deepcopy(model_or_graph.graph),
+                                class_name=type(model_or_graph).__name__)
+            gm.meta.update({k: v for k, v in model_or_graph.meta.items() if k not in ("input_shapes", "input_specs")})
             propagate_shapes(gm, *example_inputs, fake=True)
         elif "input_shapes" not in gm.meta:
             raise TraceError("profile() got a GraphModule without recorded shapes: pass example inputs")

@@ -40,11 +40,12 @@ GENERATORS = {
 }
 
 
-def _int_graph(name: str, kw: dict, size, batch: int = 2):
+def _int_graph(name: str, kw: dict, size, batch: int = 2, quant: str = ""):
     torch.manual_seed(0)
     m = models.create(name, **kw).eval()
     inputs = models.spec(name).example_inputs(batch=batch, size=size, **kw)
-    gm = gcompile(m, "fold-norms,insert-fake-quant,convert-to-int", *inputs)
+    gm = gcompile(m, f"fold-norms,insert-fake-quant{{{quant}}},convert-to-int" if quant
+                  else "fold-norms,insert-fake-quant,convert-to-int", *inputs)
     return gm, inputs
 
 
@@ -97,7 +98,8 @@ def test_lowered_generators_run_the_triton_kernels_under_the_interpreter(name, k
 
 
 def test_resnet_fusions_and_cost_model():
-    gm, inputs = _int_graph("resnet_9blocks", {"ngf": 8, "n_blocks": 2}, 16)
+    # GS's unsigned [0, 4] ranges: every quantizer is uint8, so the requantization of a residual sum fuses
+    gm, inputs = _int_graph("resnet_9blocks", {"ngf": 8, "n_blocks": 2}, 16, quant="act_range=unsigned,act_clip=4")
     low = lower_to_triton(copy.deepcopy(gm), backend="reference")
     by_node = {r["node"]: r for r in low.meta["lower_to_triton"]}
     assert by_node["model_1"]["path"] == "fp16" and "weight-only" in by_node["model_1"]["reason"]

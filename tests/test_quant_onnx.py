@@ -33,7 +33,7 @@ def _run(gm, *xs):
         return gm(*xs)
 
 
-def _int_resnet(options: str = "") -> tuple[torch.fx.GraphModule, torch.Tensor]:
+def _int_resnet(options: str = "act_range=unsigned") -> tuple[torch.fx.GraphModule, torch.Tensor]:
     torch.manual_seed(0)
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     gm = gcompiler.trace(create("resnet_9blocks", ngf=4, n_blocks=2).eval(), x)

@@ -87,7 +87,7 @@ def _small_resnet() -> tuple[torch.fx.GraphModule, torch.Tensor]:
 def test_placement_follows_gan_slimming():
     gm, x = _small_resnet()
     convs_before = _modules_of(gm, (nn.Conv2d, nn.ConvTranspose2d))
-    gm, _ = run_pipeline(gm, "insert-fake-quant")
+    gm, _ = run_pipeline(gm, "insert-fake-quant{act_range=unsigned,act_clip=4}")  # GS's settings
     q = _modules_of(gm, (QConv2d, QConvTranspose2d))
     assert set(q) == set(convs_before)
     assert isinstance(q["model.19"], QConvTranspose2d) and q["model.19"].weight_quant.transposed

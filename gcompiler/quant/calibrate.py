@@ -1,6 +1,10 @@
 """Post-training calibration of activation clip values (min/max or percentile over a few batches).
 
-Usage::
+As a pass (``calibrate-activations``, data from ``gm.meta["calibration_inputs"]`` or the ``data`` option)::
+
+    job.rewrite(gm, "insert-fake-quant{weight_bits=8,act_bits=8},calibrate-activations{method=percentile}")
+
+As a function::
 
     gm = gcompiler.compile(model, "fold-norms,insert-fake-quant{act_range=signed}", x)
     clips = calibrate(gm, [batch1, batch2, batch3], method="percentile", percentile=99.99)
@@ -19,12 +23,14 @@ clips are set too (calibration is a good initialisation for ``learn_clip``).
 """
 from __future__ import annotations
 
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal
 
 import torch
+import torch.fx as fx
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, PassError
+from ..passes.registry import Contract, register_pass
 from .quantizers import ActFakeQuant
 
 _MIN_CLIP = 1e-8
@@ -109,3 +115,36 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor | tuple[torch.Ten
         q.set_clip(value)
         clips[name] = float(q.clip.detach())
     return clips
+
+
+@register_pass("calibrate-activations", contract=Contract.changes_semantics())
+def calibrate_activations(gm: fx.GraphModule, *, method: Literal["minmax", "percentile"] = "percentile",
+                          percentile: float = 99.99, batches: int = 0, max_samples: int = 1 << 18,
+                          seed: int = 0, data: Any = None) -> fx.GraphModule:
+    """Set every activation quantizer's clip from the float activations on calibration batches (:func:`calibrate`).
+
+    Data: the ``data`` option (an iterable of input batches; Python pipelines only), else
+    ``gm.meta["calibration_inputs"]`` (a list of input batches the caller puts there, e.g. a method's
+    training batches). ``batches`` > 0 uses only the first that many. The clips are recorded in
+    ``gm.meta["act_clips"]`` (quantizer path -> clip).
+
+    Contract: changes semantics (the clips move; where they cut activations is decided by the data).
+    """
+    source = data if data is not None else gm.meta.get("calibration_inputs")
+    if source is None:
+        raise PassError("calibrate-activations: no calibration data; put a list of input batches in "
+                        "gm.meta['calibration_inputs'] or pass [('calibrate-activations', {'data': batches})]")
+    if batches < 0:
+        raise PassError(f"calibrate-activations{{batches}} must be >= 0, got {batches}")
+    items = list(source)[:batches] if batches else list(source)
+    try:
+        device = next(iter(gm.parameters())).device
+    except StopIteration:
+        device = torch.device("cpu")
+    moved = [tuple(t.to(device) for t in b) if isinstance(b, (tuple, list)) else b.to(device) for b in items]
+    try:
+        clips = calibrate(gm, moved, method=method, percentile=percentile, max_samples=max_samples, seed=seed)
+    except (ConfigError, DataError) as exc:
+        raise PassError(f"calibrate-activations: {exc}") from exc
+    gm.meta["act_clips"] = clips
+    return gm

@@ -147,6 +147,7 @@ def deploy(model_or_gm: nn.Module, *example_inputs: torch.Tensor, device: str = 
     _check_args(model_or_gm, example_inputs, device, precision)
     if rounds < 1:
         raise ConfigError(f"deploy(): rounds must be >= 1, got {rounds}")
+    exclude = list(exclude)
     table = _select(device, precision, backends, exclude)
     tol = TOLERANCE[precision] if tolerance is None else float(tolerance)
     inputs = tuple(x.detach().float().cpu().contiguous() for x in example_inputs)
@@ -170,7 +171,8 @@ def deploy(model_or_gm: nn.Module, *example_inputs: torch.Tensor, device: str = 
                   calibration=list(calibration) if calibration is not None else [inputs])
     report = DeployReport(device=device, precision=precision, threads=ctx.threads, tolerance=tol,
                           input_shapes=[tuple(x.shape) for x in inputs], load_average=load_average(),
-                          skipped={}, errors={}, build_s={}, notes={})
+                          skipped={n: "excluded by the caller (exclude=...)" for n in exclude}, errors={},
+                          build_s={}, notes={})
     run_inputs = inputs
     with torch.no_grad():
         if precision == "int8":

@@ -1,0 +1,695 @@
+"""Planning ``eliminate-dead-channels``: which units are provably dead, and how each consumer absorbs them.
+
+:func:`analyse_group` turns the proofs of :mod:`.proof` into per-unit *views*: a unit is a candidate when
+its channels are proven fixed at the input of every consumer of its group, and at each consumer it is
+
+* ``zero``: nothing to do;
+* ``fold``: spatially constant and the consumer maps a constant input to a constant output (no zero
+  padding; a transposed conv with stride 1 and enough padding): ``b' = b + sum_k W[:, c, k] * const``;
+* ``merge``: any other fixed map (a constant under zero padding, a padded pattern, a transposed conv's
+  checkerboard): its contribution moves onto one kept *carrier* unit whose map is proportional
+  (``W[:, carrier] += (v_c / v_carrier) * W[:, c]``), or the unit is kept when none is.
+
+:func:`decide` applies the constraints (``round_to``, equal removal per conv group of grouped convs, a
+consumer never loses every input unless its residual branch collapses to a per-channel constant) and is
+shared by the pass (:func:`plan_elimination`) and the cost model (:mod:`gcompiler.cost`), which feeds
+it the analyses of a mask setting; :func:`build_plan` turns the decisions into edits and a report.
+"""
+from __future__ import annotations
+
+import dataclasses
+import operator
+from collections import defaultdict
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from ...errors import PassError
+from ...fx.utils import node_shape
+from ..masks import ChannelBias, ChannelMask, _is_channel_norm
+from .proof import _CONV, _CONVT, Facts, Prover, _per_instance, is_constant
+
+_PROP_TOL = 1e-6  # relative residual tolerated when calling two fixed maps proportional
+
+
+# ------------------------------------------------------------------------------------------ data types
+
+@dataclasses.dataclass
+class UnitView:
+    """A candidate unit at one consumer: its channels there and their fixed maps."""
+
+    channels: list[int]
+    maps: list[torch.Tensor]  # float64, one per channel (a single value when the map is constant)
+    kind: str                 # "zero" | "fold" | "merge"
+
+
+@dataclasses.dataclass
+class GroupAnalysis:
+    """Proven facts about one channel group: candidates, their views at each consumer and their proofs."""
+
+    group: Any
+    skipped: str
+    cand: np.ndarray                               # bool per unit: proven fixed at every consumer
+    needs: np.ndarray                              # bool per unit: a candidate needing a carrier
+    views: dict[int, dict[str, UnitView]]          # candidate unit -> consumer -> view
+    proofs: dict[int, str]                         # candidate unit -> proof
+
+    def view(self, u: int) -> dict[str, UnitView]:
+        return self.views[u]
+
+
+class AnalysisLike(Protocol):
+    group: Any
+    skipped: str
+    cand: np.ndarray
+    needs: np.ndarray
+
+    def view(self, u: int) -> dict[str, UnitView]: ...
+
+
+@dataclasses.dataclass
+class GroupDecision:
+    """What the planner decided for one channel group (units are indices into the group's units)."""
+
+    name: str
+    units: int
+    candidates: list[int] = dataclasses.field(default_factory=list)
+    removed: list[int] = dataclasses.field(default_factory=list)
+    carrier: int | None = None
+    kept: dict[int, str] = dataclasses.field(default_factory=dict)  # candidate unit -> why it stays
+    proofs: dict[int, str] = dataclasses.field(default_factory=dict)  # removed unit -> proof
+    folded: int = 0   # (unit, consumer) pairs folded into a bias
+    merged: int = 0   # (unit, consumer) pairs merged onto the carrier
+    skipped: str = ""  # why the whole group was left alone
+
+    def to_dict(self) -> dict[str, Any]:
+        reasons: dict[str, int] = defaultdict(int)
+        for r in self.kept.values():
+            reasons[r] += 1
+        return {"units": self.units, "candidates": len(self.candidates), "removed": len(self.removed),
+                "kept_units": self.units - len(self.removed), "carrier": self.carrier,
+                "folded": self.folded, "merged": self.merged, "kept_candidates": dict(reasons),
+                **({"skipped": self.skipped} if self.skipped else {})}
+
+
+@dataclasses.dataclass
+class Collapse:
+    """A consumer that loses every input: its residual branch becomes ``other (+ bias)``."""
+
+    consumer: str
+    add: str
+    other: str
+    bias: torch.Tensor | None  # None: the branch adds exactly zero
+    chain: list[str]
+
+
+@dataclasses.dataclass
+class Decisions:
+    """Output of :func:`decide`: removed units per group, collapsed branches, and why units stay."""
+
+    removed: dict[str, list[int]]
+    collapses: dict[str, Collapse]
+    kept: dict[str, dict[int, str]]
+    carriers: dict[str, int | None]
+
+
+@dataclasses.dataclass
+class Plan:
+    """Decisions of :func:`plan_elimination`; applied by ``eliminate-dead-channels``."""
+
+    decisions: dict[str, GroupDecision]
+    out_remove: dict[str, set[int]]                       # node -> removed output channels
+    folds: dict[str, list[tuple[int, torch.Tensor]]]      # consumer -> (input channel, constant)
+    merges: dict[str, list[tuple[int, int, float]]]       # consumer -> (carrier ch, removed ch, ratio)
+    collapses: dict[str, Collapse]
+    round_to: int
+
+    def removed_units(self) -> int:
+        return sum(len(d.removed) for d in self.decisions.values())
+
+    def removed_list(self) -> list[dict[str, Any]]:
+        """Every removed unit with its proof: ``{"group", "unit", "proof"}``."""
+        return [{"group": n, "unit": u, "proof": d.proofs.get(u, "")}
+                for n, d in self.decisions.items() for u in d.removed]
+
+    def report(self) -> dict[str, Any]:
+        return {"round_to": self.round_to,
+                "removed_units": self.removed_units(),
+                "groups": {n: d.to_dict() for n, d in self.decisions.items()},
+                "removed": self.removed_list(),
+                "collapsed_branches": [{"consumer": c.consumer, "add": c.add,
+                                        "becomes": "identity" if c.bias is None else "channel bias"}
+                                       for c in self.collapses.values()]}
+
+
+# ------------------------------------------------------------------------------------------ context
+
+class Context:
+    """The graph being planned: nodes by name, order, call sites, concrete non-tensor values."""
+
+    def __init__(self, gm: fx.GraphModule, seed: int = 0) -> None:
+        self.gm = gm
+        self.nodes = {n.name: n for n in gm.graph.nodes}
+        self.order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+        self.seed = seed
+        self._concrete: dict[str, Any] | None = None
+        self.call_sites: dict[str, int] = defaultdict(int)
+        for n in gm.graph.nodes:
+            if n.op == "call_module":
+                self.call_sites[str(n.target)] += 1
+
+    def module(self, name: str) -> nn.Module | None:
+        n = self.nodes.get(name)
+        if n is None or n.op != "call_module":
+            return None
+        return self.gm.get_submodule(str(n.target))
+
+    def concrete(self, node: fx.Node) -> Any:
+        """Value of a non-tensor node (a shape, a size) from one real run on random inputs (computed once,
+        only for graphs whose group ops take such values)."""
+        if self._concrete is None:
+            from ...fx.utils import random_inputs
+
+            values: dict[str, Any] = {}
+
+            class _Rec(fx.Interpreter):
+                def run_node(self, n: fx.Node) -> Any:
+                    out = super().run_node(n)
+                    if not isinstance(out, torch.Tensor):
+                        values[n.name] = out
+                    return out
+
+            with torch.no_grad():
+                _Rec(self.gm).run(*random_inputs(self.gm, seed=self.seed))
+            self._concrete = values
+        if node.name not in self._concrete:
+            raise PassError(f"eliminate-dead-channels: no concrete value for node '{node.name}'")
+        return self._concrete[node.name]
+
+
+# ---------------------------------------------------------------------------------------- support check
+
+def unsupported(ctx: Context, g) -> str:
+    """Why the surgery cannot handle group ``g`` ("" when it can)."""
+    for name in list(g.producers) + list(g.consumers):
+        kind = g.kinds.get(name, "")
+        if kind.endswith("_functional"):
+            return f"'{name}' is a functional {kind[:-11]} (only module convs/linears are resized)"
+        mod = ctx.module(name)
+        if not isinstance(mod, (_CONV, nn.Linear)):
+            return f"'{name}' is not a conv / linear module"
+        if ctx.call_sites[str(ctx.nodes[name].target)] > 1:
+            return f"module '{ctx.nodes[name].target}' is called more than once (shared weights)"
+    for name in g.members:
+        n = ctx.nodes[name]
+        kind = g.kinds.get(name, "")
+        if kind.endswith("_functional"):
+            return f"'{name}' is a functional {kind[:-11]}"
+        tm = n.meta.get("tensor_meta")
+        if tm is not None and hasattr(tm, "dtype") and not tm.dtype.is_floating_point:
+            return f"'{name}' holds {tm.dtype} values"
+        if n.op != "call_module":
+            continue
+        mod = ctx.gm.get_submodule(str(n.target))
+        has_state = any(True for _ in mod.parameters()) or any(True for _ in mod.buffers())
+        if not has_state:
+            continue
+        known = isinstance(mod, (ChannelMask, ChannelBias)) or _is_channel_norm(mod) or \
+            isinstance(mod, nn.LayerNorm) or isinstance(mod, nn.PReLU) or \
+            (isinstance(mod, _CONV) and kind.startswith("depthwise"))
+        if not known:
+            return f"member '{name}' ({type(mod).__name__}) holds per-channel state this pass cannot slice"
+        if isinstance(mod, nn.LayerNorm) and mod.elementwise_affine:
+            return f"member '{name}' (LayerNorm) has affine parameters over non-channel dims"
+        if ctx.call_sites[str(n.target)] > 1:
+            return f"module '{n.target}' is called more than once (shared state)"
+    return ""
+
+
+def fold_uniform(mod: nn.Module) -> bool:
+    """Does a spatially constant input channel give a spatially constant contribution to the output?"""
+    if isinstance(mod, nn.Linear):
+        return True
+    if isinstance(mod, _CONVT):
+        ks, st, pad, dil, op = mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.output_padding
+        return all(s == 1 and p >= d * (k - 1) + o for k, s, p, d, o in zip(ks, st, pad, dil, op))
+    if isinstance(mod, _CONV):
+        if mod.padding_mode != "zeros":
+            return True
+        if isinstance(mod.padding, str):
+            return mod.padding == "valid" or all(k == 1 for k in mod.kernel_size)
+        return all(p == 0 for p in mod.padding)
+    return False
+
+
+def _consumer_conv_group(mod: nn.Module, channel: int) -> int:
+    g = getattr(mod, "groups", 1)
+    return channel // (mod.in_channels // g) if g > 1 else 0
+
+
+# ------------------------------------------------------------------------------------------- analysis
+
+def _skipped(g, why: str) -> GroupAnalysis:
+    z = np.zeros(g.channels, dtype=bool)
+    return GroupAnalysis(g, why, z, z.copy(), {}, {})
+
+
+def analyse_group(ctx: Context, g, overrides: dict[str, torch.Tensor] | None = None) -> GroupAnalysis:
+    """Prove which units of group ``g`` are fixed at every consumer and how each consumer sees them."""
+    reason = unsupported(ctx, g)
+    if reason:
+        return _skipped(g, reason)
+    if not g.consumers:
+        return _skipped(g, "no consumer reads the group")
+    prover = Prover(ctx.gm, ctx.nodes, ctx.concrete, overrides)
+    members, producers = set(g.members), set(g.producers)
+    try:
+        for t in g.index:
+            prover.facts_of(ctx.nodes[t], members, producers)
+    except Exception as exc:  # noqa: BLE001 - an op the prover cannot run proves nothing
+        return _skipped(g, f"cannot evaluate the group's ops ({type(exc).__name__}: {exc})")
+    units = g.channels
+    cand = np.ones(units, dtype=bool)
+    per_consumer: list[tuple[str, Any, Facts, torch.Tensor, torch.Tensor]] = []
+    for cname in g.consumers:
+        cs = g.consumer_slices[cname]
+        f = prover.facts.get(cs.input)
+        if not isinstance(f, Facts):
+            return _skipped(g, f"'{cs.input}' is not a (N, C, ...) tensor")
+        rows = g.index[cs.input]
+        fl = f.fixed.tolist()
+        fixed_u = np.array([all(fl[c] for c in row) for row in rows], dtype=bool)
+        cand &= fixed_u
+        if not cand.any():
+            break
+        flat = f.value.double().reshape(f.value.shape[0], f.value.shape[1], -1)[0]
+        is_zero = (flat == 0).all(dim=1)
+        spread = flat.amax(dim=1) - flat.amin(dim=1) if flat.shape[1] else torch.zeros(flat.shape[0])
+        is_const = spread <= 1e-6 * flat.abs().amax(dim=1) + 1e-30 if flat.shape[1] else torch.ones_like(is_zero)
+        per_consumer.append((cname, rows, f, is_zero.tolist(), is_const.tolist()))
+    views: dict[int, dict[str, UnitView]] = {}
+    proofs: dict[int, str] = {}
+    needs = np.zeros(units, dtype=bool)
+    if cand.any():
+        for cname, rows, f, is_zero, is_const in per_consumer:
+            uniform = fold_uniform(ctx.module(cname))
+            flat = f.value.double().reshape(f.value.shape[0], f.value.shape[1], -1)[0]
+            for u in np.nonzero(cand)[0].tolist():
+                chans = list(rows[u])
+                if all(is_zero[c] for c in chans):
+                    kind = "zero"
+                elif all(is_const[c] for c in chans) and uniform:
+                    kind = "fold"
+                else:
+                    kind = "merge"
+                    needs[u] = True
+                if kind == "merge" and not all(is_const[c] for c in chans):
+                    maps = [flat[c].clone() for c in chans]
+                else:  # a constant map is stored as its value (memory: units x consumers x H x W)
+                    maps = [flat[c].mean().reshape(1) for c in chans]
+                views.setdefault(u, {})[cname] = UnitView(chans, maps, kind)
+                if u not in proofs:
+                    proofs[u] = f.proof[chans[0]] or "fixed"
+    return GroupAnalysis(g, "", cand, needs, views, proofs)
+
+
+def _choose_carrier(ga: AnalysisLike, candidates: list[int], needs: list[int]) -> int | None:
+    need_at = {c for u in needs for c, v in ga.view(u).items() if v.kind == "merge"}
+    best, best_score = None, 0.0
+    for u in candidates:
+        vu = ga.view(u)
+        score = min(min(float(m.abs().max()) for m in vu[c].maps) for c in need_at)
+        if score > best_score:
+            best, best_score = u, score
+    return best
+
+
+def _merge_blocker(ctx: Context, ga: AnalysisLike, u: int, carrier: int | None) -> str:
+    if carrier is None:
+        return "fixed non-constant map and no carrier channel with a non-zero map"
+    cviews = ga.view(carrier)
+    for cname, v in ga.view(u).items():
+        if v.kind != "merge":
+            continue
+        cv = cviews[cname]
+        if len(cv.channels) != len(v.channels):
+            return f"unit block sizes differ at consumer '{cname}'"
+        mod = ctx.module(cname)
+        for ch, cch, m, cm in zip(v.channels, cv.channels, v.maps, cv.maps):
+            if _consumer_conv_group(mod, ch) != _consumer_conv_group(mod, cch):
+                return f"carrier is in another conv group of grouped consumer '{cname}'"
+            if ratio(m, cm) is None:
+                return f"fixed map at zero-padded / transposed consumer '{cname}' is not proportional to the carrier's"
+    return ""
+
+
+def ratio(m: torch.Tensor, carrier: torch.Tensor) -> float | None:
+    if m.numel() != carrier.numel():  # one of them is a constant stored as a single value
+        m, carrier = torch.broadcast_tensors(m, carrier)
+    denom = float((carrier * carrier).sum())
+    if denom == 0.0:
+        return None
+    r = float((m * carrier).sum()) / denom
+    resid = float((m - r * carrier).abs().max())
+    if resid > _PROP_TOL * (float(m.abs().max()) + 1e-30):
+        return None
+    return r
+
+
+def removable(ctx: Context, ga: AnalysisLike, kept: dict[int, str] | None) -> tuple[list[int], int | None]:
+    """Candidates that can go (sorted) and the carrier (a candidate that stays), before the constraints."""
+    cands = np.nonzero(ga.cand)[0].tolist()
+    if not ga.needs.any():
+        return cands, None
+    needs = np.nonzero(ga.needs)[0].tolist()
+    carrier = _choose_carrier(ga, cands, needs)
+    out = set(cands)
+    if carrier is not None:
+        out.discard(carrier)
+        if kept is not None:
+            kept[carrier] = "carrier of merged fixed maps"
+    for u in needs:
+        if u == carrier:
+            continue
+        why = _merge_blocker(ctx, ga, u, carrier)
+        if why:
+            out.discard(u)
+            if kept is not None:
+                kept[u] = why
+    return sorted(out), carrier
+
+
+# ------------------------------------------------------------------------------------------- choosing
+
+def _choose(g, removed: list[int], round_to: int, min_keep: int, kept: dict[int, str] | None) -> list[int]:
+    """Apply min_keep, equal removal per conv group and round_to to a sorted list of removable units."""
+    units = g.channels
+
+    def drop_last(lst: list[int], n: int, why: str) -> list[int]:
+        if n <= 0:
+            return lst
+        if kept is not None:
+            for u in lst[-n:]:
+                kept.setdefault(u, why)
+        return lst[:-n]
+
+    for _ in range(units + 2):
+        before = len(removed)
+        if units - len(removed) < min_keep and removed:
+            removed = drop_last(removed, min_keep - (units - len(removed)), "a consumer would lose every input")
+        for er in g.equal_removal:
+            rows = g.index[er.tensor]
+            width = sum(len(r) for r in rows)
+            per = max(1, width // er.groups)
+            by_slice: dict[int, list[int]] = defaultdict(list)
+            for u in removed:
+                by_slice[rows[u][0] // per].append(u)
+            target = min(len(by_slice.get(s, ())) for s in range(er.groups))
+            drop: set[int] = set()
+            for us in by_slice.values():
+                if len(us) > target:
+                    extra = us[target:]
+                    drop.update(extra)
+                    if kept is not None:
+                        for u in extra:
+                            kept.setdefault(u, f"equal removal per conv group of '{er.node}'")
+            if drop:
+                removed = [u for u in removed if u not in drop]
+        left = units - len(removed)
+        if round_to > 1 and left % round_to and removed:
+            need = min(round_to - left % round_to, len(removed))
+            removed = drop_last(removed, need, f"round_to={round_to}")
+        if len(removed) == before:
+            break
+    else:  # pragma: no cover - removal only shrinks, so the loop converges
+        removed = []
+    return removed
+
+
+def decide(ctx: Context, analyses: dict[str, AnalysisLike], round_to: int, *, explain: bool = True,
+           collapse: Callable[[fx.Node, dict[str, list[int]]], Collapse | None] | None = None) -> Decisions:
+    """Choose the removed units of every group under the constraints (module docstring)."""
+    kept: dict[str, dict[int, str]] = {n: {} for n in analyses}
+    base: dict[str, list[int]] = {}
+    carriers: dict[str, int | None] = {}
+    for name, ga in analyses.items():
+        base[name], carriers[name] = removable(ctx, ga, kept[name] if explain else None)
+    try_collapse = collapse or (lambda node, rem: try_collapse_with(ctx, node, analyses, rem))
+    consumers = sorted({c for ga in analyses.values() for c in ga.group.consumers}, key=lambda c: ctx.order[c])
+    feeders: dict[str, list[str]] = defaultdict(list)
+    for name, ga in analyses.items():
+        for c in ga.group.consumers:
+            feeders[c].append(name)
+    min_keep: dict[str, int] = defaultdict(int)
+    removed: dict[str, list[int]] = {}
+    collapses: dict[str, Collapse] = {}
+    for _ in range(len(analyses) + 2):
+        removed = {name: _choose(ga.group, list(base[name]), round_to, min_keep[name],
+                                 kept[name] if explain else None) for name, ga in analyses.items()}
+        collapses = {}
+        failed: list[str] = []
+        for cname in consumers:
+            x = ctx.nodes[cname].args[0]
+            width = node_shape(x)[1]
+            gone = 0
+            for name in analyses:
+                ga = analyses[name]
+                if x.name in ga.group.index and removed[name]:
+                    rows = ga.group.index[x.name]
+                    gone += sum(len(rows[u]) for u in removed[name])
+            if gone < width:
+                continue
+            col = try_collapse(ctx.nodes[cname], removed)
+            if col is None:
+                failed.append(cname)
+            else:
+                collapses[cname] = col
+        # A consumer inside another collapsing branch disappears with it; branches must not share an
+        # addition, nor take their skip operand from inside another collapsing branch.
+        in_chain = {n for col in collapses.values() for n in col.chain[1:]}
+        collapses = {c: col for c, col in collapses.items() if c not in in_chain}
+        adds: set[str] = set()
+        for cname in sorted(collapses, key=lambda c: ctx.order[c]):
+            col = collapses[cname]
+            chains = {n for c2, o in collapses.items() if c2 != cname for n in o.chain}
+            if col.add in adds or col.other in chains:
+                failed.append(cname)
+                del collapses[cname]
+            else:
+                adds.add(col.add)
+        bumped = False
+        for cname in failed:
+            for name in feeders[cname]:  # keep units in the first group feeding this consumer
+                if removed[name]:
+                    if min_keep[name] < round_to:
+                        min_keep[name] = round_to
+                        bumped = True
+                    break
+        if not bumped:
+            break
+    return Decisions(removed, collapses, kept, carriers)
+
+
+# -------------------------------------------------------------------------------------------- planning
+
+def default_round_to(gm: fx.GraphModule, round_to: int | None) -> int:
+    if round_to is None or round_to == 0:
+        round_to = int((gm.meta.get("masks") or {}).get("round_to", 1) or 1)
+    if round_to < 1:
+        raise PassError(f"eliminate-dead-channels{{round_to}} must be >= 1, got {round_to}")
+    return round_to
+
+
+def prunable_groups(gm: fx.GraphModule) -> list:
+    from ...analysis import channel_groups
+
+    return [g for g in channel_groups(gm) if g.prunable and g.channels > 0]
+
+
+def plan_elimination(gm: fx.GraphModule, *, round_to: int | None = None, seed: int = 0) -> Plan:
+    """Decide which channels ``eliminate-dead-channels`` would remove, without changing ``gm``.
+
+    ``round_to`` defaults to the value ``insert-masks`` recorded (else 1).
+    """
+    round_to = default_round_to(gm, round_to)
+    ctx = Context(gm, seed)
+    analyses = {g.name: analyse_group(ctx, g) for g in prunable_groups(gm)}
+    return build_plan(ctx, analyses, decide(ctx, analyses, round_to), round_to)
+
+
+def build_plan(ctx: Context, analyses: dict[str, AnalysisLike], dec: Decisions, round_to: int) -> Plan:
+    """Turn decisions into the edits of every node and the report."""
+    gone = {n for col in dec.collapses.values() for n in col.chain}
+    out_remove: dict[str, set[int]] = defaultdict(set)
+    folds: dict[str, list[tuple[int, torch.Tensor]]] = defaultdict(list)
+    merges: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
+    decisions = {}
+    for name, ga in analyses.items():
+        g = ga.group
+        d = GroupDecision(name, g.channels, skipped=ga.skipped)
+        d.candidates = np.nonzero(ga.cand)[0].tolist()
+        d.removed = dec.removed[name]
+        d.carrier = dec.carriers[name]
+        d.kept = {u: why for u, why in dec.kept[name].items() if u not in set(d.removed)}
+        for u in set(d.candidates) - set(d.removed):
+            d.kept.setdefault(u, "kept")
+        for u in d.removed:
+            views = ga.view(u)
+            d.proofs[u] = _proof_of(ga, u)
+            for t, rows in g.index.items():
+                out_remove[t].update(rows[u])
+            for cname, v in views.items():
+                if cname in gone:
+                    continue
+                if v.kind == "fold":
+                    d.folded += 1
+                    folds[cname].extend((c, m.mean()) for c, m in zip(v.channels, v.maps))
+                elif v.kind == "merge":
+                    d.merged += 1
+                    cv = ga.view(d.carrier)[cname]
+                    merges[cname].extend((cc, c, ratio(m, cm)) for c, cc, m, cm in
+                                         zip(v.channels, cv.channels, v.maps, cv.maps))
+        decisions[name] = d
+    return Plan(decisions, dict(out_remove), dict(folds), dict(merges), dec.collapses, round_to)
+
+
+def _proof_of(ga: AnalysisLike, u: int) -> str:
+    proof = getattr(ga, "proof", None)
+    if callable(proof):
+        return proof(u)
+    return ga.proofs.get(u, "fixed")  # type: ignore[attr-defined]
+
+
+# -------------------------------------------------------------------------------------------- collapse
+
+def _instance_norm_of_constant(mod: nn.Module | None, x: Any) -> torch.Tensor | None:
+    """An instance-style norm of a per-channel constant is exactly its shift (0 without affine)."""
+    if not _per_instance(mod) or not isinstance(x, torch.Tensor) or x.dim() < 3:
+        return None
+    flat = x.double().reshape(x.shape[0], x.shape[1], -1)
+    if not all(is_constant(row) for row in flat.reshape(-1, flat.shape[2])):
+        return None
+    shift = mod.bias.detach() if getattr(mod, "bias", None) is not None else torch.zeros(x.shape[1])
+    return shift.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2))).expand_as(x).clone()
+
+
+def assemble_input(ctx: Context, node: fx.Node, analyses: dict[str, AnalysisLike],
+                   removed: dict[str, list[int]]) -> torch.Tensor | None:
+    """The proven value of ``node``'s whole input when every channel of it is removed (else None)."""
+    x = node.args[0]
+    tm = x.meta.get("tensor_meta")
+    if tm is None or not hasattr(tm, "shape"):
+        return None
+    shape = (1,) + tuple(tm.shape[1:])
+    value = torch.zeros(shape, dtype=tm.dtype)
+    covered: set[int] = set()
+    spatial = shape[2:]
+    for name, ga in analyses.items():
+        if x.name not in ga.group.index:
+            continue
+        for u in removed.get(name, ()):
+            v = ga.view(u).get(node.name)
+            if v is None:
+                return None
+            for c, m in zip(v.channels, v.maps):
+                value[0, c] = (m.reshape(spatial) if m.numel() > 1 else m.reshape(())).to(tm.dtype)
+                covered.add(c)
+    return value if len(covered) == shape[1] else None
+
+
+def try_collapse_with(ctx: Context, node: fx.Node, analyses: dict[str, AnalysisLike],
+                      removed: dict[str, list[int]], overrides: dict[str, torch.Tensor] | None = None
+                      ) -> Collapse | None:
+    """If ``node`` (losing all inputs) heads a residual branch whose value at the add is a per-channel
+    constant, describe how the add collapses; else None."""
+    if len(node.args) != 1 or node.kwargs:
+        return None
+    value = assemble_input(ctx, node, analyses, removed)
+    if value is None:
+        return None
+    return collapse_from(ctx, node, value, overrides)
+
+
+def collapse_from(ctx: Context, node: fx.Node, value: torch.Tensor,
+                  overrides: dict[str, torch.Tensor] | None = None) -> Collapse | None:
+    """Follow the single-user chain from ``node`` evaluated on its proven input ``value`` to an addition
+    (``overrides``: mask values of a setting, as :class:`~.proof.Prover` takes them)."""
+    prover = Prover(ctx.gm, ctx.nodes, ctx.concrete, overrides)
+    chain = [node.name]
+    cur = node
+    try:
+        val = _run(prover, node, value)
+        while True:
+            users = list(cur.users)
+            if len(users) != 1:
+                return None
+            nxt = users[0]
+            data = [a for a in nxt.all_input_nodes if a is not cur and a.op != "get_attr"]
+            if nxt.op == "call_function" and nxt.target in (operator.add, torch.add) and len(data) == 1 \
+                    and len(nxt.args) == 2 and not nxt.kwargs:
+                other = data[0]
+                if node_shape(other) != node_shape(nxt) or not isinstance(val, torch.Tensor) \
+                        or val.shape[1] != node_shape(nxt)[1]:
+                    return None
+                flat = val[0].double().reshape(val.shape[1], -1)
+                if not all(is_constant(row) for row in flat):
+                    return None
+                bias = flat.mean(dim=1)
+                return Collapse(node.name, nxt.name, other.name, None if bool((bias == 0).all()) else bias, chain)
+            if data or nxt.op not in ("call_module", "call_function", "call_method"):
+                return None
+            mod = ctx.module(nxt.name)
+            new = _instance_norm_of_constant(mod, val)
+            val = new if new is not None else _run(prover, nxt, val)
+            if val is None:
+                return None
+            chain.append(nxt.name)
+            cur = nxt
+    except Exception:  # noqa: BLE001 - an op that cannot run on the fixed values: no collapse
+        return None
+
+
+def _run(prover: Prover, node: fx.Node, x: torch.Tensor) -> torch.Tensor | None:
+    """Evaluate a deterministic op on its single data input ``x`` (None for ops not known to be)."""
+    rule = prover._rule(node)
+    if node.op == "call_module":
+        mod = prover.gm.get_submodule(str(node.target))
+        plain = type(mod) in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                              nn.ConvTranspose3d, nn.Linear)
+        if not plain and rule == "unknown":
+            return None
+        if rule in ("mask", "norm") and len(node.args) == 1 and not node.kwargs:
+            out = prover._evaluate(node, mod, (x,), {}, rule)
+            return out if isinstance(out, torch.Tensor) else None
+    elif rule == "unknown":
+        return None
+
+    def sub(n: fx.Node) -> Any:
+        if n is node.args[0]:
+            return x
+        if n.op == "get_attr":
+            obj: Any = prover.gm
+            for part in str(n.target).split("."):
+                obj = getattr(obj, part)
+            return obj
+        return prover.concrete(n)
+
+    args = fx.node.map_arg(node.args, sub)
+    kwargs = fx.node.map_arg(node.kwargs, sub)
+    with torch.no_grad():
+        if node.op == "call_module":
+            mod = prover.gm.get_submodule(str(node.target))
+            was = mod.training
+            mod.eval()
+            try:
+                out = mod(*args, **kwargs)
+            finally:
+                mod.train(was)
+        elif node.op == "call_function":
+            out = node.target(*args, **kwargs)
+        else:
+            out = getattr(args[0], str(node.target))(*args[1:], **kwargs)
+    return out if isinstance(out, torch.Tensor) else None

@@ -27,8 +27,6 @@ import json
 import math
 import operator
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -308,26 +306,13 @@ def save(gm: fx.GraphModule, directory: str | os.PathLike) -> Path:
             raise CheckpointError(f"save(): {target} is a non-empty directory that is not a saved gcompiler model; "
                                   "refusing to replace it (choose a new directory)")
     arch, tensors = _describe(gm)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        from safetensors.torch import save_file
+    from safetensors.torch import save_file
 
+    from .ioutil import atomic_dir
+
+    with atomic_dir(target) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-        with open(tmp / ARCH_FILE, "w") as f:
-            json.dump(arch, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.rename(target, old)
-        os.rename(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / ARCH_FILE).write_text(json.dumps(arch, indent=1))
     return target
 
 
@@ -501,7 +486,10 @@ def _rebuild(arch: dict[str, Any], stored: dict[str, torch.Tensor], where: str,
             continue
         if name not in stored:
             raise CheckpointError(f"load(): tensor '{name}' is listed in {ARCH_FILE} but missing from {WEIGHTS_FILE}")
-        t = stored[name]
+        # Own, aligned memory: safetensors hands out tensors that may live in the file mapping at any 8-byte
+        # offset; BLAS picks different (differently rounded) kernels for misaligned operands, so a loaded
+        # Linear would not compute bit-identically. clone() allocates fresh, 64-byte aligned storage.
+        t = stored[name].clone(memory_format=torch.contiguous_format)
         objects[name] = nn.Parameter(t, requires_grad=bool(e.get("requires_grad", True))) \
             if e["kind"] == "parameter" else t
     for name, e in entries.items():

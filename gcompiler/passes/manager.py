@@ -406,13 +406,15 @@ def run_pipeline(gm: fx.GraphModule, pipeline: str | Iterable[PipelineItem], *, 
 
 
 def compile(model_or_gm: torch.nn.Module, pipeline: str | Iterable[PipelineItem], *example_inputs: torch.Tensor,
-            verify: str | None = None, check: bool = True, seed: int = 0,
-            leaf_modules: Iterable[type | str] = ()) -> fx.GraphModule:
+            verify: str | None = None, check: bool = True, seed: int = 0, kwargs: dict[str, Any] | None = None,
+            leaf_modules: Iterable[type | str] = (), leaf_functions: Iterable[Callable[..., Any]] = ()
+            ) -> fx.GraphModule:
     """Trace (a plain module) or copy (a GraphModule) and run ``pipeline`` on the copy; returns a new GraphModule.
 
     The argument is never modified: a GraphModule is deep-copied first (its recorded shapes, meta and pass
     log stay as they were), a module is traced from a copy. The log is in ``gm.meta["pass_log"]``; the
-    end-of-pipeline numeric check runs unless ``check=False`` (see :func:`run_pipeline`).
+    end-of-pipeline numeric check runs unless ``check=False`` (see :func:`run_pipeline`). ``kwargs``,
+    ``leaf_modules`` and ``leaf_functions`` go to :func:`gcompiler.trace` (a GraphModule ignores them).
 
     Example::
 
@@ -428,7 +430,8 @@ def compile(model_or_gm: torch.nn.Module, pipeline: str | Iterable[PipelineItem]
     else:
         if not example_inputs:
             raise TraceError(f"compile({type(model_or_gm).__name__}, ...) needs example inputs to trace with")
-        gm = trace(model_or_gm, *example_inputs, leaf_modules=leaf_modules)
+        gm = trace(model_or_gm, *example_inputs, kwargs=kwargs, leaf_modules=leaf_modules,
+                   leaf_functions=leaf_functions)
     gm.meta.pop("pass_log", None)
     gm, _ = run_pipeline(gm, pipeline, verify=verify, check=check, seed=seed)
     return gm

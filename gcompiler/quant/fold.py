@@ -35,6 +35,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..fx.utils import not_plain_reason
 from ..passes.registry import Contract, register_pass
 from .qmodules import QUANT_CONV_TYPES
 from .quantizers import grouped_weight, out_channel_view
@@ -77,6 +78,8 @@ def _skip_reason(gm: fx.GraphModule, node: fx.Node, mod: nn.Module) -> str | Non
             not isinstance(gm.get_submodule(str(src.target)), _CONVS):
         return "its input is not a convolution"
     conv = gm.get_submodule(str(src.target))
+    if not isinstance(conv, QUANT_CONV_TYPES) and not_plain_reason(conv) is not None:
+        return f"conv '{src.name}' ({type(conv).__name__}) is not a plain convolution: {not_plain_reason(conv)}"
     if len(src.users) != 1:
         return f"the output of conv '{src.name}' is also read by {sorted(u.name for u in src.users if u is not node)}"
     if sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == src.target) > 1:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, PassError
-from ..fx.utils import replace_module
+from ..fx.utils import not_plain_reason, replace_module
 from ..passes.registry import Contract, register_pass
 from .qmodules import QUANT_CONV_TYPES, QConv2d, QConvTranspose2d
 from .quantizers import act_qrange, weight_levels
@@ -377,8 +377,13 @@ def insert_fake_quant(gm: fx.GraphModule, *, weight_bits: int = 8, act_bits: int
             log.warning("insert-fake-quant: %s at node '%s' left in float (only 2-d convolutions are quantized)",
                         type(mod).__name__, node.name)
             continue
-        if type(mod) in (nn.Conv2d, nn.ConvTranspose2d):
-            convs.append(node)
+        if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d)):
+            reason = not_plain_reason(mod)
+            if reason is None:
+                convs.append(node)
+            else:
+                log.warning("insert-fake-quant: %s at node '%s' left in float (not a plain convolution: %s)",
+                            type(mod).__name__, node.name, reason)
 
     shared: dict[str, nn.Module] = {}
     for node in convs:

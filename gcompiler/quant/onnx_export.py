@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, GCompilerError
-from ..fx.utils import input_specs, node_shape
+from ..fx.utils import input_specs, node_shape, not_plain_reason
 from .int_ops import IntConv2d, IntConvTranspose2d, QuantizeActivation, subpixel_decomposition
 from .qmodules import QConv2d, QConvTranspose2d
 from .quantizers import ActFakeQuant
@@ -51,8 +51,7 @@ from .quantizers import ActFakeQuant
 DEFAULT_OPSET = 17
 
 
-class ExportError(GCompilerError):
-    """The graph contains something the ONNX exporter cannot express."""
+from ..errors import ExportError  # noqa: E402  (importable from here as before)
 
 
 def _require() -> tuple[Any, Any]:
@@ -319,6 +318,10 @@ class _Emitter:
             with torch.no_grad():
                 return self.float_conv(node, m, m.quantized_weight(), x)
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            reason = not_plain_reason(m)
+            if reason is not None:  # e.g. a subclass with its own forward: a plain Conv op would be wrong
+                raise ExportError(f"node '{node.name}': {type(m).__name__} ('{node.target}') is not a plain "
+                                  f"convolution ({reason}); it has no ONNX mapping")
             return self.float_conv(node, m, m.weight, self.arg(node.args[0]))
         x = self.arg(node.args[0]) if node.args else None
         if isinstance(m, (nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ZeroPad2d, nn.ConstantPad2d)):

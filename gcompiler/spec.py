@@ -6,7 +6,9 @@ Teacher specs (``--teacher``):
   with weights (``.pth`` read with ``weights_only=True``, or ``.safetensors``);
 * ``pkg.module:Class`` or ``pkg.module:Class:path/to/ckpt`` — the user's own ``nn.Module`` class,
   constructed without arguments (``--teacher-kw key=value`` passes constructor arguments to either form);
-* ``builtin:sr`` — the ×2 super-resolution teacher shipped with the package.
+* ``builtin:sr`` / ``builtin:cartoon`` — the teachers of the built-in tasks shipped with the package
+  (:mod:`gcompiler.data.tasks`), and ``builtin:NAME:discriminator`` — the discriminator each was trained
+  against.
 """
 from __future__ import annotations
 
@@ -39,10 +41,13 @@ def parse_teacher(spec: str) -> TeacherSpec:
     if not spec:
         raise ConfigError("--teacher is empty; give a zoo name (see `gcompiler zoo`), pkg.module:Class or builtin:sr")
     if spec.startswith("builtin:"):
-        name = spec.split(":", 1)[1]
-        if name != "sr":
-            raise ConfigError(f"--teacher {spec!r}: the only built-in teacher is builtin:sr")
-        return TeacherSpec("builtin", "sr")
+        from .data.tasks import TASKS
+
+        parts = spec.split(":")[1:]
+        if not (1 <= len(parts) <= 2 and parts[0] in TASKS and parts[1:] in ([], ["discriminator"])):
+            forms = ", ".join(f"builtin:{n}, builtin:{n}:discriminator" for n in TASKS)
+            raise ConfigError(f"--teacher {spec!r}: unknown built-in model; available: {forms}")
+        return TeacherSpec("builtin", ":".join(parts))
     head, _, rest = spec.partition(":")
     if head in models.available():
         return TeacherSpec("zoo", head, rest or None)
@@ -64,9 +69,10 @@ def build_teacher(spec: TeacherSpec, **kw: Any) -> torch.nn.Module:
     from .checkpoint import load_checkpoint
 
     if spec.kind == "builtin":
-        from .data.sr import load_teacher
+        from .data import tasks
 
-        return load_teacher().eval()
+        task, _, role = spec.name.partition(":")
+        return (tasks.load_discriminator(task) if role == "discriminator" else tasks.load_teacher(task)).eval()
     if spec.kind == "zoo":
         model = models.create(spec.name, **kw)
     else:

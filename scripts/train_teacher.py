@@ -73,6 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 keeps the machine usable by others and results reproducible)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    g.add_argument("--init-from", type=Path, default=None,
+                   help="warm start: embed a smaller trained srresnet (.safetensors + .json, e.g. an earlier "
+                        "teacher) into the new one so it starts computing exactly that network "
+                        "(see widen_from)")
     g.add_argument("--random-init", action="store_true",
                    help="plain random initialization instead of starting from bicubic upsampling")
     g.add_argument("--eval-every", type=int, default=300,
@@ -177,6 +181,65 @@ def d_scores(disc: torch.nn.Module, teacher: torch.nn.Module) -> dict[str, float
     return {"heldout_real": sum(real) / len(real), "heldout_teacher": sum(fake) / len(fake)}
 
 
+@torch.no_grad()
+def widen_from(model: torch.nn.Module, small: torch.nn.Module) -> None:
+    """Make the wider/deeper SRResNet ``model`` compute exactly what the trained ``small`` one computes.
+
+    Function-preserving widening (Net2Net-style, with zeros instead of copies): the first ``nf_s``
+    trunk channels and the first ``nb_s`` blocks take ``small``'s weights; every weight that *reads* a
+    new channel is 0 (so new channels change nothing at first but get gradients, since they carry
+    non-zero values), new output channels of a conv keep their random initialization, the new blocks'
+    last BatchNorm scale and shift are 0 (the block adds nothing), and BatchNorm statistics of the old
+    channels are copied. The PixelShuffle layout (channel ``4c + phase``) is respected in the
+    upsampling conv. Both must be ``srresnet`` with BatchNorm, the same scale, and ``model`` at least
+    as wide and deep.
+    """
+    nf_s, nf = small.conv_first.out_channels, model.conv_first.out_channels
+    nb_s, nb = len(small.body), len(model.body)
+    if nf_s > nf or nb_s > nb or len(small.upsample) != len(model.upsample):
+        raise SystemExit(f"--init-from: cannot embed srresnet nf {nf_s} nb {nb_s} into nf {nf} nb {nb}")
+
+    def conv(dst: torch.nn.Conv2d, src: torch.nn.Conv2d, out_map=None) -> None:
+        o = torch.arange(src.out_channels) if out_map is None else out_map
+        dst.weight[:, src.in_channels:] = 0.0
+        dst.weight[o, :src.in_channels] = src.weight
+        if src.bias is not None:
+            dst.bias[o] = src.bias
+
+    def bn(dst: torch.nn.BatchNorm2d, src: torch.nn.BatchNorm2d) -> None:
+        n = src.num_features
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(dst, name)[:n] = getattr(src, name)
+
+    conv(model.conv_first, small.conv_first)
+    model.prelu_first.weight.copy_(small.prelu_first.weight)
+    for i in range(nb):
+        d = model.body[i]
+        if i < nb_s:
+            s = small.body[i]
+            conv(d.conv1, s.conv1)
+            bn(d.bn1, s.bn1)
+            d.prelu.weight.copy_(s.prelu.weight)
+            conv(d.conv2, s.conv2)
+            bn(d.bn2, s.bn2)
+            d.bn2.weight[nf_s:] = 0.0  # new channels of the trunk: the block adds nothing there at first
+            d.bn2.bias[nf_s:] = 0.0
+        else:
+            d.bn2.weight.zero_()
+            d.bn2.bias.zero_()
+        d.conv1.weight[:, nf_s:] = 0.0  # (new channels are read by nothing)
+    conv(model.conv_body, small.conv_body)
+    bn(model.bn_body, small.bn_body)
+    model.bn_body.weight[nf_s:] = 0.0
+    model.bn_body.bias[nf_s:] = 0.0
+    for d, s in zip(model.upsample, small.upsample):
+        c = torch.arange(nf_s)
+        out_map = (4 * c[:, None] + torch.arange(4)[None, :]).reshape(-1)
+        conv(d.conv, s.conv, out_map)
+        d.prelu.weight.copy_(s.prelu.weight)
+    conv(model.conv_last, small.conv_last)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -192,7 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {"nf": args.nf, "nb": args.nb, "scale": 2, "bn": not args.no_bn}
     dkwargs = {"input_nc": 3, "ndf": args.ndf, "n_layers": 3, "norm": "instance"}
     model = models.create("srresnet", **kwargs)
-    if not args.random_init:
+    if args.init_from is not None:
+        from gcompiler.data.tasks import load_asset_model
+
+        small = load_asset_model(args.init_from)
+        widen_from(model, small)
+        print(f"warm start from {args.init_from} ({sum(p.numel() for p in small.parameters()):,} params)",
+              flush=True)
+    elif not args.random_init:
         init_as_upsampler(model)
     model = model.to(args.device)
     disc = models.create("patchgan_d", **dkwargs).to(args.device)
@@ -309,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         "task": "builtin:sr", "role": "teacher", "params": n_params, "command": command,
         "seed": args.seed, "steps": step, "time_budget_s": args.time_budget, "batch_size": args.batch_size,
         "patch_lr": args.patch,
-        "init": "random" if args.random_init else "bicubic-like (init_as_upsampler)",
+        "init": (f"warm start from {args.init_from} (widen_from)" if args.init_from else
+                 "random" if args.random_init else "bicubic-like (init_as_upsampler)"),
         "lr": args.lr, "warmup": args.warmup, "loss": "L1",
         "optimizer": "Adam(0.9, 0.999); cosine to 1% over "
                      + ("wall time (--time-budget)" if args.time_budget > 0 else "steps"),

@@ -325,8 +325,9 @@ def test_spec_parsing_and_auto_detection(tmp_path):
     assert parse_spec("aligned:" + str(tmp_path / "single")) == ("aligned", str(tmp_path / "single"))
     assert parse_spec("unpaired:" + str(tmp_path / "pair"))[0] == "unpaired"
     assert parse_spec("builtin:sr") == ("builtin:sr", None)
+    assert parse_spec("builtin:cartoon") == ("builtin:cartoon", None)
     assert isinstance(open_dataset("single:" + str(tmp_path / "single")), SingleFolderDataset)
-    with pytest.raises(DataError, match="builtin:sr"):
+    with pytest.raises(DataError, match="builtin:sr, builtin:cartoon"):
         parse_spec("builtin:imagenet")
     with pytest.raises(DataError, match="empty"):
         parse_spec("  ")

@@ -75,3 +75,142 @@ def load_asset_model(weights: str | Path, device: str | torch.device = "cpu") ->
         raise DataError(f"weights {str(wpath)!r} do not match {meta['arch']}({meta['kwargs']}): missing "
                         f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
     return model.float().to(device).eval()
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One built-in task (see the module docstring)."""
+
+    name: str  #: short name, e.g. ``"sr"``
+    description: str
+    teacher_weights: Path
+    baseline: str  #: ``"bicubic"`` or ``"identity"``
+    metric: str  #: what ``psnr``/``ssim`` mean for this task
+    value_range: tuple[float, float]
+    reference_input: Callable[[], tuple[int, ...]]  #: shape of the input MACs are reported at
+    _evaluate: Callable[..., dict[str, Any]] = dataclasses.field(repr=False)
+    _baseline_key: str = dataclasses.field(repr=False)
+    _psnr_key: str = dataclasses.field(repr=False)
+    _ssim_key: str = dataclasses.field(repr=False)
+
+    @property
+    def spec(self) -> str:
+        return f"builtin:{self.name}"
+
+    @property
+    def discriminator_weights(self) -> Path:
+        return discriminator_path(self.teacher_weights)
+
+
+def _eval_sr(model: torch.nn.Module | None, reference: torch.nn.Module | None, device: Any) -> dict[str, Any]:
+    from .sr import evaluate_sr
+
+    return evaluate_sr(model, device=device, reference=reference)
+
+
+def _eval_cartoon(model: torch.nn.Module | None, reference: torch.nn.Module | None, device: Any) -> dict[str, Any]:
+    from .cartoon import evaluate_cartoon
+
+    return evaluate_cartoon(model, device=device, reference=reference)
+
+
+TASKS: dict[str, Task] = {
+    "sr": Task(
+        name="sr", description="x2 super-resolution of photos (LR: antialiased bicubic downsampling, 8-bit)",
+        teacher_weights=SR_TEACHER, baseline="bicubic",
+        metric="PSNR/SSIM on Y (BT.601), 2-pixel border, 8-bit outputs, whole held-out photos",
+        value_range=(0.0, 1.0), reference_input=lambda: (1, 3, 64, 64),
+        _evaluate=_eval_sr, _baseline_key="bicubic", _psnr_key="psnr_y", _ssim_key="ssim_y"),
+    "cartoon": Task(
+        name="cartoon", description="photo -> cartoon (TV smoothing, colour quantization, dark Canny edges)",
+        teacher_weights=CARTOON_TEACHER, baseline="identity",
+        metric="PSNR/SSIM on RGB, 8-bit outputs, whole held-out photos (short side 256)",
+        value_range=(-1.0, 1.0), reference_input=lambda: (1, 3, 256, 256),
+        _evaluate=_eval_cartoon, _baseline_key="identity", _psnr_key="psnr", _ssim_key="ssim"),
+}
+
+
+def task_names() -> list[str]:
+    """Specs of the built-in tasks: ``["builtin:sr", "builtin:cartoon"]``."""
+    return [t.spec for t in TASKS.values()]
+
+
+def get_task(name: str | Task) -> Task:
+    """The task ``name`` (``"sr"``, ``"builtin:sr"``, ``"builtin:sr:discriminator"`` all give ``sr``)."""
+    if isinstance(name, Task):
+        return name
+    key = str(name).strip()
+    if key.startswith("builtin:"):
+        key = key[len("builtin:"):]
+    key = key.split(":", 1)[0]
+    if key not in TASKS:
+        raise DataError(f"unknown built-in task {name!r}; available: {', '.join(task_names())}")
+    return TASKS[key]
+
+
+def teacher_meta(task: str | Task) -> dict[str, Any]:
+    """The JSON record shipped with the task's teacher (arch, kwargs, command, seed, recorded held-out numbers)."""
+    return read_asset_meta(get_task(task).teacher_weights)
+
+
+def load_teacher(task: str | Task, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The shipped teacher of ``task`` (float32, eval mode)."""
+    return load_asset_model(get_task(task).teacher_weights, device)
+
+
+def load_discriminator(task: str | Task, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The discriminator the task's teacher was trained against (``builtin:NAME:discriminator``; float32,
+    eval mode). Its input and loss are described in its JSON record (``discriminator_meta``)."""
+    return load_asset_model(get_task(task).discriminator_weights, device)
+
+
+def discriminator_meta(task: str | Task) -> dict[str, Any]:
+    return read_asset_meta(get_task(task).discriminator_weights)
+
+
+def _summarize(task: Task, res: dict[str, Any]) -> dict[str, Any]:
+    mean, base = res["mean"], res["mean"][task._baseline_key]
+    out: dict[str, Any] = {"task": task.spec, "metric": task.metric, "baseline": task.baseline,
+                           "baseline_psnr": base[task._psnr_key], "baseline_ssim": base[task._ssim_key]}
+    if "model" in mean:
+        out.update(psnr=mean["model"][task._psnr_key], ssim=mean["model"][task._ssim_key])
+        out["gain_over_baseline_db"] = out["psnr"] - out["baseline_psnr"]
+    if "model_vs_reference" in mean:
+        out.update(psnr_to_reference=mean["model_vs_reference"][task._psnr_key],
+                   ssim_to_reference=mean["model_vs_reference"][task._ssim_key])
+    out["per_image"] = {n: {k: {"psnr": v[task._psnr_key], "ssim": v[task._ssim_key]} for k, v in row.items()}
+                        for n, row in res["per_image"].items()}
+    return out
+
+
+def evaluate(task: str | Task, model: torch.nn.Module, *, reference: torch.nn.Module | None = None,
+             device: str | torch.device = "cpu") -> dict[str, Any]:
+    """``model`` on the task's held-out photos with the task's protocol, the baseline beside it.
+
+    Returns ``{"task", "metric", "baseline", "psnr", "ssim", "baseline_psnr", "baseline_ssim",
+    "gain_over_baseline_db", "per_image"}`` (dB; with ``reference``, e.g. the teacher, also
+    ``"psnr_to_reference"``/``"ssim_to_reference"``). ``model`` is put in eval mode for the call.
+    """
+    t = get_task(task)
+    was = model.training
+    model.eval()
+    try:
+        return _summarize(t, t._evaluate(model, reference, device))
+    finally:
+        model.train(was)
+
+
+_BASELINE_CACHE: dict[str, dict[str, Any]] = {}
+
+
+def baseline_metrics(task: str | Task) -> dict[str, Any]:
+    """The task's baseline (bicubic for ``builtin:sr``, identity for ``builtin:cartoon``) on its held-out
+    photos: ``{"task", "name", "metric", "psnr", "ssim", "per_image"}`` (dB). Measured on the first call
+    (the data are fixed, so the result is cached per process)."""
+    t = get_task(task)
+    if t.name not in _BASELINE_CACHE:
+        s = _summarize(t, t._evaluate(None, None, "cpu"))
+        _BASELINE_CACHE[t.name] = {"task": t.spec, "name": t.baseline, "metric": t.metric,
+                                   "psnr": s["baseline_psnr"], "ssim": s["baseline_ssim"],
+                                   "per_image": {n: r[t.baseline] for n, r in s["per_image"].items()}}
+    return dict(_BASELINE_CACHE[t.name])

@@ -1,0 +1,218 @@
+"""The built-in tasks (``builtin:sr``, ``builtin:cartoon``): split, stylization, shipped teachers and
+discriminators, baselines, ``gcompiler tasks`` and a few steps of ``gcompiler compress`` on each."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gcompiler.cli import main
+from gcompiler.data import make_loader, open_dataset
+from gcompiler.data import cartoon as C
+from gcompiler.data import photos
+from gcompiler.data import tasks as T
+from gcompiler.data.images import RANGE_GAN, to_tensor
+from gcompiler.errors import ConfigError, DataError
+from gcompiler.metrics import psnr, ssim
+from gcompiler.spec import build_teacher, parse_teacher
+
+pytest.importorskip("skimage")
+
+
+# ---------------------------------------------------------------- split
+
+def test_split_is_fixed_and_disjoint_for_every_task():
+    assert photos.HELDOUT_PHOTOS == ("chelsea", "rocket")
+    assert photos.TRAIN_PHOTOS == photos.TRAIN_COLOR + photos.TRAIN_GRAY
+    assert not set(photos.TRAIN_PHOTOS) & set(photos.HELDOUT_PHOTOS)
+    from gcompiler.data import sr
+
+    for mod in (sr, C):
+        assert mod.HELDOUT_IMAGES == photos.HELDOUT_PHOTOS and mod.TRAIN_IMAGES == photos.TRAIN_PHOTOS
+    # disjoint in content: no held-out photo is a training photo (the cartoon working size is made from these)
+    for h in photos.HELDOUT_PHOTOS:
+        for t in photos.TRAIN_PHOTOS:
+            a, b = photos.load_photo(h), photos.load_photo(t)
+            assert a.shape != b.shape or not np.array_equal(a, b), (h, t)
+    assert open_dataset("builtin:cartoon", split="eval").names == list(photos.HELDOUT_PHOTOS)
+    assert open_dataset("builtin:cartoon").names == list(photos.TRAIN_PHOTOS)
+    with pytest.raises(DataError, match="held-out"):
+        C.CartoonTrainDataset(images=("coffee", "chelsea"))
+    with pytest.raises(DataError, match="unknown built-in photo"):
+        photos.load_photo("cat")  # the same photo as chelsea: never used
+
+
+def test_gray_photos_are_replicated_to_rgb():
+    cam = photos.load_photo("camera")
+    assert cam.shape == (512, 512, 3) and cam.dtype == np.uint8 and not cam.flags.writeable
+    assert np.array_equal(cam[..., 0], cam[..., 2])
+
+
+# ---------------------------------------------------------------- stylization
+
+def test_stylization_is_deterministic():
+    a = C.stylize(C.load_photo_small("rocket"))
+    C.load_target.cache_clear()
+    C.load_photo_small.cache_clear()
+    b = C.load_target("rocket")
+    assert np.array_equal(a, b) and a.dtype == np.uint8 and a.shape == b.shape
+    assert not b.flags.writeable
+
+
+def test_stylization_quantizes_colours_and_draws_dark_edges():
+    levels = np.rint(np.arange(C.LEVELS) / (C.LEVELS - 1) * 255).astype(int)
+    flat = np.full((64, 64, 3), (200, 90, 30), np.uint8)
+    out = C.stylize(flat)
+    expect = [levels[np.argmin(abs(levels - v))] for v in (200, 90, 30)]
+    assert (out.reshape(-1, 3) == expect).all()  # one palette colour, no edge anywhere
+    step = np.zeros((64, 64, 3), np.uint8)
+    step[:, 32:] = 255
+    out = C.stylize(step).astype(int)
+    assert (out[:, :28] == 0).all() and (out[:, 36:] == 255).all()
+    assert (out[8:-8, 32:35].min(axis=(1, 2)) <= 255 * C.EDGE_DARKNESS + 1).all()  # a dark line along the step
+    # the real photos: palette colours off the edges, darkened ones on them
+    y = C.load_target("chelsea").astype(int)
+    on_palette = np.isin(y, levels).all(axis=2)
+    assert 0.5 < on_palette.mean() < 0.99
+    assert y[~on_palette].max() <= 255 * C.EDGE_DARKNESS + 1
+    with pytest.raises(DataError, match="8-bit RGB"):
+        C.stylize(np.zeros((8, 8), np.uint8))
+
+
+def test_cartoon_datasets_give_aligned_pairs_in_gan_range():
+    ds = open_dataset("builtin:cartoon", crop_size=32, patches_per_epoch=4, seed=0)
+    assert isinstance(ds, C.CartoonTrainDataset) and ds.value_range == RANGE_GAN and len(ds) == 4
+    batch = next(iter(make_loader(ds, batch_size=4, seed=0, num_workers=0)))
+    assert batch["input"].shape == batch["target"].shape == (4, 3, 32, 32)
+    assert -1.0 <= float(batch["target"].min()) and float(batch["input"].max()) <= 1.0
+    ev = open_dataset("builtin:cartoon", split="eval")
+    item = ev[0]
+    assert item["input"].shape == (3, 256, 384)  # chelsea at short side 256, width a multiple of 4
+    assert torch.equal(item["target"], to_tensor(C.load_target("chelsea"), RANGE_GAN))
+    with pytest.raises(DataError, match=r"\[-1, 1\]"):
+        open_dataset("builtin:cartoon", value_range=(0, 1))
+    with pytest.raises(DataError, match="unknown option"):
+        open_dataset("builtin:cartoon", augment="dihedral")
+
+
+# ---------------------------------------------------------------- baselines and specs
+
+def test_baselines_match_direct_measurements():
+    b = T.baseline_metrics("builtin:cartoon")
+    assert b["name"] == "identity" and b is not T.baseline_metrics("cartoon")  # a copy of the cached value
+    xs = [C.to_unit_8bit(x) for _, x, _ in C.heldout_pairs()]
+    ys = [C.to_unit_8bit(y) for _, _, y in C.heldout_pairs()]
+    assert b["psnr"] == pytest.approx(np.mean([psnr(x, y) for x, y in zip(xs, ys)]), abs=1e-9)
+    assert b["ssim"] == pytest.approx(np.mean([ssim(x, y) for x, y in zip(xs, ys)]), abs=1e-9)
+    from gcompiler.data.sr import evaluate_sr
+
+    s = T.baseline_metrics("sr")
+    assert s["name"] == "bicubic" and s["psnr"] == evaluate_sr()["mean"]["bicubic"]["psnr_y"]
+    with pytest.raises(DataError, match="builtin:sr, builtin:cartoon"):
+        T.get_task("builtin:imagenet")
+
+
+def test_teacher_specs():
+    assert parse_teacher("builtin:cartoon").name == "cartoon"
+    assert parse_teacher("builtin:sr:discriminator").name == "sr:discriminator"
+    for bad in ("builtin:x", "builtin:sr:generator", "builtin:"):
+        with pytest.raises(ConfigError, match="builtin:cartoon:discriminator"):
+            parse_teacher(bad)
+
+
+def test_missing_assets_fail_clearly(tmp_path):
+    with pytest.raises(DataError, match="missing"):
+        T.load_asset_model(tmp_path / "none.safetensors")
+    (tmp_path / "w.safetensors").write_bytes(b"junk")
+    with pytest.raises(DataError, match="missing"):
+        T.load_asset_model(tmp_path / "w.safetensors")  # no JSON record
+    (tmp_path / "w.json").write_text('{"arch": "srresnet", "kwargs": {"nf": 8, "nb": 1, "scale": 2}}')
+    with pytest.raises(DataError, match="unreadable"):
+        T.load_asset_model(tmp_path / "w.safetensors")
+
+
+# ---------------------------------------------------------------- the shipped models
+
+def test_shipped_assets_fit_the_size_budget():
+    files = [p for t in T.TASKS.values() for p in (t.teacher_weights, t.discriminator_weights)]
+    assert sum(p.stat().st_size for p in files) <= 20_000_000
+    for t in T.TASKS.values():
+        meta = T.teacher_meta(t)
+        assert meta["storage"] == "fp16" and meta["heldout_images"] == list(photos.HELDOUT_PHOTOS)
+        assert meta["train_images"] == list(photos.TRAIN_PHOTOS)
+    assert T.teacher_meta("cartoon")["arch"] == "resnet_9blocks"
+    assert T.teacher_meta("cartoon")["kwargs"]["ngf"] == 32
+
+
+def test_discriminators_load_by_spec_and_score_images():
+    for name, x in (("sr", torch.rand(1, 3, 64, 64)), ("cartoon", torch.rand(1, 3, 64, 64) * 2 - 1)):
+        d = build_teacher(parse_teacher(f"builtin:{name}:discriminator"))
+        assert all(p.dtype == torch.float32 for p in d.parameters())
+        with torch.no_grad():
+            out = d(x)
+        assert out.dim() == 4 and out.shape[1] == 1 and torch.isfinite(out).all()
+        meta = T.discriminator_meta(name)
+        assert meta["role"] == "discriminator" and meta["task"] == f"builtin:{name}"
+
+
+def test_cartoon_teacher_has_the_zoo_layout():
+    from gcompiler import models
+
+    t = build_teacher(parse_teacher("builtin:cartoon"))
+    ref = models.create("resnet_9blocks", ngf=32)
+    assert list(t.state_dict()) == list(ref.state_dict())  # the zoo's reference keys
+    assert any(isinstance(m, torch.nn.ReflectionPad2d) for m in t.modules())
+    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in t.modules())
+
+
+@pytest.mark.slow
+def test_tasks_json_measures_the_teachers_and_they_reproduce_their_records(capsys):
+    """``gcompiler tasks --json`` measures now; the numbers match those recorded at training (0.05 dB)."""
+    rc = main(["tasks", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert rc == 0 and [r["name"] for r in rows] == T.task_names()
+    for r in rows:
+        for key in ("name", "layout", "teacher_params", "teacher_macs", "teacher_psnr", "teacher_ssim",
+                    "baseline", "baseline_psnr", "baseline_ssim", "teacher_size_bytes", "stored_bytes"):
+            assert key in r, key
+        assert abs(r["teacher_psnr"] - r["recorded_psnr"]) <= 0.05, r["name"]
+        assert r["baseline_psnr"] == T.baseline_metrics(r["name"])["psnr"]
+        assert r["teacher_ssim"] > r["baseline_ssim"]
+    sr, cartoon = rows
+    assert sr["baseline"] == "bicubic" and sr["gain_db"] > 1.0
+    assert cartoon["baseline"] == "identity" and cartoon["gain_db"] >= 3.0
+    from gcompiler.profiler import profile
+
+    t = T.load_teacher("cartoon")
+    assert cartoon["teacher_macs"] == profile(t, torch.zeros(1, 3, 256, 256)).macs
+    assert cartoon["teacher_params"] == sum(p.numel() for p in t.parameters())
+    rc = main(["tasks", "--task", "nope"])
+    assert rc == 2 and "unknown built-in task" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- compress on each task
+
+FAST = ["--batch-size", "2", "--workers", "0", "--threads", "1", "--quiet", "--sample-every", "0",
+        "--opt", "disc_layers=2", "--opt", "disc_ndf=8", "--max-steps", "2", "--finetune-steps", "1"]
+
+
+def _methods() -> list[str]:
+    from gcompiler.methods import available_methods
+
+    return list(available_methods())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", _methods())
+@pytest.mark.parametrize("task,crop", [("sr", "16"), ("cartoon", "32")])
+def test_compress_runs_on_each_builtin_task(tmp_path, capsys, task, crop, method):
+    out = tmp_path / method
+    rc = main(["compress", "--teacher", f"builtin:{task}", "--data", f"builtin:{task}", "--method", method,
+               "--crop", crop, "--out", str(out), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["psnr_to_target"] is not None
+    assert summary["params_before"] == sum(p.numel() for p in T.load_teacher(task).parameters())

@@ -275,6 +275,12 @@ def run_job(settings: Any, info: Any, options: Any, *, teacher: nn.Module | None
             raise ConfigError(f"method {info.name!r} returned {type(result).__name__}; a method's run(job, opts) "
                               f"returns {{'summary': ..., 'report': ...}} (see docs/methods.md)")
         result = dict(result)
+        from .methods.base import REFERENCE_KEYS, SUMMARY_KEYS
+
+        summary = dict(result["summary"])
+        if any(k not in summary for k in REFERENCE_KEYS):
+            summary.update({k: v for k, v in job.reference_scores().items() if k not in summary})
+        result["summary"] = {**{k: summary[k] for k in SUMMARY_KEYS if k in summary}, **summary}
         report = dict(result.get("report") or {})
         report.setdefault("pass_log", job.pass_log_rows())
         result["report"] = report

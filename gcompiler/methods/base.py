@@ -41,7 +41,11 @@ log = logging.getLogger("gcompiler.compress")
 
 #: The keys of ``summary.json``, in order.
 SUMMARY_KEYS = ("method", "input_shape", "macs_before", "macs_after", "params_before", "params_after",
-                "size_bytes_before", "size_bytes_after", "psnr_to_teacher", "psnr_to_target", "steps", "wall_s")
+                "size_bytes_before", "size_bytes_after", "psnr_to_teacher", "psnr_to_target", "teacher_psnr",
+                "baseline", "baseline_psnr", "steps", "wall_s")
+#: Keys of ``summary.json`` that :meth:`CompressJob.export` fills itself when a method leaves them out:
+#: the teacher's PSNR to the ground truth and the task's baseline (name and PSNR) on the same held-out images.
+REFERENCE_KEYS = ("teacher_psnr", "baseline", "baseline_psnr")
 
 
 @dataclass
@@ -153,7 +157,12 @@ class CompressJob:
         self.dataset = dataset
         self.value_range: tuple[float, float] = tuple(getattr(dataset, "value_range", (-1.0, 1.0)))  # type: ignore
         self.reference_input = reference_input
-        self.builtin_sr = settings.data.strip() == "builtin:sr"
+        from ..data.tasks import task_names
+
+        #: the built-in task of the data (``"builtin:sr"``, ``"builtin:cartoon"``) or ``None`` (a folder)
+        self.builtin_task: str | None = settings.data.strip() if settings.data.strip() in task_names() else None
+        self.builtin_sr = self.builtin_task == "builtin:sr"
+        self._reference_scores: dict[str, Any] | None = None
         self.train_output_shape: tuple[int, ...] = ()
         self.teacher_profile = profile(teacher, reference_input)
         from ..spec import parse_target_macs
@@ -188,9 +197,9 @@ class CompressJob:
             tspec = parse_teacher(settings.teacher)
             teacher = build_teacher(tspec, **settings.teacher_kw)
             if tspec.kind == "builtin":
-                from ..data.sr import teacher_meta
+                from ..data.tasks import teacher_meta
 
-                meta = teacher_meta()
+                meta = teacher_meta(tspec.name)
                 info.update(arch=meta.get("arch"), kwargs=dict(meta.get("kwargs", {})))
             elif tspec.kind == "zoo":
                 info["arch"] = tspec.name
@@ -299,103 +308,27 @@ class CompressJob:
                            seed=self.settings.seed + seed_offset, num_workers=self.settings.data_workers())
 
     # -- evaluation -------------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, student: nn.Module, device: str | torch.device = "cpu") -> dict[str, Any]:
-        """PSNR of ``student`` to the teacher (and to the ground truth when there is one) on held-out images.
+        """PSNR of ``student`` to the teacher and to the ground truth on held-out images, with the teacher's
+        and the baseline's numbers beside it (:func:`gcompiler.methods.evaluation.evaluate_student`)."""
+        from .evaluation import evaluate_student
 
-        ``builtin:sr``: the fixed held-out photos, whole, with the SR protocol of
-        :func:`gcompiler.data.sr.evaluate_sr` (outputs rounded to 8 bits, Y channel, 2-pixel border);
-        ``psnr_to_teacher`` compares with the teacher's rounded output. Folders: up to ``--eval-images``
-        images of the data's eval split (whole images, RGB PSNR over the value range).
-        Returns ``{"psnr_to_teacher", "psnr_to_target" (or None), "protocol", "details"}``.
-        """
-        was = student.training
-        student.eval()
-        teacher = self.teacher.to(device)
-        try:
-            if self.builtin_sr:
-                from ..data.sr import evaluate_sr
+        return evaluate_student(self, student, device)
 
-                res = evaluate_sr(student, device=device, reference=teacher)
-                t_res = evaluate_sr(teacher, device=device)
-                mean = res["mean"]
-                return {"psnr_to_teacher": mean["model_vs_reference"]["psnr_y"],
-                        "psnr_to_target": mean["model"]["psnr_y"],
-                        "protocol": "builtin:sr held-out photos; PSNR on Y (BT.601), 2-pixel border, 8-bit outputs",
-                        "details": {"student": res, "teacher_to_target": t_res["mean"]["model"],
-                                    "bicubic_to_target": t_res["mean"]["bicubic"]}}
-            return self._evaluate_folder(student, teacher, device)
-        finally:
-            student.train(was)
+    def reference_scores(self, device: str | torch.device = "cpu") -> dict[str, Any]:
+        """``{"teacher_psnr", "baseline", "baseline_psnr"}`` on the held-out images (measured once per job;
+        :func:`gcompiler.methods.evaluation.reference_scores`)."""
+        from .evaluation import reference_scores
 
-    def _evaluate_folder(self, student: nn.Module, teacher: nn.Module, device: str | torch.device) -> dict[str, Any]:
-        from ..data import open_dataset
-        from ..metrics import psnr
+        return reference_scores(self, device)
 
-        ds = open_dataset(self.settings.data, split="eval", value_range=self.value_range, seed=0)
-        lo, hi = self.value_range
-        n = min(len(ds), self.settings.eval_images) if self.settings.eval_images else len(ds)
-        to_t, to_y = [], []
-        for i in range(n):
-            item = ds[i]
-            x = item["input"][None].to(device)
-            t = teacher(x).float().clamp(lo, hi)
-            s = student(x).float().clamp(lo, hi)
-            to_t.append(psnr(s, t, data_range=hi - lo))
-            tgt = item.get("target")
-            if isinstance(tgt, torch.Tensor) and tuple(tgt.shape) == tuple(s.shape[1:]):
-                to_y.append(psnr(s, tgt[None].to(device), data_range=hi - lo))
-        return {"psnr_to_teacher": float(sum(to_t) / len(to_t)) if to_t else None,
-                "psnr_to_target": float(sum(to_y) / len(to_y)) if to_y else None,
-                "protocol": f"first {n} images of the eval split of --data {self.settings.data}, whole, RGB PSNR "
-                            f"over the value range {list(self.value_range)}",
-                "details": {"images": n}}
-
-    @torch.no_grad()
     def save_samples(self, student: nn.Module, path: str | os.PathLike, *, device: str | torch.device = "cpu",
                      rows: int = 4) -> Path | None:
-        """A PNG grid of held-out samples, one row each: input | teacher | student (| ground truth).
+        """A PNG grid of held-out samples, input | teacher | student (| ground truth)
+        (:func:`gcompiler.methods.evaluation.save_samples`)."""
+        from .evaluation import save_samples
 
-        ``builtin:sr``: the centre 64 x 64 (low-resolution) crop of every held-out photo; folders: fixed
-        crops of the first eval images. Returns the path, or ``None`` when nothing could be drawn.
-        """
-        from ..train.runlog import save_grid
-
-        was = student.training
-        student.eval()
-        try:
-            if self.builtin_sr:
-                from ..data.sr import SCALE, heldout_pairs
-
-                xs, ys = [], []
-                for _name, lr, hr in heldout_pairs():
-                    h, w = lr.shape[-2:]
-                    c = min(64, h, w)
-                    top, left = (h - c) // 2, (w - c) // 2
-                    xs.append(lr[..., top:top + c, left:left + c])
-                    ys.append(hr[..., SCALE * top:SCALE * (top + c), SCALE * left:SCALE * (left + c)])
-                x, gt = torch.cat(xs), torch.cat(ys)
-            else:
-                from ..data import open_dataset
-
-                ds = open_dataset(self.settings.data, split="eval", value_range=self.value_range, seed=0,
-                                  crop_size=int(self.reference_input.shape[-1]) if self.settings.crop else None)
-                items = [ds[i] for i in range(min(rows, len(ds)))]
-                if not items or any(it["input"].shape != items[0]["input"].shape for it in items):
-                    return None
-                x = torch.stack([it["input"] for it in items])
-                gt = (torch.stack([it["target"] for it in items]) if all(isinstance(it.get("target"), torch.Tensor)
-                                                                        for it in items) else None)
-            x = x.to(device)
-            cols = [x, self.teacher.to(device)(x), student(x)]
-            if gt is not None and tuple(gt.shape[1:]) == tuple(cols[-1].shape[1:]):
-                cols.append(gt)
-            return save_grid(cols, path, self.value_range, max_rows=rows)
-        except (OSError, ValueError, RuntimeError) as exc:
-            log.warning(f"could not draw the held-out sample grid: {exc}")
-            return None
-        finally:
-            student.train(was)
+        return save_samples(self, student, path, device=device, rows=rows)
 
     # -- export -----------------------------------------------------------------------------------
     def export(self, student: fx.GraphModule, summary: Mapping[str, Any], report: Mapping[str, Any] | None = None
@@ -407,6 +340,11 @@ class CompressJob:
         """
         from .. import serialize
 
+        summary = dict(summary)
+        if any(k not in summary for k in REFERENCE_KEYS):
+            ref = self.reference_scores()
+            for k in REFERENCE_KEYS:
+                summary.setdefault(k, ref[k])
         missing = [k for k in SUMMARY_KEYS if k not in summary]
         extra = [k for k in summary if k not in SUMMARY_KEYS]
         if missing or extra:
@@ -510,33 +448,6 @@ def _jsonable(v: Any) -> Any:
     return f"<{type(v).__name__}>"
 
 
-def _short_count(v: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(v) >= div:
-            return f"{v / div:.3f}{unit}"
-    return str(int(v))
-
-
-def pass_log_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The pass log of a run (``report.json["pass_log"]``) as a text table, one line per pass."""
-    def arrow(pair: Sequence[Any], fmt: Any = str) -> str:
-        a, b = pair
-        f = (lambda v: "?" if v is None else fmt(v))
-        return f(a) if a == b else f"{f(a)} -> {f(b)}"
-
-    head = ("stage", "pass", "time", "nodes", "params", "MACs", "max rel err", "contract")
-    body = []
-    for r in rows:
-        opts = ",".join(f"{k}={v}" for k, v in (r.get("options") or {}).items())
-        body.append((str(r.get("stage", "")), r["pass"] + (f"{{{opts}}}" if opts and len(opts) < 40 else ""),
-                     f"{r['seconds'] * 1e3:.0f} ms", arrow(r["nodes"]), arrow(r["params"], lambda v: f"{v:,}"),
-                     arrow(r["macs"], _short_count),
-                     "-" if r.get("error") is None else f"{r['error']:.2e}", str(r.get("contract", ""))))
-    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(head)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
-
-
 def merge_options(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
     """Later mappings override earlier ones (``None`` values in a later layer do not override)."""
     out: dict[str, Any] = {}
@@ -545,33 +456,6 @@ def merge_options(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
             if v is not None:
                 out[k] = v
     return out
-
-
-def describe_bytes(n: float) -> str:
-    for unit, div in (("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if n >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{int(n)} B"
-
-
-def summary_table(summary: Mapping[str, Any]) -> str:
-    """A before/after table of a summary (MACs, params, size, PSNR)."""
-    rows = [("MACs", f"{summary['macs_before'] / 1e9:.3f} G", f"{summary['macs_after'] / 1e9:.3f} G",
-             f"{summary['macs_before'] / max(summary['macs_after'], 1):.1f}x"),
-            ("params", f"{summary['params_before']:,}", f"{summary['params_after']:,}",
-             f"{summary['params_before'] / max(summary['params_after'], 1):.1f}x"),
-            ("size", describe_bytes(summary["size_bytes_before"]), describe_bytes(summary["size_bytes_after"]),
-             f"{summary['size_bytes_before'] / max(summary['size_bytes_after'], 1):.1f}x")]
-    pt = summary.get("psnr_to_teacher")
-    rows.append(("PSNR to teacher", "-", f"{pt:.2f} dB" if pt is not None else "-", ""))
-    py = summary.get("psnr_to_target")
-    if py is not None:
-        rows.append(("PSNR to target", "", f"{py:.2f} dB", ""))
-    head = ("", "teacher", "student", "ratio")
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(4)]
-    fmt = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                              for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
 
 
 def reference_shape(x: torch.Tensor) -> list[int]:
@@ -586,4 +470,7 @@ def finite_or_none(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-__all__: Sequence[str] = ("Settings", "CompressJob", "SUMMARY_KEYS", "merge_options", "summary_table")
+from .evaluation import describe_bytes, pass_log_table, summary_table  # noqa: E402,F401  (re-exported)
+
+__all__: Sequence[str] = ("Settings", "CompressJob", "SUMMARY_KEYS", "REFERENCE_KEYS", "merge_options",
+                          "summary_table", "pass_log_table", "describe_bytes")

@@ -2,7 +2,8 @@
 of ``tests/test_real_generators.py``: each entry builds a small model and its example inputs.
 
 ``CASES[name] = Case(build, inputs, kwargs, exercises, prunable)``; ``prunable=False`` marks a model where
-pruning is impossible and gcompiler must refuse with a reason (``refusal`` names a word of that reason).
+pruning is impossible and gcompiler must refuse with a reason (``refusal`` names a word of that reason);
+``saveable=False`` one holding a user module type that ``gcompiler.save`` must refuse by name.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class Case:
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     prunable: bool = True
     refusal: str = ""
+    saveable: bool = True  # False: a user module type that gcompiler.save must refuse (it needs the model's code)
 
 
 def _img(n=1, c=3, s=16):
@@ -61,6 +63,7 @@ CASES: dict[str, Case] = {
                     "buffer reassigned with .to(x), F.relu(inplace=True)"),
     "helpers": Case(misc.HelperNet, _img(s=14), "helper functions with shape asserts, reflect pad to a multiple, "
                     "space-to-depth, crop"),
-    "custom_conv": Case(misc.CustomConvNet, _img(), "conv subclasses: init-only (plain) and own forward (unknown)"),
+    "custom_conv": Case(misc.CustomConvNet, _img(), "conv subclasses: init-only (plain) and own forward (unknown; "
+                        "kept float by insert-fake-quant, refused by save)", saveable=False),
     "groupnorm": Case(misc.GroupNormNet, _img(), "GroupNorm(1, C) everywhere", prunable=False, refusal="GroupNorm(1"),
 }

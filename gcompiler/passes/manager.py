@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, Sequence, Union
 import torch
 import torch.fx as fx
 
+from ..analysis.cache import invalidate
 from ..errors import GCompilerError, PassError, TraceError, VerificationError
 from ..fx.trace import propagate_shapes, trace
 from ..fx.utils import input_specs, random_inputs
@@ -236,11 +237,7 @@ def _combined(contracts: Sequence[Contract | None]) -> Contract | None:
 
 
 def _invalidate(gm: fx.GraphModule, preserves: Sequence[str]) -> None:
-    cache = gm.meta.get("analysis_cache")
-    if isinstance(cache, dict):
-        for key in list(cache):
-            if key not in preserves:
-                del cache[key]
+    invalidate(gm, keep=tuple(preserves))
     gm.meta["graph_version"] = int(gm.meta.get("graph_version", 0)) + 1
 
 

@@ -113,13 +113,19 @@ def test_end_to_end_under_a_macs_budget(tmp_path, capsys):
     assert student(torch.rand(1, 3, 16, 16) * 2 - 1).shape == (1, 3, 16, 16)
 
 
-def test_mobile_student_needs_substitute_ops(tmp_path, capsys):
-    from gcompiler.passes.registry import available
-
-    if "substitute-ops" in available():
-        pytest.skip("substitute-ops is registered: the mobile student is built")
+def test_mobile_student_through_substitute_ops(tmp_path, capsys):
     data = make_folder(tmp_path / "data", n=4, size=24)
+    out = tmp_path / "run"
     rc, _, err = run(capsys, "--teacher", "resnet_9blocks", "--teacher-kw", "ngf=4", "--teacher-kw", "n_blocks=3",
-                     "--macs-size", "16", "--data", str(data), "--method", "gan-compression", "--max-steps", "1",
-                     "--opt", "student=mobile", "--out", str(tmp_path / "run"), *FAST)
-    assert rc != 0 and "substitute-ops" in err
+                     "--macs-size", "16", "--data", str(data), "--method", "gan-compression", "--max-steps", "2",
+                     "--finetune-steps", "1", "--target-macs", "1.5x", "--opt", "student=mobile", "--out", str(out),
+                     "--opt", "search_evals=6", "--opt", "population=3", "--opt", "search_images=2", *FAST)
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["pass"] for r in report["pass_log"]] == ["substitute-ops", "derive-architecture", "make-supernet"]
+    assert report["supernet"]["space"] == "groups"  # inverted residual blocks: widths per group, not the string
+    assert any(g.endswith("_expand") for g in report["supernet"]["groups"])
+    assert summary["macs_after"] <= summary["macs_before"] / 1.5
+    # taps: trunk input and the three residual additions, paired by position with the teacher's
+    assert [t for t, _ in report["feature_taps"]][0] == [t for _, t in report["feature_taps"]][0] == "model_9"

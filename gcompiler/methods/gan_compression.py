@@ -63,7 +63,7 @@ class GANCompressionOptions:
 
     student: Literal["teacher", "mobile"] = "teacher"
     "Student layout: the teacher's own, or 'mobile' (every residual block depthwise-separable via substitute-ops)."
-    mobile_pipeline: str = "substitute-ops"
+    mobile_pipeline: str = "substitute-ops{candidates=dwsblock,widths=full,stem_header=false},derive-architecture"
     "Pass pipeline that makes the mobile student (student=mobile)."
     lambda_recon: float = 100.0
     "Weight of the L1 reconstruction loss (ground truth when paired, else the teacher's output)."
@@ -190,11 +190,29 @@ def residual_taps(gm: fx.GraphModule) -> list[str]:
     if not best:
         raise ConfigError("gan-compression: no residual trunk found to tap; name the distilled nodes with "
                           "--opt feature_taps=student_node=teacher_node,...")
-    first = best[0].args[0]
+    first = _skip_operand(best[0])
     n = len(best)
     picks = sorted({max(1, round(n / 3)), max(1, round(2 * n / 3)), n})
     taps = ([first.name] if isinstance(first, fx.Node) else []) + [best[i - 1].name for i in picks]
     return list(dict.fromkeys(taps))
+
+
+def _skip_operand(add: fx.Node) -> fx.Node | None:
+    """The operand of a residual ``add`` that the other operand is computed from (the block's input)."""
+    a, b = (x for x in add.args[:2])
+    if not isinstance(a, fx.Node) or not isinstance(b, fx.Node):
+        return a if isinstance(a, fx.Node) else b if isinstance(b, fx.Node) else None
+    for skip, branch in ((a, b), (b, a)):
+        seen, stack = set(), [branch]
+        while stack:
+            n = stack.pop()
+            if n is skip:
+                return skip
+            if n.name in seen:
+                continue
+            seen.add(n.name)
+            stack.extend(x for x in n.all_input_nodes)
+    return a
 
 
 class SlicedFeatureLoss(FeatureDistillLoss):

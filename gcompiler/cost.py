@@ -46,7 +46,7 @@ class Estimate:
 
     macs: int
     params: int
-    _rows: list[tuple[str, str, int, int]]
+    _rows: Any  # a list of (node, op, MACs, params) or a function making it
     removed: dict[str, int]  # group -> removed units
 
     def size_bytes(self, bits: int = 32) -> float:
@@ -59,6 +59,8 @@ class Estimate:
     @property
     def rows(self) -> list[NodeCost]:
         """One row per node the built network keeps (node, op, MACs, params)."""
+        if callable(self._rows):
+            self._rows = self._rows()
         return [NodeCost(n, op, None, m, p) for n, op, m, p in self._rows]
 
     def __repr__(self) -> str:
@@ -71,6 +73,8 @@ class _Cache:
     def __init__(self) -> None:
         self.key: Any = None
         self.static: _Static | None = None
+        self.modules: list = []
+        self.tensors: list[torch.Tensor] = []
 
     def __deepcopy__(self, memo: dict) -> "_Cache":
         return _Cache()
@@ -117,6 +121,7 @@ class _Static:
         self.live = {n: analyse_group(self.ctx, g, self._overrides(n, dead=False)) for n, g in self.groups.items()}
         self._dead: dict[str, Any] = {}
         self.collapse_cache: dict[Any, Any] = {}
+        self.reach: dict[str, np.ndarray] = {}
         self.dead_after_cache: dict[Any, set[str]] = {}
         nodes = self.ctx.nodes
         # removed channels of a tensor = sum over its groups of (units removed x channels per unit)
@@ -180,6 +185,11 @@ class _Static:
         self.widths = {n.name: node_shape(n)[1] for n in gm.graph.nodes
                        if node_shape(n) is not None and len(node_shape(n)) >= 2}
         self.no_bias = {e[1] for e in self.entries if e[0] == "conv" and not e[11]}
+        self.var_entries = [e for e in self.entries if e[0] != "fixed"]
+        self.fixed_cost = {e[1]: e[2:] for e in self.entries if e[0] == "fixed"}
+        self.fixed_macs = sum(e[3] for e in self.entries if e[0] == "fixed")
+        self.fixed_params = sum(e[4] for e in self.entries if e[0] == "fixed")
+        self.live_off: dict[str, tuple[int, np.ndarray]] = {}
         self.nodes = nodes
 
     def _overrides(self, name: str, *, dead: bool) -> dict[str, torch.Tensor] | None:
@@ -209,10 +219,24 @@ class _Static:
         return a
 
 
-def _version_key(gm: fx.GraphModule, masks_ids: set[int]) -> tuple:
-    vers = tuple(t._version for t in list(gm.parameters()) + list(gm.buffers()) if id(t) not in masks_ids)
-    record = (gm.meta.get("masks") or {}).get("groups", {})
-    return (id(gm.graph), gm.code, vers, tuple(record))
+def _module_list(gm: fx.GraphModule) -> list[tuple[dict, str, Any]]:
+    """(container dict, key, object) for every submodule, parameter and buffer of ``gm``."""
+    out: list[tuple[dict, str, Any]] = []
+    for _, mod in gm.named_modules():
+        out.extend((mod._modules, k, v) for k, v in mod._modules.items() if v is not None)
+        out.extend((mod._parameters, k, v) for k, v in mod._parameters.items() if v is not None)
+        out.extend((mod._buffers, k, v) for k, v in mod._buffers.items() if v is not None)
+    return out
+
+
+def _version_key(gm: fx.GraphModule, entries: list[tuple[dict, str, Any]], tensors: list[torch.Tensor]) -> tuple:
+    """Graph code, mask record, and the versions of every non-mask parameter and buffer; None when a
+    submodule, parameter or buffer was replaced (the structure is then stale)."""
+    for d, k, v in entries:
+        if d.get(k) is not v:
+            return ("stale",)
+    return (id(gm.graph), gm.code, tuple((gm.meta.get("masks") or {}).get("groups", {})),
+            tuple([t._version for t in tensors]))
 
 
 def _static(gm: fx.GraphModule) -> _Static:
@@ -220,19 +244,25 @@ def _static(gm: fx.GraphModule) -> _Static:
     if not isinstance(cache, _Cache):
         cache = _Cache()
         gm.meta["cost_model"] = cache
-    mask_ids = {id(p) for p in cache.static.mask_params.values()} if cache.static is not None else set()
-    key = _version_key(gm, mask_ids)
-    if cache.static is None or cache.key != key:
-        cache.static = _Static(gm)
-        cache.key = _version_key(gm, {id(p) for p in cache.static.mask_params.values()})
+    if cache.static is not None:
+        key = _version_key(gm, cache.modules, cache.tensors)
+        if key == cache.key:
+            return cache.static
+    cache.static = _Static(gm)
+    cache.modules = _module_list(gm)
+    mask_ids = {id(p) for p in cache.static.mask_params.values()}
+    cache.tensors = [v for _, _, v in cache.modules if isinstance(v, torch.Tensor) and id(v) not in mask_ids]
+    cache.key = _version_key(gm, cache.modules, cache.tensors)
     return cache.static
 
 
 def _dead_units(st: _Static, masks: Mapping[str, Any] | None, widths: Mapping[str, int] | None
                 ) -> dict[str, np.ndarray]:
     dead: dict[str, np.ndarray] = {}
+    given = set(widths or ()) | {k if k in st.groups else st.module_to_group.get(k) for k in (masks or ())}
     for name, p in st.mask_params.items():
-        dead[name] = (p.detach() == 0).cpu().numpy()
+        if name not in given:
+            dead[name] = (p.detach() == 0).cpu().numpy()
     for key, m in (masks or {}).items():
         name = key if key in st.groups else st.module_to_group.get(key)
         if name is None or name not in st.record:
@@ -320,17 +350,21 @@ def _price(st: _Static, analyses: dict[str, Any], dec, dead: dict[str, np.ndarra
     else:
         dead_nodes = set()
     biased = _fold_biases(st, analyses, removed, gone) if st.no_bias else set()
-    rows: list[tuple[str, str, int, int]] = []
-    macs = params = 0
+    var: dict[str, tuple[int, int]] = {}
+    macs, params = st.fixed_macs, st.fixed_params
+    for name in gone:
+        f = st.fixed_cost.get(name)
+        if f is not None:
+            macs -= f[1]
+            params -= f[2]
     widths = st.widths
-    for e in st.entries:
+    off_cache: dict[str, Any] = {}
+    for e in st.var_entries:
         name = e[1]
         if name in gone:
             continue
         kind = e[0]
-        if kind == "fixed":
-            m, p = e[3], e[4]
-        elif kind == "conv":
+        if kind == "conv":
             _, _, op, x, c_in0, c_out0, per, k, groups, dw, transposed, has_bias, m0, p0 = e
             r_in, r_out = rm.get(x, 0), rm.get(name, 0)
             if not r_in and not r_out and name not in biased:
@@ -345,17 +379,14 @@ def _price(st: _Static, analyses: dict[str, Any], dec, dead: dict[str, np.ndarra
                 if has_bias or name in biased:
                     p += c_out
         elif kind == "mask":
-            _, _, op, x, fold, mod, group = e
+            fold = e[4]
             m = 0
-            keep_n = widths[name] - rm.get(name, 0)
-            if not _mask_survives(mod, group, removed, dead):
-                p = 0
-            elif fold == "weights" or fold == "norm":
+            if fold in ("weights", "norm") or not _mask_survives(st, e, removed, dead, off_cache):
                 p = 0
             elif fold == "norm_affine":
-                p = 2 * keep_n
+                p = 2 * (widths[name] - rm.get(name, 0))
             else:
-                p = keep_n
+                p = widths[name] - rm.get(name, 0)
         else:  # member
             _, _, op, x, pk, c0, m0, p0 = e
             r = rm.get(name, 0)
@@ -364,41 +395,72 @@ def _price(st: _Static, analyses: dict[str, Any], dec, dead: dict[str, np.ndarra
             else:
                 c = c0 - r
                 m = 0
-                if pk == "prelu":
+                if pk == "prelu" or pk == "bias":
                     p = c
                 elif pk == "prelu1":
                     p = 1
-                elif pk == "bias":
-                    p = c
                 else:
                     p = pk * c
         macs += m
         params += p
-        rows.append((name, e[2], m, p))
+        var[name] = (m, p)
+    extra: list[tuple[str, str, int, int]] = []
     for col in dec.collapses.values():
         if col.bias is not None and col.add not in dead_nodes:
             w = widths[col.add] - rm.get(col.add, 0)
             params += w
-            rows.append((f"bias_{col.add}", "ChannelBias", 0, w))
+            extra.append((f"bias_{col.add}", "ChannelBias", 0, w))
+
+    def rows() -> list[tuple[str, str, int, int]]:
+        out = []
+        for e in st.entries:
+            name = e[1]
+            if name in gone:
+                continue
+            if e[0] == "fixed":
+                out.append((name, e[2], e[3], e[4]))
+            elif name in var:
+                out.append((name, e[2]) + var[name])
+        return out + extra
+
     return Estimate(int(macs), int(params), rows, counts)
 
 
-def _mask_survives(mod, group: str | None, removed: dict[str, list[int]], dead: dict[str, np.ndarray]) -> bool:
-    """Does a ChannelMask stay after elimination (some kept channel has a scale other than 1)?"""
-    s = mod.channel_scale().detach()
-    off = s != 1
-    d = dead.get(group) if group is not None else None
-    if d is not None:  # the setting's scale: 0 where killed, else the current value (1 where that is 0)
-        off = torch.where(torch.from_numpy(d), torch.ones_like(off), (s != 1) & (s != 0))
-    if not bool(off.any()):
+def _mask_survives(st: _Static, e: tuple, removed: dict[str, list[int]], dead: dict[str, np.ndarray],
+                   off_cache: dict[str, np.ndarray]) -> bool:
+    """Does a ChannelMask stay after elimination (some kept unit reaching it has a scale other than 1)?
+
+    The setting's scale is 0 where a unit is killed and the current value elsewhere (1 where that is 0)."""
+    mod, group = e[5], e[6]
+    key = group if group is not None else e[1]
+    off = off_cache.get(key)
+    if off is False:
         return False
-    idx = mod.index
-    used = torch.zeros(s.numel() + 1, dtype=torch.bool)
-    used[idx] = True  # units that reach this module (index -1 lands on the extra slot)
-    off = off & used[:-1]
-    if group is not None and removed.get(group):
-        off[removed[group]] = False
-    return bool(off.any())
+    if off is None:
+        s = mod.channel_scale()
+        cached = st.live_off.get(key)
+        if cached is None or cached[0] != s._version:
+            sd = s.detach()
+            cached = (s._version, ((sd != 1) & (sd != 0)).cpu().numpy())
+            st.live_off[key] = cached
+        off = cached[1]
+        d = dead.get(group) if group is not None else None
+        if d is not None:
+            off = off | d
+        if group is not None and removed.get(group):
+            off = off.copy()
+            off[removed[group]] = False
+        if not off.any():
+            off_cache[key] = False
+            return False
+        off_cache[key] = off
+    reach = st.reach.get(e[1])
+    if reach is None:
+        idx = mod.index.cpu().numpy()
+        reach = np.zeros(off.size, dtype=bool)
+        reach[idx[idx >= 0]] = True
+        st.reach[e[1]] = reach
+    return bool((off & reach).any())
 
 
 def _fold_biases(st: _Static, analyses: dict[str, Any], removed: dict[str, list[int]], gone: set[str]) -> set[str]:

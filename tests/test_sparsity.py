@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import gcompiler
 from gcompiler.errors import ConfigError, PassError
-from gcompiler.passes.sparsity import (FineGrainedPruner, agp_sparsity, masked_profile, proximal_l1,
+from gcompiler.passes.sparsity import (FineGrainedPruner, agp_sparsity, proximal_l1,
                                        soft_threshold_, subgradient_l1)
 
 
@@ -96,9 +96,9 @@ def test_prune_by_ratio_halves_every_group_and_estimate_matches_elimination():
     gm = gcompiler.compile(gm, "prune-by-ratio{ratio=0.5}")
     for name, mk in gcompiler.masks(gm).items():
         assert int((mk != 0).sum()) == mk.numel() // 2, name
-    est = masked_profile(gm)
+    est = gcompiler.estimate(gm)
     slim = gcompiler.compile(gm, "eliminate-dead-channels", verify="numeric")
-    assert est.macs == gcompiler.profile(slim).macs
+    assert (est.macs, est.params) == (gcompiler.profile(slim).macs, gcompiler.profile(slim).params)
     # analytic: every conv between two halved groups keeps a quarter of its MACs
     assert est.macs < 0.3 * gcompiler.profile(_masked_resnet()[0]).macs
 
@@ -119,10 +119,13 @@ def test_prune_to_macs_budget_and_l1_criterion():
     gm, x = _masked_resnet(2)
     dense = gcompiler.profile(gm).macs
     gm = gcompiler.compile(gm, f"prune-by-ratio{{target_macs={dense / 4},criterion=l1,round_to=2}}")
-    assert masked_profile(gm).macs <= dense / 4
-    slim = gcompiler.compile(gm, "eliminate-dead-channels")
-    assert gcompiler.profile(slim).macs <= dense / 4
-    with pytest.raises(PassError, match="cannot reach the budget"):
+    est = gcompiler.estimate(gm, round_to=2)
+    assert est.macs <= dense / 4 and gm.meta["prune_by_ratio"]["estimated_macs"] == est.macs
+    slim = gcompiler.compile(gm, "eliminate-dead-channels{round_to=2}")
+    assert gcompiler.profile(slim).macs == est.macs  # exact: no retry loop, no slack
+    # bisection finds the fewest blocks: one block fewer would not fit
+    assert est.macs > dense / 4 * 0.9
+    with pytest.raises(PassError, match="cannot reach"):
         gcompiler.compile(_masked_resnet()[0], "prune-by-ratio{target_macs=10}")
     with pytest.raises(PassError, match="matches no masked group"):
         gcompiler.compile(_masked_resnet()[0], "prune-by-ratio{groups=nope*}")

@@ -7,9 +7,10 @@ group at once) and ``round_to`` (each group keeps a multiple of ``round_to`` uni
 Two modes:
 
 * ``ratio`` (default 0.5): every selected group loses ``ratio`` of its units (rounded down to the block);
-* ``target_macs`` > 0: one global ranking — each unit's score divided by its group's mean score, so groups
-  of different scales compare fairly — removes the weakest blocks until :func:`masked_profile` says the slim
-  network fits the budget. A budget below what keeping one block per group allows is an error.
+* ``target_macs`` > 0: :func:`gcompiler.passes.budget.prune_to_budget` — one global ranking (each unit's
+  score divided by its group's mean score, so groups of different scales compare fairly) removes the
+  weakest blocks until :func:`gcompiler.estimate` (the exact price of the eliminated network) fits the
+  budget. A budget below what keeping one block per group allows is an error.
 
 Contract: changes semantics (zeroed masks change the output on purpose).
 """
@@ -62,8 +63,8 @@ def prune_by_ratio(gm: fx.GraphModule, *, ratio: float = 0.5, target_macs: float
                    groups: str = "all") -> fx.GraphModule:
     """Zero the masks of the lowest-scoring channel units to hit ``ratio`` per group or ``target_macs``."""
     from ..analysis import channel_groups
+    from .budget import prune_to_budget
     from .masks import insert_masks, masks
-    from .sparsity import masked_profile
 
     if not 0 <= ratio < 1:
         raise PassError(f"prune-by-ratio{{ratio}} must be in [0, 1), got {ratio}")
@@ -95,30 +96,9 @@ def prune_by_ratio(gm: fx.GraphModule, *, ratio: float = 0.5, target_macs: float
             with torch.no_grad():
                 mask[order[keep:]] = 0
     else:
-        _prune_to_macs(gm, chosen, scores, int(target_macs), round_to, masked_profile)
+        info = prune_to_budget(gm, scores, int(target_macs), round_to=round_to)
     gm.meta["prune_by_ratio"] = {"criterion": criterion, "ratio": ratio, "target_macs": target_macs,
                                  "round_to": round_to,
+                                 **({"estimated_macs": info["macs"]} if target_macs > 0 else {}),
                                  "alive": {n: int((m != 0).sum()) for n, m in chosen.items()}}
     return gm
-
-
-def _prune_to_macs(gm, chosen, scores, target: int, round_to: int, masked_profile) -> None:
-    norm = {n: s / s[s > 0].mean().clamp_min(1e-12) if (s > 0).any() else s for n, s in scores.items()}
-    order = {n: torch.argsort(norm[n], stable=True).tolist() for n in chosen}  # weakest first
-    removed = {n: 0 for n in chosen}
-    while masked_profile(gm).macs > target:
-        best, best_score = None, None
-        for n, mask in chosen.items():
-            if mask.numel() - removed[n] - round_to < round_to:
-                continue
-            block = order[n][removed[n]:removed[n] + round_to]
-            score = float(norm[n][block].max())
-            if best is None or score < best_score:
-                best, best_score = n, score
-        if best is None:
-            raise PassError(f"prune-by-ratio{{target_macs={target:.4g}}}: cannot reach the budget while keeping "
-                            f"{round_to} unit(s) per group; the smallest reachable is {masked_profile(gm).macs:.4g}")
-        block = order[best][removed[best]:removed[best] + round_to]
-        with torch.no_grad():
-            chosen[best][block] = 0
-        removed[best] += round_to

@@ -9,14 +9,13 @@ for fine-grained pruning, and what the current masks would cost once their dead 
 * :func:`agp_sparsity` and :class:`FineGrainedPruner`: single-weight magnitude pruning on the gradual
   schedule of Zhu & Gupta (the self-supervised compression method's schedule: from 5 % to the target by
   half-way). Note: unstructured zeros do not reduce dense MACs or latency; only a sparse kernel would.
-* :func:`sparsity_report` / :func:`masked_profile`: per-group alive/total units and the MACs / parameters
-  the slim network would have, from the masks, without building it.
+* :func:`sparsity_report`: per-group alive/total mask units. What the slim network would cost is
+  :func:`gcompiler.estimate` (exact: the price of the network ``eliminate-dead-channels`` builds).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections import defaultdict
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -179,70 +178,3 @@ def sparsity_report(gm: fx.GraphModule) -> list[GroupSparsity]:
     from .masks import masks
 
     return [GroupSparsity(name, int((m.detach() != 0).sum()), m.numel()) for name, m in masks(gm).items()]
-
-
-@dataclasses.dataclass
-class MaskedProfile:
-    macs: int
-    params: int
-    groups: list[GroupSparsity]
-
-    def table(self) -> str:
-        lines = [f"{'group':<32} {'alive':>7} {'total':>7} {'sparsity':>9}"]
-        lines += [f"{g.group:<32} {g.alive:>7} {g.total:>7} {g.sparsity:>9.1%}" for g in self.groups]
-        lines.append(f"slim net: {self.macs / 1e9:.3f} G MACs, {self.params:,} params")
-        return "\n".join(lines)
-
-
-def masked_profile(gm: fx.GraphModule) -> MaskedProfile:
-    """MACs and parameters the network would have after ``eliminate-dead-channels``, from its masks.
-
-    Per layer at the graph's recorded shapes: MACs and weights scale by the alive fraction of the group the
-    layer writes and of the group(s) it reads (a depthwise conv once: its input and output are one group);
-    biases and norm / mask parameters by the written group's fraction. MACs are exact for the pruned width;
-    the pass may keep a few extra channels (a carrier for constants under zero padding, ``round_to``), and a
-    mask that follows a non-affine InstanceNorm is folded into affine parameters it gives that norm
-    (2 per alive channel, not counted here), which the profile of the eliminated graph shows.
-    """
-    from ..analysis import channel_groups
-    from ..profiler import profile
-    from .masks import masks
-
-    mk = masks(gm)
-    frac = {n: float((m.detach() != 0).sum()) / m.numel() for n, m in mk.items()}
-    out_of: dict[str, str] = {}
-    in_of: dict[str, list[str]] = defaultdict(list)
-    depthwise: set[str] = set()
-    for g in channel_groups(gm):
-        if g.name not in frac:
-            continue
-        for p in g.producers:
-            out_of[p] = g.name
-        for c in g.consumers:
-            in_of[c].append(g.name)
-        for m in g.members:
-            out_of.setdefault(m, g.name)
-            if g.kinds.get(m, "").startswith("depthwise"):
-                depthwise.add(m)
-    macs = 0.0
-    params = 0.0
-    for row in profile(gm).rows:
-        fo = frac.get(out_of.get(row.node, ""), 1.0)
-        ins = in_of.get(row.node)
-        fi = sum(frac.get(g, 1.0) for g in ins) / len(ins) if ins else 1.0
-        if row.node in depthwise:
-            fi = 1.0
-        macs += row.macs * fo * fi
-        params += _row_params(gm, row.node, fo, fi) if row.params else 0
-    return MaskedProfile(int(round(macs)), int(round(params)), sparsity_report(gm))
-
-
-def _row_params(gm: fx.GraphModule, node_name: str, fo: float, fi: float) -> float:
-    node = next(n for n in gm.graph.nodes if n.name == node_name)
-    if node.op != "call_module":
-        return 0.0
-    mod = gm.get_submodule(str(node.target))
-    total = 0.0
-    for _, p in mod.named_parameters():
-        total += p.numel() * (fo * fi if p.dim() > 1 else fo)
-    return total

@@ -443,6 +443,11 @@ def decide(ctx: Context, analyses: dict[str, AnalysisLike], round_to: int, *, ex
     for name, ga in analyses.items():
         for c in ga.group.consumers:
             feeders[c].append(name)
+    readers: dict[str, list[str]] = defaultdict(list)
+    for cname in consumers:
+        x = ctx.nodes[cname].args[0].name
+        if x not in readers:
+            readers[x] = [n for n, ga in analyses.items() if x in ga.group.index]
     min_keep: dict[str, int] = defaultdict(int)
     removed: dict[str, list[int]] = {}
     collapses: dict[str, Collapse] = {}
@@ -455,11 +460,9 @@ def decide(ctx: Context, analyses: dict[str, AnalysisLike], round_to: int, *, ex
             x = ctx.nodes[cname].args[0]
             width = node_shape(x)[1]
             gone = 0
-            for name in analyses:
-                ga = analyses[name]
-                if x.name in ga.group.index and removed[name]:
-                    rows = ga.group.index[x.name]
-                    gone += sum(len(rows[u]) for u in removed[name])
+            for name in readers[x.name]:  # units of a group have equal sizes (else it is pinned)
+                if removed[name]:
+                    gone += len(analyses[name].group.index[x.name][0]) * len(removed[name])
             if gone < width:
                 continue
             col = try_collapse(ctx.nodes[cname], removed)

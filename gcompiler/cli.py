@@ -186,6 +186,9 @@ def _configure_compress(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", metavar="SPEC", default=S,
                    help="training data: folder, single:/paired:/unpaired:/aligned:DIR or builtin:sr "
                         "(default builtin:sr)")
+    g.add_argument("--discriminator", metavar="SPEC", default=S,
+                   help="pretrained discriminator for methods with a GAN loss (same forms as --teacher; default "
+                        "builtin:NAME:discriminator for a builtin:NAME teacher)")
     g.add_argument("--method", default=S, help="compression method (default gs; see below / `gcompiler methods`)")
     g.add_argument("--config", metavar="FILE", default=S, help="TOML / YAML / JSON settings; flags override them")
     g = p.add_argument_group("targets")

@@ -97,6 +97,16 @@ def test_gs8_end_to_end_exports_a_loadable_student(tmp_path, capsys):
               "stages/pruned/architecture.json", "samples/heldout.png"):
         assert (out / p).exists(), p
     assert "PSNR to teacher" in stdout and str(out) in stdout
+    # every graph rewrite went through the pass manager, in order, and is in report.json and on the terminal
+    rows = json.loads((out / "report.json").read_text())["pass_log"]
+    assert [(r["stage"], r["pass"]) for r in rows] == [
+        ("search-student", "insert-masks"), ("search-student", "insert-fake-quant"),
+        ("search-student", "calibrate-activations"), ("slim", "strip-fake-quant"),
+        ("slim", "eliminate-dead-channels"), ("slim", "fold-norms"), ("finetune-quant", "insert-fake-quant"),
+        ("finetune-quant", "calibrate-activations"), ("int8-export", "convert-to-int")]
+    elim = rows[4]
+    assert elim["params"][1] < elim["params"][0] and elim["macs"][1] < elim["macs"][0]
+    assert "graph rewrites" in stdout and "eliminate-dead-channels" in stdout
     # the same out dir again without --resume is refused
     rc, _, err = run(capsys, "--teacher", "gsfix.teachers:TinyGen", "--data", str(data), "--out", str(out), *FAST)
     assert rc == 2 and "--resume" in err

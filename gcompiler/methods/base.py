@@ -54,6 +54,7 @@ class Settings:
 
     teacher: str = "builtin:sr"
     data: str = "builtin:sr"
+    discriminator: str | None = None
     method: str = "gs"
     out: str = "runs/compress"
     bits: int = 8
@@ -262,6 +263,111 @@ class CompressJob:
                                 f"{tuple(ref.shape)}: expected the teacher's output to have the shape of the "
                                 f"data's {key} images{ratio}")
         return out
+
+    # -- models -------------------------------------------------------------------------------------
+    def discriminator_spec(self) -> str | None:
+        """``--discriminator``, else ``builtin:NAME:discriminator`` for a ``builtin:NAME`` teacher, else ``None``."""
+        if self.settings.discriminator:
+            return self.settings.discriminator
+        spec = self.settings.teacher.strip()
+        if spec.startswith("builtin:") and spec.count(":") == 1:
+            return f"{spec}:discriminator"
+        return None
+
+    def build_discriminator(self) -> nn.Module | None:
+        """The pretrained discriminator of :meth:`discriminator_spec` (same spec forms as ``--teacher``; float32,
+        eval mode, trainable), or ``None`` when there is none to load (a method then builds a fresh one)."""
+        from ..spec import build_teacher, parse_teacher
+
+        spec = self.discriminator_spec()
+        if spec is None:
+            return None
+        try:
+            disc = build_teacher(parse_teacher(spec))
+        except ConfigError as exc:
+            raise ConfigError(f"--discriminator {spec!r}: {exc}") from exc
+        for p in disc.parameters():
+            p.requires_grad_(True)
+        return disc
+
+    # -- training -----------------------------------------------------------------------------------
+    def train_config(self, out_dir: str | os.PathLike, max_steps: int, **overrides: Any) -> Any:
+        """The :class:`~gcompiler.train.TrainConfig` of one training stage of this run: the shared settings
+        (checkpoint / log / sample intervals, seed, device, ``--resume``, progress bar, the data's value range),
+        ``out_dir`` and ``max_steps``; ``overrides`` set other fields (``amp``, ``keep_last`` ...)."""
+        from ..train import TrainConfig
+
+        s = self.settings
+        kw: dict[str, Any] = dict(out_dir=Path(out_dir), max_steps=max_steps, save_every=s.save_every,
+                                  log_every=s.log_every, sample_every=s.sample_every, seed=s.seed, device=s.device,
+                                  resume=s.resume, progress=not s.quiet, value_range=self.value_range, amp="off")
+        kw.update(overrides)
+        return TrainConfig(**kw)
+
+    def state_saver(self, stage: str) -> Any:
+        """A trainer callback recording ``{"stage", "step"}`` and the wall time in ``run_state.json`` at every
+        checkpoint interval and at the last step of a training stage."""
+        every = max(self.settings.save_every, 1)
+
+        def cb(trainer: Any, ctx: Any) -> None:
+            if trainer.step % every == 0 or trainer.step >= trainer.config.max_steps:
+                self.save_state(stage=stage, step=trainer.step)
+
+        return cb
+
+    def device(self) -> str:
+        """The device of evaluation and export: ``--device``, with ``auto`` resolved."""
+        d = self.settings.device
+        return d if d != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+    # -- the end of a run ---------------------------------------------------------------------------
+    def finish(self, student: fx.GraphModule, *, steps: int, report: dict[str, Any] | None = None,
+               method: str | None = None, bits: int | None = None, size_bytes_after: int | None = None,
+               note: str | None = None) -> dict[str, Any]:
+        """Measure, judge and export the final ``student``; returns ``{"summary", "report", "student"}``.
+
+        Profiles the student at :attr:`reference_input` (MACs, params; size at ``bits`` per weight, or each
+        layer's own weight bits when ``None``, or ``size_bytes_after`` when given, e.g. a sparse encoding),
+        evaluates it beside the teacher and the baseline (:meth:`evaluate`), draws the held-out sample grid,
+        builds the :data:`SUMMARY_KEYS` dict (``steps``: training steps of the whole run), writes everything
+        with :meth:`export` and marks the run done in ``run_state.json``. ``note`` goes into the report.
+        """
+        from ..fx import propagate_shapes
+        from ..profiler import profile
+
+        report = dict(report or {})
+        student = student.cpu().eval()
+        for p in student.parameters():
+            p.requires_grad_(False)
+        propagate_shapes(student, self.reference_input)
+        prof = profile(student, self.reference_input)
+        device = self.device()
+        ev = self.evaluate(student.to(device), device=device)
+        grid = self.save_samples(student, self.run_dir / "samples" / "heldout.png", device=device)
+        student = student.cpu()
+        self.teacher.cpu()
+        tp = self.teacher_profile
+        size_after = size_bytes_after if size_bytes_after is not None else prof.size_bytes(bits)
+        summary = {
+            "method": method or self.settings.method,
+            "input_shape": [int(v) for v in self.reference_input.shape],
+            "macs_before": int(tp.macs), "macs_after": int(prof.macs),
+            "params_before": int(tp.params), "params_after": int(prof.params),
+            "size_bytes_before": int(round(tp.size_bytes(32))), "size_bytes_after": int(round(size_after)),
+            "psnr_to_teacher": ev["psnr_to_teacher"], "psnr_to_target": ev["psnr_to_target"],
+            "teacher_psnr": ev.get("teacher_psnr"), "baseline": ev.get("baseline"),
+            "baseline_psnr": ev.get("baseline_psnr"),
+            "steps": int(steps), "wall_s": round(self.wall_s(), 2),
+        }
+        report.update(evaluation=ev, size=f"{describe_bytes(summary['size_bytes_before'])} -> "
+                                         f"{describe_bytes(summary['size_bytes_after'])}")
+        if grid is not None:
+            report["samples"] = str(grid)
+        if note:
+            report["note"] = note
+        self.export(student, summary, report)
+        self.save_state(stage="done", step=summary["steps"])
+        return {"summary": summary, "report": {**report, "pass_log": self.pass_log_rows()}, "student": student}
 
     # -- graph rewrites ---------------------------------------------------------------------------
     def rewrite(self, gm: fx.GraphModule, pipeline: str | Sequence[Any], *, stage: str,

@@ -228,3 +228,35 @@ def test_batchnorm_training_updates_only_the_active_channels():
     sn(torch.randn(4, 3, 4, 4) + 3)
     after = sn.get_submodule("1").running_mean
     assert not torch.equal(after[:4], before[:4]) and torch.equal(after[4:], before[4:])
+
+
+@settings(deadline=None, max_examples=6)
+@given(net=generator_nets(allow_unknown=True), seed=st.integers(0, 10_000))
+def test_l1_order_is_a_function_preserving_permutation(net, seed):
+    model, x = net
+    gm = gcompiler.trace(model, x)
+    with torch.no_grad():
+        ref = gm(x)
+        sn = gcompiler.run_pipeline(gcompiler.trace(model, x), "make-supernet{order=l1}", verify="none")[0]
+        y = sn(x)
+    assert (y - ref).abs().max() <= 1e-5 * max(float(ref.abs().max()), 1e-12) + 1e-6
+    widths = _random_widths(sn, random.Random(seed))
+    set_config(sn, widths)
+    with torch.no_grad():
+        assert torch.equal(extract(sn)(x), sn(x))
+
+
+def test_l1_order_puts_the_strongest_filters_first():
+    torch.manual_seed(0)
+    m = models.create("resnet_9blocks", ngf=4, n_blocks=3).eval()
+    x = torch.randn(1, 3, 32, 32)
+    sn = gcompiler.compile(m, "make-supernet{order=l1}", x)
+    w_stem = sn.get_submodule("model.1").weight.detach().abs().flatten(1).sum(1)
+    assert torch.equal(w_stem, w_stem.sort(descending=True).values)
+    trunk = sum(sn.get_submodule(t).weight.detach().abs().flatten(1).sum(1)
+                for t in ("model.7", "model.10.conv_block.5", "model.11.conv_block.5", "model.12.conv_block.5"))
+    assert torch.equal(trunk, trunk.sort(descending=True).values)
+    orig = m.model[1].weight.detach().abs().flatten(1).sum(1)
+    assert torch.equal(w_stem, orig.sort(descending=True).values)  # the same filters, reordered
+    with torch.no_grad():
+        torch.testing.assert_close(sn(x), m(x), rtol=1e-5, atol=1e-6)

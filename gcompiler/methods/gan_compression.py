@@ -5,7 +5,9 @@ Stages (BRIEF section 1):
 1. **Student**: a traced copy of the teacher (same weights), or with ``--opt student=mobile`` every
    residual block replaced by a depthwise-separable block (the ``substitute-ops`` pass; pipeline text in
    ``mobile_pipeline``). The ``make-supernet`` pass turns it into a once-for-all supernet: one width per
-   prunable channel group, weights sliced to their first ``k`` channels (:mod:`gcompiler.supernet`).
+   prunable channel group, weights sliced to their first ``k`` channels (:mod:`gcompiler.supernet`),
+   the units of every group first sorted by the L1 norm of their filters (``order=l1``, as GAN
+   Compression's weight transfer keeps the top-k filters by L1 norm; ``order=keep`` leaves them).
 2. **Once-for-all training** (the shared engine: :class:`~gcompiler.train.Trainer` + a
    :class:`~gcompiler.train.Distill` recipe): every step samples one configuration uniformly from the
    search space (``sandwich=true``: the largest, the smallest and a random one, losses summed) and
@@ -65,6 +67,8 @@ class GANCompressionOptions:
     "Student layout: the teacher's own, or 'mobile' (every residual block depthwise-separable via substitute-ops)."
     mobile_pipeline: str = "substitute-ops{candidates=dwsblock,widths=full,stem_header=false},derive-architecture"
     "Pass pipeline that makes the mobile student (student=mobile)."
+    order: Literal["l1", "keep"] = "l1"
+    "Unit order of the supernet: l1 puts each group's strongest filters first (GAN Compression's L1 top-k transfer)."
     lambda_recon: float = 100.0
     "Weight of the L1 reconstruction loss (ground truth when paired, else the teacher's output)."
     lambda_distill: float = 1.0
@@ -410,7 +414,7 @@ def _build_student(job: CompressJob, opts: GANCompressionOptions) -> fx.GraphMod
             raise ConfigError(f"gan-compression: student=mobile needs the pass {name!r}, which this build does not "
                               f"register (available: {', '.join(available())}); use student=teacher")
         gm = job.rewrite(gm, opts.mobile_pipeline, stage="mobile-student")
-    return job.rewrite(gm, "make-supernet", stage="supernet")
+    return job.rewrite(gm, f"make-supernet{{order={opts.order}}}", stage="supernet")
 
 
 @register_method("gan-compression", options=GANCompressionOptions,

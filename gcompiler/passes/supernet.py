@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import torch
 import torch.fx as fx
@@ -396,12 +396,20 @@ def _build_plan(gm: fx.GraphModule) -> tuple[SupernetPlan, list[fx.Node]]:
     return plan, to_wrap
 
 
-@register_pass("make-supernet", contract=Contract.exact(0.0))
-def make_supernet(gm: fx.GraphModule) -> fx.GraphModule:
+def _contract(options: dict) -> Contract:
+    """Bit-exact without reordering; a channel permutation only re-associates the convs' sums."""
+    return Contract.exact(0.0) if options.get("order", "keep") == "keep" else Contract.exact()
+
+
+@register_pass("make-supernet", contract=_contract)
+def make_supernet(gm: fx.GraphModule, *, order: Literal["keep", "l1"] = "keep") -> fx.GraphModule:
     """Make ``gm`` a channel-sliceable supernet: one run-time width per prunable channel group (first-k slicing).
 
     Mutates ``gm`` in place (its modules become super modules sharing the same parameters) and records
-    ``gm.meta["supernet"]``. Exact at full width; see the module docstring.
+    ``gm.meta["supernet"]``. Exact at full width; see the module docstring. ``order="l1"`` first permutes
+    the units of every sliceable group by decreasing L1 norm of their producers' filters (GAN Compression's
+    weight transfer keeps the top-k filters by L1 norm), so that the first ``k`` units are the strongest; a
+    permutation of channels computes the same function.
     """
     if is_supernet(gm):
         raise PassError("make-supernet: the graph is already a supernet (gm.meta['supernet'] is set)")
@@ -421,6 +429,8 @@ def make_supernet(gm: fx.GraphModule) -> fx.GraphModule:
         if name in plan.tensors or (inp is not None and inp in plan.tensors):
             keep[name] = (target, inp, kind)
     plan.modules = keep
+    if order == "l1":
+        permute_units(gm, plan, l1_unit_order(gm, plan))
     from ..profiler import profile
 
     try:
@@ -432,6 +442,81 @@ def make_supernet(gm: fx.GraphModule) -> fx.GraphModule:
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+# ------------------------------------------------------------------------------------------------
+# unit order
+
+def l1_unit_order(gm: fx.GraphModule, plan: SupernetPlan) -> dict[str, list[int]]:
+    """Per group: its units sorted by decreasing L1 norm of the producers' filters (ties: original order).
+
+    A unit's norm sums ``|W|`` over every producer conv / transposed conv / linear output channel it covers
+    (a coupled trunk sums all its producers); groups without such a producer keep their order.
+    """
+    scores: dict[str, torch.Tensor] = {}
+    for name, (target, _inp, kind) in plan.modules.items():
+        if kind not in ("conv", "conv_transpose", "linear") or name not in plan.tensors:
+            continue
+        w = gm.get_submodule(target).weight.detach()
+        per_ch = (w.transpose(0, 1) if kind == "conv_transpose" else w).abs().flatten(1).sum(1).float().cpu()
+        for g, rows in plan.tensors[name][1]:
+            acc = scores.setdefault(g, torch.zeros(len(rows)))
+            for u, r in enumerate(rows):
+                acc[u] += float(per_ch[list(r)].sum())
+    out = {}
+    for g, n in plan.groups.items():
+        if g in scores:
+            sc = scores[g].tolist()
+            out[g] = sorted(range(n), key=lambda u: (-sc[u], u))
+    return out
+
+
+def permute_units(gm: fx.GraphModule, plan: SupernetPlan, perms: Mapping[str, list[int]]) -> None:
+    """Reorder the units of groups in place: new unit ``i`` of group ``g`` is old unit ``perms[g][i]``.
+
+    Every super module's weights, biases and norm statistics are permuted along the channels that the
+    groups own (output and input sides), and the plan's unit rows are left as they are: after the call,
+    unit ``i`` is stored where old unit ``i`` was, so first-k slicing keeps the strongest units.
+    """
+    order: dict[str, torch.Tensor] = {}
+    for t, (channels, parts) in plan.tensors.items():
+        idx = list(range(channels))
+        changed = False
+        for g, rows in parts:
+            p = perms.get(g)
+            if p is None or list(p) == list(range(len(rows))):
+                continue
+            if sorted(p) != list(range(len(rows))):
+                raise PassError(f"permutation of group {g!r} is not a permutation of its {len(rows)} units")
+            changed = True
+            for new_u, old_u in enumerate(p):
+                for dst, src in zip(rows[new_u], rows[old_u]):
+                    idx[dst] = src
+        if changed:
+            order[t] = torch.tensor(idx, dtype=torch.long)
+    done: set[str] = set()
+    with torch.no_grad():
+        for name, (target, inp, kind) in plan.modules.items():
+            if target in done:
+                continue
+            done.add(target)
+            mod = gm.get_submodule(target)
+            o = order.get(name)
+            i = order.get(inp) if inp is not None else None
+            if kind == "norm":
+                i = None
+            for pname, p in list(mod.named_parameters(recurse=False)) + [
+                    (b, getattr(mod, b)) for b in ("running_mean", "running_var") if getattr(mod, b, None) is not None]:
+                new = p.data
+                if pname == "weight" and kind == "conv_transpose":
+                    new = new.index_select(0, i) if i is not None else new
+                    new = new.index_select(1, o) if o is not None else new
+                elif pname == "weight" and kind in ("conv", "linear"):
+                    new = new.index_select(0, o) if o is not None else new
+                    new = new.index_select(1, i) if i is not None else new
+                elif o is not None and new.dim() >= 1 and new.shape[0] == len(o):
+                    new = new.index_select(0, o)
+                p.data.copy_(new.clone())
 
 
 # ------------------------------------------------------------------------------------------------

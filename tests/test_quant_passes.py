@@ -184,7 +184,7 @@ def test_16bit_covering_range_matches_float_on_the_zoo(name):
     gm, xs = _zoo_graph(name)
     y = _run(gm, *xs)
     gm = _covering_16bit(gm, xs)
-    assert _rel(_run(gm, *xs), y) <= 5e-3
+    assert _rel(_run(gm, *xs), y) <= 1e-3  # measured: at most 4.8e-4 (cartoongan_g)
 
 
 def test_16bit_signed_clip16_literal_contract():
@@ -192,7 +192,7 @@ def test_16bit_signed_clip16_literal_contract():
     y = _run(gm, x)
     gm, _ = run_pipeline(gm, "insert-fake-quant{weight_bits=16,act_bits=16,act_range=signed,act_clip=16}")
     assert max(float(q.clip) for q in act_quantizers(gm).values()) == 16.0
-    assert _rel(_run(gm, x), y) <= 5e-3
+    assert _rel(_run(gm, x), y) <= 3e-3  # measured 1.8e-3
 
 
 @given(generator_nets())
@@ -201,7 +201,7 @@ def test_16bit_covering_range_matches_float_on_generated_graphs(net_x):
     with torch.no_grad():
         y = net(x)
     gm = _covering_16bit(trace_net(net, x), (x,))
-    assert _rel(_run(gm, x), y) <= 5e-3
+    assert _rel(_run(gm, x), y) <= 1e-3  # measured: at most 3.3e-4 over the ci examples
 
 
 def test_fake_quant_student_trains():
@@ -305,7 +305,7 @@ def test_fold_norms_is_exact_and_folds_bn_masks_and_transposed(caplog):
     y = _run(gm, x)
     with caplog.at_level(logging.WARNING, logger="gcompiler.quant"):
         gm, log = run_pipeline(gm, "fold-norms", verify="numeric")
-    assert _rel(_run(gm, x), y) <= 1e-5
+    assert _rel(_run(gm, x), y) <= 3e-6  # measured 2.8e-7
     kinds = [type(gm.get_submodule(str(n.target))).__name__ for n in gm.graph.nodes if n.op == "call_module"]
     assert kinds.count("BatchNorm2d") == 1 and "ChannelMask" not in kinds  # bn3 follows an interpolate
     assert gm.get_submodule("conv").bias is not None  # created by the BN shift
@@ -337,7 +337,7 @@ def test_fold_norms_respects_other_readers_and_per_tensor_fake_quant():
     gm, _ = run_pipeline(gm, "insert-fake-quant{quantize_first_input=true,per_channel=true}")
     y = _run(gm, x)
     gm, _ = run_pipeline(gm, "fold-norms")  # per-channel weight quantization is scale-equivariant
-    assert not gm.meta["fold_norms"]["skipped"] and _rel(_run(gm, x), y) <= 1e-5
+    assert not gm.meta["fold_norms"]["skipped"] and _rel(_run(gm, x), y) <= 3e-6  # measured 1.6e-7
 
 
 @given(generator_nets())
@@ -371,7 +371,8 @@ def test_int_executor_matches_fake_quant_on_the_zoo(name):
     fq, gi = _fq_and_int(gm, xs, "act_range=signed,per_channel=true" if name in ("rrdbnet", "srresnet") else "")
     errs = layerwise_errors(fq, gi, *xs)
     assert errs and max(errs.values()) <= 1e-5
-    assert _rel(_run(gi, *xs), _run(fq, *xs)) <= 0.1
+    # one-step flips propagate: measured at most 3.6e-2 (cartoongan_g), 9e-3 (rrdbnet), else < 1e-6
+    assert _rel(_run(gi, *xs), _run(fq, *xs)) <= 0.05
     assert not _modules_of(gi, (QConv2d, QConvTranspose2d))
     assert gcompiler.profile(gi).macs == macs
 

@@ -1,14 +1,15 @@
 """Analyses cached per graph version in ``gm.meta["analysis_cache"]``.
 
 ``cached_analysis(gm, name, compute)`` returns ``compute(gm)``, computed once per *version* of the graph.
-The key of a version is cheap to compute and changes whenever the analysis could: the graph's
-``gm.meta["graph_version"]`` (bumped by the pass manager after every pass) and a fingerprint of the graph
-(every node's name, op, target, arguments, recorded shape and dtype, and for module calls the module's type
-and configuration) -- so an edit made outside the pass manager is never answered from a stale cache.
+Two mechanisms decide what a version is:
 
-The pass manager also drops every cached analysis after a pass unless the pass declares it in its
-``preserves`` (``register_pass(..., preserves=("channel-groups",))``): a pass that only changes weights
-keeps the cache; one that rewires the graph loses it. :func:`invalidate` drops it by hand.
+* the pass manager drops every cached analysis after a pass unless the pass declares it in its
+  ``preserves`` (``register_pass(..., preserves=("channel-groups",))``), and bumps
+  ``gm.meta["graph_version"]``; :func:`invalidate` drops them by hand;
+* each entry is keyed by a cheap fingerprint of the graph (every node's name, op, target, arguments,
+  recorded shape and dtype, and for module calls the module's type and configuration; ~1.5 ms on
+  ``resnet_9blocks`` against ~100 ms for ``channel_groups``), so an edit made outside the pass manager, or a
+  pass that wrongly claims to preserve an analysis, is never answered from a stale cache.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def cached_analysis(gm: fx.GraphModule, name: str, compute: Callable[[fx.GraphMo
     meta = getattr(gm, "meta", None)
     if not isinstance(meta, dict):
         return compute(gm)
-    key = (meta.get("graph_version", 0), graph_fingerprint(gm))
+    key = graph_fingerprint(gm)
     cache = meta.setdefault(CACHE_KEY, {})
     hit = cache.get(name)
     if hit is not None and hit[0] == key:

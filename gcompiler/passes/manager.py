@@ -277,8 +277,9 @@ def _apply(gm: fx.GraphModule, step: _Step) -> fx.GraphModule:
         raise PassError(f"pass '{step.name}' failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(out, fx.GraphModule):
         raise PassError(f"pass '{step.name}' returned {type(out).__name__}, expected a torch.fx.GraphModule")
-    for k, v in meta.items():
-        out.meta.setdefault(k, v)
+    if out is not gm:  # a new module inherits what the pass did not set; keys a pass deletes stay deleted
+        for k, v in meta.items():
+            out.meta.setdefault(k, v)
     _invalidate(out, step.preserves)
     return out
 

@@ -7,8 +7,9 @@ output tensor (float32, contiguous NCHW, on the input's device). A builder that 
 CPU fp32: ``eager`` (the model as given), ``channels-last``, ``fused`` / ``fused-channels-last``
 (:func:`~gcompiler.deploy.rewrite.fuse_for_inference`), ``padded`` / ``padded-channels-last`` (group widths
 padded to SIMD multiples, exact, then fused), ``inductor`` (``torch.compile`` with weight freezing, guarded
-by a time limit), ``onnxruntime`` and ``onnxruntime-padded`` (the float graph exported by
-:mod:`gcompiler.quant.onnx_export`).
+by a time limit), ``onnxruntime``, ``onnxruntime-opt`` (BatchNorm folded, RGB head split into pixel phases:
+:func:`~gcompiler.deploy.rewrite.split_phases`) and ``onnxruntime-padded`` (the float graph exported by
+:mod:`gcompiler.quant.onnx_export`). The fused and padded graphs include the phase split too.
 
 CPU int8 (reference: the integer graph of ``convert-to-int``, run by the reference executor):
 ``onnxruntime-int8`` (QDQ with requantized conv outputs: ``QLinearConv`` kernels), ``onnxruntime-qdq``
@@ -88,24 +89,52 @@ def _channels_last_eager(ctx: Context) -> tuple[Runner, list[str]]:
     return _channels_last(ctx.model), ["model and inputs in channels-last memory format"]
 
 
+def _folded(ctx: Context) -> fx.GraphModule:
+    """``fold-norms`` of the traced graph (BatchNorm and channel masks into the convs; exact)."""
+    if "folded" not in ctx.cache:
+        import logging
+
+        from ..passes.manager import run_pipeline
+        quant_log = logging.getLogger("gcompiler.quant")
+        level = quant_log.level
+        quant_log.setLevel(logging.ERROR)  # "InstanceNorm cannot fold" is expected here
+        try:
+            ctx.cache["folded"], _ = run_pipeline(copy.deepcopy(ctx.graph()), "fold-norms", verify="lint", check=False)
+        finally:
+            quant_log.setLevel(level)
+    return ctx.cache["folded"]
+
+
+def _opt_graph(ctx: Context) -> tuple[fx.GraphModule, list[str]]:
+    """Folded graph with small-output convs split into pixel phases (plain modules: exportable)."""
+    if "opt" not in ctx.cache:
+        from .rewrite import split_phases
+        ctx.cache["opt"] = split_phases(_folded(ctx), *ctx.inputs)
+    return ctx.cache["opt"]
+
+
 def _fused_graph(ctx: Context) -> tuple[fx.GraphModule, list[str]]:
     if "fused" not in ctx.cache:
         from .rewrite import fuse_for_inference
-        ctx.cache["fused"] = fuse_for_inference(ctx.graph())
+        opt, notes = _opt_graph(ctx)
+        fused, fnotes = fuse_for_inference(opt)
+        ctx.cache["fused"] = (fused, notes + fnotes)
     return ctx.cache["fused"]
 
 
 def _padded_plain(ctx: Context) -> tuple[fx.GraphModule, list[str]]:
     if "padded_plain" not in ctx.cache:
-        from .rewrite import pad_channels
-        padded, notes = pad_channels(ctx.graph(), ctx.pad_multiple, *ctx.inputs)
+        from .rewrite import pad_channels, split_phases
+        padded, notes = pad_channels(_folded(ctx), ctx.pad_multiple, *ctx.inputs)
         changed = [f"{k} {v}" for k, v in notes.items() if "->" in v]
+        blocked = [f"{k}: {v}" for k, v in notes.items() if "->" not in v and "pinned" not in v]
         if not changed:
             ctx.cache["padded_plain"] = Skip(
                 f"no group to pad to a multiple of {ctx.pad_multiple}"
-                + (f" ({'; '.join(f'{k}: {v}' for k, v in notes.items())})" if notes else " (all widths are)"))
+                + (f" ({'; '.join(blocked)})" if blocked else " (every prunable group's width is one)"))
         else:
-            ctx.cache["padded_plain"] = (padded, [f"pad to {ctx.pad_multiple}: " + ", ".join(changed)])
+            padded, pnotes = split_phases(padded, *ctx.inputs)
+            ctx.cache["padded_plain"] = (padded, [f"pad to {ctx.pad_multiple}: " + ", ".join(changed)] + pnotes)
     got = ctx.cache["padded_plain"]
     if isinstance(got, Skip):
         raise got
@@ -203,6 +232,14 @@ def _ort(ctx: Context) -> tuple[Runner, list[str]]:
     return _ort_runner(export_onnx(gm, *ctx.inputs), ctx.threads), [f"{ctx.threads} intra-op threads"]
 
 
+def _ort_opt(ctx: Context) -> tuple[Runner, list[str]]:
+    from ..quant.onnx_export import export_onnx
+    gm, notes = _opt_graph(ctx)
+    if not notes:
+        raise Skip("no conv to split into phases (same graph as onnxruntime)")
+    return _ort_runner(export_onnx(copy.deepcopy(gm), *ctx.inputs), ctx.threads), notes
+
+
 def _ort_padded(ctx: Context) -> tuple[Runner, list[str]]:
     from ..quant.onnx_export import export_onnx
     gm, notes = _padded_plain(ctx)
@@ -224,6 +261,8 @@ def integer_graph(ctx: Context) -> fx.GraphModule:
 
     gm = copy.deepcopy(ctx.graph())
     gm.eval()
+    if not _is_kind(gm, ("IntConv2d", "IntConvTranspose2d", "QConv2d", "QConvTranspose2d")):
+        gm = copy.deepcopy(_opt_graph(ctx)[0])  # phase-split head: same integer weights and codes
     if _is_kind(gm, ("IntConv2d", "IntConvTranspose2d")):
         pass  # already integer
     else:
@@ -308,7 +347,8 @@ def _triton_int8(ctx: Context) -> tuple[Runner, list[str]]:
 CANDIDATES: dict[tuple[str, str], dict[str, Callable[[Context], tuple[Runner, list[str]]]]] = {
     ("cpu", "fp32"): {"eager": _eager, "channels-last": _channels_last_eager, "fused": _fused,
                       "fused-channels-last": _fused_cl, "padded": _padded, "padded-channels-last": _padded_cl,
-                      "inductor": _inductor, "onnxruntime": _ort, "onnxruntime-padded": _ort_padded},
+                      "inductor": _inductor, "onnxruntime": _ort, "onnxruntime-opt": _ort_opt,
+                      "onnxruntime-padded": _ort_padded},
     ("cpu", "int8"): {"onnxruntime-int8": _ort_int8, "onnxruntime-qdq": _ort_qdq, "inductor-int8": _inductor_int8},
     ("cuda", "fp32"): {"cuda-eager": _cuda_eager, "cuda-channels-last": _cuda_cl},
     ("cuda", "fp16"): {"cudnn-fp16": _cudnn_fp16},

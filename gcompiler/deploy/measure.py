@@ -52,21 +52,23 @@ def rel_error(reference: torch.Tensor, candidate: torch.Tensor) -> float:
 class DeployReport(dict):
     """What ``deploy`` measured (a plain dict; ``print(report)`` shows a table).
 
-    Keys: ``device``, ``precision``, ``threads``, ``choice``, ``tolerance``, ``reference`` (what outputs
-    were compared with), ``timings_ms`` (median per candidate), ``runs_ms`` (every timed run), ``errors``
+    Keys: ``device``, ``precision``, ``threads``, ``choice``, ``stat`` (what decided), ``tolerance``,
+    ``reference`` (what outputs were compared with), ``timings_ms`` (median per candidate), ``min_ms``
+    (minimum per candidate), ``runs_ms`` (every timed run), ``errors``
     (relative error per candidate), ``build_s`` (seconds to build each), ``skipped`` (candidate -> reason),
     ``notes`` (candidate -> rewrites applied), ``rounds``, ``load_average``, ``input_shapes``, ``final_error``
     (the chosen backend's error, re-checked after the choice).
     """
 
     def __str__(self) -> str:
-        lines = [f"deploy: device={self.get('device')} precision={self.get('precision')} "
+        lines = [f"deploy: device={self.get('device')} precision={self.get('precision')} stat={self.get('stat')} "
                  f"threads={self.get('threads')} rounds={self.get('rounds')} load={self.get('load_average')}",
                  f"chosen: {self.get('choice')} (error {self.get('final_error', float('nan')):.2e} <= "
                  f"{self.get('tolerance')} vs {self.get('reference')})",
                  f"{'candidate':<22} {'median ms':>10} {'min ms':>9} {'rel err':>9} {'build s':>8}  notes"]
         timings = self.get("timings_ms", {})
-        for name in sorted(timings, key=timings.get):
+        order = self.get("min_ms", timings) if self.get("stat") == "min" else timings
+        for name in sorted(timings, key=lambda k: order.get(k, timings[k])):
             runs = self.get("runs_ms", {}).get(name, [])
             mark = "*" if name == self.get("choice") else " "
             lines.append(f"{mark}{name:<21} {timings[name]:>10.2f} {min(runs) if runs else float('nan'):>9.2f} "

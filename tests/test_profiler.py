@@ -77,3 +77,52 @@ def test_counts_survive_quantization_and_lowering_to_triton_ops():
     low = gcompiler.profile(lowered)
     assert dense.macs == fq.macs == low.macs
     assert dense.params == fq.params == low.params
+
+
+def test_profile_with_inputs_leaves_the_graph_modules_shapes_alone():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    gm = gcompiler.trace(m, torch.randn(1, 3, 8, 8))
+    shapes = {n.name: tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes if "tensor_meta" in n.meta}
+    meta = dict(gm.meta)
+    assert gcompiler.profile(gm, torch.randn(2, 3, 32, 32)).macs == 2 * 32 * 32 * 4 * 27
+    assert gm.meta["input_shapes"] == meta["input_shapes"] == [(1, 3, 8, 8)]
+    assert {n.name: tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes if "tensor_meta" in n.meta} == shapes
+    assert gcompiler.profile(gm).macs == 8 * 8 * 4 * 27
+
+
+class _DataDependentGroups(nn.Module):
+    """Depthwise and grouped convs whose ``groups`` comes from the input's shape (as public code writes it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 1)
+        self.dw = nn.Parameter(torch.randn(6, 1, 3, 3))
+        self.up = nn.Parameter(torch.randn(6, 2, 4, 4))  # transposed: [C_in, C_out/g, k, k]
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = torch.nn.functional.conv2d(y, self.dw, padding=1, groups=y.shape[1])
+        return torch.nn.functional.conv_transpose2d(y, self.up, stride=2, padding=1, groups=y.shape[1] // 2)
+
+
+def test_data_dependent_conv_groups_are_counted():
+    x = torch.randn(2, 3, 8, 8)
+    p = gcompiler.profile(_DataDependentGroups(), x)
+    # the same layers as modules with constant groups
+    ref = nn.Sequential(nn.Conv2d(3, 6, 1), nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False),
+                        nn.ConvTranspose2d(6, 6, 4, stride=2, padding=1, groups=3, bias=False))
+    expected = gcompiler.profile(ref, x).macs
+    assert p.macs == expected == 2 * 8 * 8 * 6 * 3 + 2 * 8 * 8 * 6 * 9 + 2 * 16 * 16 * 6 * 2 * 16
+    gm = gcompiler.compile(_DataDependentGroups(), "insert-masks", x)  # the pass log shows the real count
+    rec = gm.meta["pass_log"].records[0]
+    assert rec.macs == (expected, expected) and not rec.notes
+
+
+def test_functional_conv_without_recorded_shapes_is_a_clear_error():
+    from gcompiler.errors import GCompilerError
+
+    gm = gcompiler.trace(_DataDependentGroups(), torch.randn(1, 3, 8, 8))
+    node = next(n for n in gm.graph.nodes if n.op == "call_function" and "conv_transpose" in str(n.target))
+    del node.meta["tensor_meta"]
+    with pytest.raises(GCompilerError, match=f"node '{node.name}'.*output shape is not recorded"):
+        gcompiler.profile(gm)

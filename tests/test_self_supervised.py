@@ -123,6 +123,8 @@ def test_options_are_declared_and_validated():
 
 def _run(tmp_path, name, **kw):
     kw.setdefault("finetune_steps", 2)
+    kw.setdefault("d0", "train")
+    kw.setdefault("d0_steps", 2)
     return gcompiler.compress("builtin:sr", "builtin:sr", "self-supervised", steps=kw.pop("steps", 6),
                               out=tmp_path / name, batch_size=2, quiet=True, eval_images=2, **kw)
 

@@ -329,21 +329,6 @@ class ChannelAGP:
 
 # -- the method -------------------------------------------------------------------------------------------
 
-def build_discriminator(job: CompressJob) -> nn.Module | None:
-    """D0 from ``--discriminator`` (any teacher spec form), else the built-in teacher's, else ``None``."""
-    from ..spec import build_teacher, parse_teacher
-
-    spec = getattr(job.settings, "discriminator", None)
-    if not spec and job.settings.teacher.strip().startswith("builtin:"):
-        spec = job.settings.teacher.strip() + ":discriminator"
-    if not spec:
-        return None
-    d = build_teacher(parse_teacher(spec))
-    for p in d.parameters():
-        p.requires_grad_(False)
-    return d.eval()
-
-
 def _fit_discriminator(job: CompressJob, loss: SelfSupervisedLoss, opts: SelfSupervisedOptions) -> nn.Module:
     from ..models import create
 
@@ -379,7 +364,11 @@ def run_self_supervised(job: CompressJob, opts: SelfSupervisedOptions) -> dict[s
                           "dense MACs unchanged")
     report: dict[str, Any] = {"method": "self-supervised", "options": dataclasses.asdict(opts),
                               "teacher": job.teacher_info, "target_macs": job.target_macs}
-    d0 = build_discriminator(job) if opts.d0 == "given" else None
+    d0 = job.build_discriminator() if opts.d0 == "given" else None
+    if d0 is not None:
+        d0.eval()
+        for p in d0.parameters():
+            p.requires_grad_(False)
     loss = SelfSupervisedLoss(d0 if d0 is not None else nn.Identity(), gan=opts.gan, lam=opts.lam, alpha=opts.alpha)
     if opts.d0 == "train":
         d0 = _fit_discriminator(job, loss, opts)
@@ -388,7 +377,7 @@ def run_self_supervised(job: CompressJob, opts: SelfSupervisedOptions) -> dict[s
         raise ConfigError("--method self-supervised needs the teacher's discriminator: pass --discriminator SPEC "
                           "(same forms as --teacher), or --opt d0=train to fit one against the teacher first")
     else:
-        report["d0"] = getattr(job.settings, "discriminator", None) or f"{s.teacher}:discriminator"
+        report["d0"] = job.discriminator_spec()
     loss.d0 = d0
     student = trace(job.teacher, job.reference_input)
     for p in student.parameters():

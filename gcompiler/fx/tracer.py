@@ -293,7 +293,10 @@ class GTracer(fx.Tracer):
         value = self._answer(obj, kind)
         if kind == "len":
             n = len(value)
-            self._guard(self.create_proxy("call_function", operator.length_hint, (obj,), {}).node, n)
+            if isinstance(value, torch.Tensor):  # len(x) reads the batch size, not the channels
+                self._guard(self.create_proxy("call_method", "size", (obj, 0), {}).node, n)
+            else:
+                self._guard(self.create_proxy("call_function", operator.length_hint, (obj,), {}).node, n)
             return n
         out = {"index": operator.index, "int": int, "float": float}[kind](value)
         self._guard(obj.node, out)
@@ -312,7 +315,7 @@ class GTracer(fx.Tracer):
     def _answer(self, obj: fx.Proxy, kind: str) -> Any:
         node = obj.node
         value = self.value_of(node)
-        if isinstance(value, torch.Tensor) and not (kind == "iter"):
+        if isinstance(value, torch.Tensor) and kind not in ("iter", "len"):
             what = {"bool": "a Python condition (if / while / assert / and / or)", "index": "a Python int",
                     "int": "int()", "float": "float()", "len": "len()"}[kind]
             raise TraceError(

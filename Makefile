@@ -26,5 +26,12 @@ test: $(STAMP)
 test-thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q -p no:cacheprovider
 
+# CPU speed of deployed slim generators, int8 vs fp32, compile time, training cost (BENCHMARKS.md,
+# "Deploy and realized speed"); about 30 minutes on a 2-core machine. BENCH_ARGS="--quick" for a smoke run.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) bench/deploy_speed.py $(BENCH_ARGS)
+	OMP_NUM_THREADS=1 $(PY) bench/deploy_profile.py --int8
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

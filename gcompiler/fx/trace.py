@@ -32,8 +32,10 @@ from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 from ..errors import TraceError
 from .guards import check_guard
-from .tracer import (_FX_DIR, _TORCH_DIR, GTracer, describe, find_proxies, leaf_functions as leaf_function_registry,
-                     register_leaf_function, tracing_patches)
+from .patches import find_proxies, tracing_patches
+from .tracer import _FX_DIR, _TORCH_DIR, GTracer, describe
+from .tracer import leaf_functions as leaf_function_registry
+from .tracer import register_leaf_function  # noqa: F401 - re-exported
 
 _LEAF_CLASSES: list[type] = []
 

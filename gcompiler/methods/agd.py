@@ -62,7 +62,7 @@ class AGDOptions:
 
     band: float = 0.25
     "The derived net must land in [target x (1 - band), target x (1 + band)] MACs (--target-macs; default 4x)."
-    lambda_f: float = 0.05
+    lambda_f: float = 0.01
     "Initial weight of the MACs term (expected MACs / target); doubled above the band, halved below."
     pretrain_steps: int = 100
     "Supernet pretraining steps (sandwich rule: widest, narrowest, 2 random widths)."

@@ -378,6 +378,14 @@ def substitute_ops(gm: fx.GraphModule, *, candidates: str = "conv1x1|conv3x3|res
         u.name = f"{kind}{counters[kind]}"
         counters[kind] += 1
 
+    originals: dict[str, tuple[fx.GraphModule, int]] = {}
+    if "original" in cands:  # extracted before any replacement rewires the graph
+        from ..profiler import profile
+
+        for u in units:
+            x_shape = tuple(node_shape(u.x))
+            block = _extract(gm, u)
+            originals[u.name] = (block, profile(block, torch.zeros(x_shape)).macs // max(1, x_shape[0]))
     records = []
     new_of: dict[fx.Node, fx.Node] = {}
     for u in sorted(units + kept_w, key=lambda u: order[u.nodes[-1]]):
@@ -394,18 +402,13 @@ def substitute_ops(gm: fx.GraphModule, *, candidates: str = "conv1x1|conv3x3|res
         else:
             c_in = int(node_shape(u.x)[1])
             n_style, p_style = _block_style(gm, u, norm, padding)
-            block, block_macs = None, 0
-            if "original" in cands:
-                from ..profiler import profile
-
-                block = _extract(gm, u)
-                x_shape = tuple(node_shape(u.x))
-                block_macs = profile(block, torch.zeros(x_shape)).macs // max(1, x_shape[0])
+            block, block_macs = originals.get(u.name, (None, 0))
             cell = MixedOp(c_in, int(shape[1]), cands, u.widths, norm=n_style, padding=p_style, block=block,
                            block_macs=block_macs, hw=hw)
             rec = {"name": u.name, "kind": "op", "block": u.kind, "replaced": u.modules, "c_in": c_in,
                    "c_out": int(shape[1]), "candidates": list(cands), "widths": list(u.widths), "norm": n_style,
                    "padding": p_style, "pinned": u.pinned}
+        cell.train(gm.training)  # a fresh cell follows the graph's mode (eval: its argmax choice only)
         gm.add_submodule(u.name, cell)
         with gm.graph.inserting_before(out):
             new = gm.graph.call_module(u.name, (new_of.get(u.x, u.x),))

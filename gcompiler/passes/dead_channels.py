@@ -27,6 +27,8 @@ import logging
 import torch
 import torch.fx as fx
 
+from torch.fx.passes.shape_prop import TensorMetadata
+
 from ..fx.trace import propagate_shapes
 from ..fx.utils import input_specs
 from .elimination.apply import apply_plan
@@ -59,14 +61,41 @@ def eliminate_dead_channels(gm: fx.GraphModule, *, round_to: int = 0) -> fx.Grap
     report["masks_kept"] = kept_masks
     gm.meta["dead_channels"] = report
     _update_mask_record(gm)
-    specs = input_specs(gm)
-    if specs:
-        propagate_shapes(gm, *[torch.zeros(s, dtype=d) for s, d in specs], fake=True)
+    if plan.removed_units() or plan.collapses:
+        if not _shrink_shapes(gm, plan.out_remove):
+            specs = input_specs(gm)
+            if specs:
+                propagate_shapes(gm, *[torch.zeros(s, dtype=d) for s, d in specs], fake=True)
     log.info("eliminate-dead-channels: removed %d units in %d groups; %d branches collapsed; %s",
              plan.removed_units(), sum(bool(d.removed) for d in plan.decisions.values()), len(plan.collapses),
              "; ".join(f"{n}: -{len(d.removed)}/{d.units}" + (f" (kept {len(d.kept)})" if d.kept else "")
                        for n, d in plan.decisions.items() if d.candidates))
     return gm
+
+
+def _shrink_shapes(gm: fx.GraphModule, out_remove: dict[str, set[int]]) -> bool:
+    """Record the new widths in ``tensor_meta`` (only dim 1 of removed-from tensors changes); False when a
+    node's metadata is not a plain contiguous tensor record (then shapes are propagated again)."""
+    updates = []
+    for n in gm.graph.nodes:
+        rm = out_remove.get(n.name)
+        if not rm:
+            continue
+        tm = n.meta.get("tensor_meta")
+        if not isinstance(tm, TensorMetadata) or len(tm.shape) < 2 or not tm.is_quantized is False:
+            return False
+        shape = list(tm.shape)
+        shape[1] -= len(rm)
+        stride, acc = [], 1
+        for d in reversed(shape):
+            stride.append(acc)
+            acc *= max(d, 1)
+        if tuple(tm.stride) != torch.empty(tuple(tm.shape), device="meta").stride():
+            return False
+        updates.append((n, tm._replace(shape=torch.Size(shape), stride=tuple(reversed(stride)))))
+    for n, tm in updates:
+        n.meta["tensor_meta"] = tm
+    return True
 
 
 def _update_mask_record(gm: fx.GraphModule) -> None:

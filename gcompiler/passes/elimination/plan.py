@@ -28,7 +28,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ...errors import PassError
-from ...fx.utils import node_shape
+from ...fx.utils import node_shape, not_plain_reason
 from ..masks import ChannelBias, ChannelMask, _is_channel_norm
 from .proof import _CONV, _CONVT, Facts, Prover, _per_instance, is_constant
 
@@ -201,6 +201,9 @@ def unsupported(ctx: Context, g) -> str:
         mod = ctx.module(name)
         if not isinstance(mod, (_CONV, nn.Linear)):
             return f"'{name}' is not a conv / linear module"
+        why = not_plain_reason(mod)
+        if why:
+            return f"'{name}' ({type(mod).__name__}) is not torch's own conv / linear: {why}"
         if ctx.call_sites[str(ctx.nodes[name].target)] > 1:
             return f"module '{ctx.nodes[name].target}' is called more than once (shared weights)"
     for name in g.members:
@@ -217,6 +220,8 @@ def unsupported(ctx: Context, g) -> str:
         has_state = any(True for _ in mod.parameters()) or any(True for _ in mod.buffers())
         if not has_state:
             continue
+        if not isinstance(mod, (ChannelMask, ChannelBias)) and not_plain_reason(mod):
+            return f"member '{name}' ({type(mod).__name__}) is not torch's own layer: {not_plain_reason(mod)}"
         known = isinstance(mod, (ChannelMask, ChannelBias)) or _is_channel_norm(mod) or \
             isinstance(mod, nn.LayerNorm) or isinstance(mod, nn.PReLU) or \
             (isinstance(mod, _CONV) and kind.startswith("depthwise"))
@@ -273,7 +278,7 @@ def analyse_group(ctx: Context, g, overrides: dict[str, torch.Tensor] | None = N
         return _skipped(g, f"cannot evaluate the group's ops ({type(exc).__name__}: {exc})")
     units = g.channels
     cand = np.ones(units, dtype=bool)
-    per_consumer: list[tuple[str, Any, Facts, torch.Tensor, torch.Tensor]] = []
+    facts: list[tuple[str, Any, Facts]] = []
     for cname in g.consumers:
         cs = g.consumer_slices[cname]
         f = prover.facts.get(cs.input)
@@ -281,38 +286,43 @@ def analyse_group(ctx: Context, g, overrides: dict[str, torch.Tensor] | None = N
             return _skipped(g, f"'{cs.input}' is not a (N, C, ...) tensor")
         rows = g.index[cs.input]
         fl = f.fixed.tolist()
-        fixed_u = np.array([all(fl[c] for c in row) for row in rows], dtype=bool)
-        cand &= fixed_u
-        if not cand.any():
-            break
-        flat = f.value.double().reshape(f.value.shape[0], f.value.shape[1], -1)[0]
-        is_zero = (flat == 0).all(dim=1)
-        spread = flat.amax(dim=1) - flat.amin(dim=1) if flat.shape[1] else torch.zeros(flat.shape[0])
-        is_const = spread <= 1e-6 * flat.abs().amax(dim=1) + 1e-30 if flat.shape[1] else torch.ones_like(is_zero)
-        per_consumer.append((cname, rows, f, is_zero.tolist(), is_const.tolist()))
+        cand &= np.array([all(fl[c] for c in row) for row in rows], dtype=bool)
+        facts.append((cname, rows, f))
     views: dict[int, dict[str, UnitView]] = {}
     proofs: dict[int, str] = {}
     needs = np.zeros(units, dtype=bool)
-    if cand.any():
-        for cname, rows, f, is_zero, is_const in per_consumer:
-            uniform = fold_uniform(ctx.module(cname))
-            flat = f.value.double().reshape(f.value.shape[0], f.value.shape[1], -1)[0]
-            for u in np.nonzero(cand)[0].tolist():
-                chans = list(rows[u])
-                if all(is_zero[c] for c in chans):
-                    kind = "zero"
-                elif all(is_const[c] for c in chans) and uniform:
-                    kind = "fold"
-                else:
-                    kind = "merge"
-                    needs[u] = True
-                if kind == "merge" and not all(is_const[c] for c in chans):
-                    maps = [flat[c].clone() for c in chans]
-                else:  # a constant map is stored as its value (memory: units x consumers x H x W)
-                    maps = [flat[c].mean().reshape(1) for c in chans]
-                views.setdefault(u, {})[cname] = UnitView(chans, maps, kind)
-                if u not in proofs:
-                    proofs[u] = f.proof[chans[0]] or "fixed"
+    if not cand.any():
+        return GroupAnalysis(g, "", cand, needs, views, proofs)
+    cand_units = np.nonzero(cand)[0].tolist()
+    for cname, rows, f in facts:
+        uniform = fold_uniform(ctx.module(cname))
+        chans_needed = sorted({c for u in cand_units for c in rows[u]})
+        sub = f.value[0, chans_needed].double().reshape(len(chans_needed), -1)  # only the candidates' maps
+        pos = {c: i for i, c in enumerate(chans_needed)}
+        if sub.shape[1]:
+            is_zero = (sub == 0).all(dim=1).tolist()
+            spread = sub.amax(dim=1) - sub.amin(dim=1)
+            is_const = (spread <= 1e-6 * sub.abs().amax(dim=1) + 1e-30).tolist()
+        else:
+            is_zero = [True] * len(chans_needed)
+            is_const = [True] * len(chans_needed)
+        for u in cand_units:
+            chans = list(rows[u])
+            ii = [pos[c] for c in chans]
+            if all(is_zero[i] for i in ii):
+                kind = "zero"
+            elif all(is_const[i] for i in ii) and uniform:
+                kind = "fold"
+            else:
+                kind = "merge"
+                needs[u] = True
+            if kind == "merge" and not all(is_const[i] for i in ii):
+                maps = [sub[i].clone() for i in ii]
+            else:  # a constant map is stored as its value (memory: units x consumers x H x W)
+                maps = [sub[i].mean().reshape(1) for i in ii]
+            views.setdefault(u, {})[cname] = UnitView(chans, maps, kind)
+            if u not in proofs:
+                proofs[u] = f.proof[chans[0]] or "fixed"
     return GroupAnalysis(g, "", cand, needs, views, proofs)
 
 

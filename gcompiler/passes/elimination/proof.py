@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import PassError
+from ...fx.utils import not_plain_reason
 from ..masks import ChannelBias, ChannelMask, _is_channel_norm
 
 _CONV = nn.modules.conv._ConvNd
@@ -126,8 +127,9 @@ def _is_tm(tm: Any) -> bool:
 def _filler(tm: Any) -> Any:
     if not _is_tm(tm):  # (TensorMetadata is itself a NamedTuple: test it first)
         return [_filler(t) for t in tm] if isinstance(tm, (list, tuple)) else None
-    value = torch.zeros(_batch1(tm.shape), dtype=tm.dtype)
-    c = value.shape[1] if value.dim() >= 2 else 0
+    shape = _batch1(tm.shape)
+    value = torch.zeros((), dtype=tm.dtype).expand(shape)  # no memory: written only after a clone
+    c = shape[1] if len(shape) >= 2 else 0
     return Facts(torch.zeros(c, dtype=torch.bool), value, [None] * c)
 
 
@@ -193,6 +195,7 @@ class Prover:
         mod = self._module(node)
         zero = _zero_rows(mod)
         if bool(zero.any()):
+            f.value = f.value.clone()
             bias = mod.bias.detach() if getattr(mod, "bias", None) is not None else None
             for c in torch.nonzero(zero).flatten().tolist():
                 f.value[:, c] = bias[c] if bias is not None else 0
@@ -278,6 +281,8 @@ class Prover:
         if not isinstance(value, torch.Tensor) or value.shape[1] != out_c:
             return _filler(tm)
         value = value.detach()
+        if not value.is_contiguous() and value.stride(1) == 0:
+            value = value.clone()
         if rule == "norm" and _per_instance(mod) and x.fixed.numel() == out_c:
             # an instance norm of a spatially constant channel is exactly its shift (beta, or 0)
             flat = x.value.reshape(x.value.shape[0], out_c, -1)
@@ -288,8 +293,9 @@ class Prover:
                 value[:, c] = shift[c] if shift is not None else 0
                 proof[c] = f"{proof[c]} -> constant: {type(mod).__name__} '{node.target}' of a constant -> " + \
                     ("beta" if shift is not None else "0")
-        finite = torch.isfinite(value.reshape(value.shape[0], out_c, -1)).all(dim=2).all(dim=0)
-        fixed &= finite
+        idx = torch.nonzero(fixed).flatten()
+        finite = torch.isfinite(value[:, idx].reshape(value.shape[0], idx.numel(), -1)).all(dim=2).all(dim=0)
+        fixed[idx[~finite]] = False
         proof = [p if fixed[c] else None for c, p in enumerate(proof)]
         return Facts(fixed, value, proof)
 
@@ -298,6 +304,8 @@ class Prover:
             mod = self._module(node)
             if isinstance(mod, ChannelMask):
                 return "mask"
+            if not isinstance(mod, ChannelBias) and not_plain_reason(mod) is not None:
+                return "unknown"  # a subclass with its own forward / hooks: its math is not torch's
             if isinstance(mod, _POINTWISE_MODULES):
                 return "pointwise"
             if _is_channel_norm(mod) or (isinstance(mod, nn.LayerNorm) and not mod.elementwise_affine):
@@ -425,8 +433,9 @@ class Prover:
             for ch in torch.nonzero(fixed).flatten().tolist():
                 f, src = ids[int(lo[ch]) - 1]
                 proof[ch] = f.proof[src]
-            finite = torch.isfinite(v.reshape(v.shape[0], c, -1)).all(dim=2).all(dim=0)
-            fixed &= finite
+            idx = torch.nonzero(fixed).flatten()
+            finite = torch.isfinite(v[:, idx].reshape(v.shape[0], idx.numel(), -1)).all(dim=2).all(dim=0)
+            fixed[idx[~finite]] = False
             return Facts(fixed, v.detach(), proof)
 
         return facts_from(value, tag_out)

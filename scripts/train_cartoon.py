@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     dopt = torch.optim.Adam(D.parameters(), lr=args.d_lr, betas=(0.5, 0.999))
     sched = TimeSchedule(steps=args.steps, warmup=args.warmup, budget_s=args.time_budget)
     ckpt_path = args.ckpt_dir / "latest.pt"
-    step, log = 0, []
+    step, log, history = 0, [], []
     if args.resume or args.export_only:
         if not ckpt_path.is_file():
             print(f"no checkpoint {ckpt_path} to resume/export", file=sys.stderr)
@@ -138,13 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         gopt.load_state_dict(ck["gopt"])
         dopt.load_state_dict(ck["dopt"])
         step, log = ck["step"], json.loads(ck["log"])
+        history = json.loads(ck.get("history", '["(first run: command not recorded in its checkpoint)"]'))
         sched.elapsed_before = ck["elapsed"]
         print(f"resumed {ckpt_path}: step {step}, {ck['elapsed']:.0f} s done", flush=True)
+
+    history.append(f"{command}  # from step {step}")
 
     def checkpoint() -> None:
         save_ckpt(ckpt_path, {"G": G.state_dict(), "D": D.state_dict(), "gopt": gopt.state_dict(),
                               "dopt": dopt.state_dict(), "step": step, "elapsed": sched.elapsed(),
-                              "log": json.dumps(log)})
+                              "log": json.dumps(log), "history": json.dumps(history)})
 
     data = open_dataset("builtin:cartoon", crop_size=args.crop, patches_per_epoch=10000 * args.batch_size,
                         seed=args.seed + step)
@@ -224,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": step, "scores": d_scores(D, loaded), "command": command, "seed": args.seed})
     meta = {
         "task": "builtin:cartoon", "role": "teacher", "params": n_params, "command": command,
+        "commands": history,
         "seed": args.seed, "steps": step, "time_budget_s": args.time_budget, "batch_size": args.batch_size,
         "crop": args.crop, "lr": args.lr, "d_lr": args.d_lr, "l1_weight": args.l1_weight,
         "warmup": args.warmup, "init": "N(0, 0.02) (pix2pix)",

@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     dopt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
     sched = TimeSchedule(steps=args.steps, warmup=args.warmup, budget_s=args.time_budget)
     ckpt_path = args.ckpt_dir / "latest.pt"
-    step, dstep, log = 0, 0, []
+    step, dstep, log, history = 0, 0, [], []
     if args.resume or args.export_only:
         if not ckpt_path.is_file():
             print(f"no checkpoint {ckpt_path} to resume/export", file=sys.stderr)
@@ -282,13 +282,17 @@ def main(argv: list[str] | None = None) -> int:
         disc.load_state_dict(ck["disc"])
         dopt.load_state_dict(ck["dopt"])
         step, dstep, log = ck["step"], ck["dstep"], json.loads(ck["log"])
+        history = json.loads(ck.get("history", '["(first run: command not recorded in its checkpoint)"]'))
         sched.elapsed_before = ck["elapsed"]
         print(f"resumed {ckpt_path}: step {step}, D step {dstep}, {ck['elapsed']:.0f} s done", flush=True)
+
+    history.append(f"{command}  # from step {step}")
 
     def checkpoint() -> None:
         save_ckpt(ckpt_path, {"model": model.state_dict(), "opt": opt.state_dict(), "disc": disc.state_dict(),
                               "dopt": dopt.state_dict(), "step": step, "dstep": dstep,
-                              "elapsed": sched.elapsed(), "log": json.dumps(log)})
+                              "elapsed": sched.elapsed(), "log": json.dumps(log),
+                              "history": json.dumps(history)})
 
     data = open_dataset("builtin:sr", crop_size=args.patch, augment="dihedral",
                         patches_per_epoch=10000 * args.batch_size, seed=args.seed + step)
@@ -377,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "scores": d_scores(disc, loaded), "command": command, "seed": args.seed})
     meta = {
         "task": "builtin:sr", "role": "teacher", "params": n_params, "command": command,
+        "commands": history,
         "seed": args.seed, "steps": step, "time_budget_s": args.time_budget, "batch_size": args.batch_size,
         "patch_lr": args.patch,
         "init": (f"warm start from {args.init_from} (widen_from)" if args.init_from else

@@ -206,7 +206,7 @@ def _compile_guarded(gm: nn.Module, inputs: tuple[torch.Tensor, ...], timeout_s:
 def _inductor(ctx: Context) -> tuple[Runner, list[str]]:
     if ctx.inductor_timeout_s <= 0:
         raise Skip("disabled (inductor_timeout_s <= 0)")
-    base = copy.deepcopy(ctx.graph())
+    base = copy.deepcopy(_opt_graph(ctx)[0])
     base.eval()
     for p in base.parameters():
         p.requires_grad_(False)

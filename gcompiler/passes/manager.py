@@ -11,6 +11,10 @@ After every pass the verifier runs, at the level ``verify`` asks for:
 * ``"numeric"`` (on request; the test suite sets ``GCOMPILER_VERIFY=numeric``): also compares the outputs
   with the previous graph's on the same inputs within the pass's :class:`~.registry.Contract`.
 
+Shapes are re-recorded with fake tensors (nothing computed). Outputs for a contract comparison are computed
+in float64 where the graph runs in it (:func:`_measure`): a contract is about the function, and float32
+rounding of an exact rewrite can reach 1e-5 x max|y| on its own.
+
 Whatever the level (except ``"none"``), the **end-of-pipeline check** (``check=True``, the default) runs
 the graph once before and once after the pipeline on small random inputs of the recorded rank (batch 1,
 spatial sizes <= 64, the recorded shapes when the graph does not take those) and compares the outputs within
@@ -179,6 +183,29 @@ def _run(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> Any:
             m.training = t
 
 
+def _measure(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The graph's output for a contract comparison, computed in float64 where the graph runs in it.
+
+    A contract states what a pass does to the function (``exact``: the same function up to re-association),
+    so it is measured in float64: float32 rounding of an exact rewrite (e.g. constants folded into a bias,
+    with large intermediate values and a small output) can reach 1e-5 x max|y| by itself. A graph whose
+    floating tensors are not all float32, or that does not run in float64 (an op that fixes its dtype),
+    is measured as it is. Parameters keep their identity; their float32 values are restored exactly.
+    """
+    tensors = [t for t in list(gm.parameters()) + list(gm.buffers()) if t.is_floating_point()]
+    if all(t.dtype == torch.float32 for t in tensors) and \
+            all(x.dtype == torch.float32 for x in inputs if isinstance(x, torch.Tensor) and x.is_floating_point()):
+        xs = [x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs]
+        try:
+            gm.double()
+            return _first_tensor(_run(gm, xs))
+        except Exception:  # noqa: BLE001 - measured in float32 below
+            pass
+        finally:
+            gm.float()
+    return _first_tensor(_run(gm, inputs)).double()
+
+
 def _propagate(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], *, real: bool) -> Any:
     """Re-record shapes at the recorded input sizes; computes nothing unless ``real`` (numeric level), or
     when an op has no fake-tensor kernel."""
@@ -234,7 +261,7 @@ def _check_inputs(gm: fx.GraphModule, *, seed: int) -> tuple[tuple[torch.Tensor,
     if small != [tuple(s) for s, _ in specs]:
         xs = make(small)
         try:
-            return xs, True, _first_tensor(_run(gm, xs))
+            return xs, True, _measure(gm, xs)
         except Exception:  # noqa: BLE001 - the graph is specialised to its recorded sizes: use them
             pass
     return make([tuple(s) for s, _ in specs]), False, None
@@ -291,10 +318,10 @@ def _localize(snapshot: fx.GraphModule, steps: Sequence[_Step], inputs: Sequence
     why = (f"(found by the end-of-pipeline check: passes '{names}' changed the output by {total:.3g} x max|y| "
            f"on inputs {[tuple(x.shape) for x in inputs]}, beyond their combined contract {bound})")
     gm = snapshot
-    before = _first_tensor(_run(gm, inputs))
+    before = _measure(gm, inputs)
     for step in steps:
         gm = _apply(gm, step)
-        after = _first_tensor(_run(gm, inputs))
+        after = _measure(gm, inputs)
         c = step.contract
         if c is not None and c.numeric and (after.shape != before.shape or not c.holds(before, after)):
             err = c.error(before, after) if after.shape == before.shape else float("inf")
@@ -326,7 +353,7 @@ def run_pipeline(gm: fx.GraphModule, pipeline: str | Iterable[PipelineItem], *, 
     log = log or PassLog()
     original = gm
     inputs = random_inputs(gm, seed=seed) if level in ("shapes", "numeric") else ()
-    before = _first_tensor(_run(gm, inputs)) if level == "numeric" else None
+    before = _measure(gm, inputs) if level == "numeric" else None
     end_check = check and level != "none"
     check_x: tuple[torch.Tensor, ...] = ()
     segment: list[_Step] = []
@@ -336,7 +363,7 @@ def run_pipeline(gm: fx.GraphModule, pipeline: str | Iterable[PipelineItem], *, 
     def open_segment(g: fx.GraphModule, ref: torch.Tensor | None = None) -> None:
         nonlocal seg_ref, snapshot, segment
         segment = []
-        seg_ref = ref if ref is not None else _first_tensor(_run(g, check_x))
+        seg_ref = ref if ref is not None else _measure(g, check_x)
         snapshot = copy.deepcopy(g)
 
     def close_segment(g: fx.GraphModule) -> None:
@@ -344,7 +371,7 @@ def run_pipeline(gm: fx.GraphModule, pipeline: str | Iterable[PipelineItem], *, 
         if not segment or bound is None or seg_ref is None:
             return
         try:
-            out = _first_tensor(_run(g, check_x))
+            out = _measure(g, check_x)
         except GCompilerError:
             raise
         except Exception as exc:
@@ -378,11 +405,11 @@ def run_pipeline(gm: fx.GraphModule, pipeline: str | Iterable[PipelineItem], *, 
                 raise VerificationError(f"after pass '{step.name}': graph lint failed: {exc}") from exc
         if level in ("shapes", "numeric"):
             try:
-                after_out = _propagate(gm, inputs, real=level == "numeric")
+                _propagate(gm, inputs, real=False)
             except TraceError as exc:
                 raise VerificationError(f"after pass '{step.name}': {exc}") from exc
             if level == "numeric" and before is not None:
-                after = _first_tensor(after_out)
+                after = _measure(gm, inputs)
                 c = contract or Contract.changes_semantics()
                 if c.numeric:
                     if after.shape != before.shape:

@@ -104,9 +104,10 @@ def test_end_to_end_under_a_macs_budget(tmp_path, capsys):
     assert search["evaluations"] == 8 and all(c["macs"] <= budget for c in search["candidates"])
     assert search["chosen"] in [c["config"] for c in search["candidates"]]
     assert len(search["chosen"].split("_")) == 8  # a ResNet: GAN Compression's config string
-    assert report["cost_check"]["cost_table"] == report["cost_check"]["profile"] == summary["macs_after"]
+    check = report["cost_check"]  # the shared cost model, the supernet's table (used by the search), the profile
+    assert check["estimate"] == check["cost_table"] == check["profile"] == summary["macs_after"]
     assert report["recon_target"] == "teacher" and report["d_real"] == "teacher"  # a single folder is unpaired
-    assert len(report["feature_taps"]) == 4 and [r["pass"] for r in report["pass_log"]] == ["make-supernet"]
+    assert len(report["feature_taps"]) == 4 and [r["pass"] for r in report["pass_log"]] == ["insert-masks", "make-supernet"]
     assert (out / "pareto.png").stat().st_size > 5000
     student = gcompiler.load(out)
     assert gcompiler.profile(student).macs == summary["macs_after"]
@@ -123,7 +124,8 @@ def test_mobile_student_through_substitute_ops(tmp_path, capsys):
     assert rc == 0, err
     report = json.loads((out / "report.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
-    assert [r["pass"] for r in report["pass_log"]] == ["substitute-ops", "derive-architecture", "make-supernet"]
+    assert [r["pass"] for r in report["pass_log"]] == ["substitute-ops", "derive-architecture", "insert-masks",
+                                                            "make-supernet"]
     assert report["supernet"]["space"] == "groups"  # inverted residual blocks: widths per group, not the string
     assert any(g.endswith("_expand") for g in report["supernet"]["groups"])
     assert summary["macs_after"] <= summary["macs_before"] / 1.5

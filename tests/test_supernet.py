@@ -260,3 +260,39 @@ def test_l1_order_puts_the_strongest_filters_first():
     assert torch.equal(w_stem, orig.sort(descending=True).values)  # the same filters, reordered
     with torch.no_grad():
         torch.testing.assert_close(sn(x), m(x), rtol=1e-5, atol=1e-6)
+
+
+def _check_cost_model(model: nn.Module, x: torch.Tensor, seed: int, trials: int, exact: bool = True) -> None:
+    gm = gcompiler.trace(model, x)
+    sn = make_supernet(gm)
+    masked = gcompiler.compile(gm, "insert-masks")
+    rng = random.Random(seed)
+    for _ in range(trials):
+        widths = _random_widths(sn, rng)
+        est = gcompiler.estimate(masked, widths=widths)
+        cost = subnet_cost(sn, widths)
+        prof = gcompiler.profile(extract(sn, widths), x)
+        assert (cost["macs"], cost["params"]) == (prof.macs, prof.params)
+        if exact:
+            assert (est.macs, est.params) == (cost["macs"], cost["params"])
+        else:  # elimination of zeroed units may keep carriers for constants (norm bias + zero padding)
+            assert est.macs >= cost["macs"] and est.params >= cost["params"]
+
+
+@pytest.mark.parametrize("name,kw,size", [
+    ("resnet_9blocks", dict(ngf=4, n_blocks=3), 32),
+    ("mobile_resnet_9blocks", dict(ngf=4, n_blocks=3), 32),
+    ("unet_128", dict(ngf=2), 128),
+    ("srresnet", dict(nf=8, nb=2, scale=4), 12),
+])
+def test_sub_network_prices_agree_with_the_shared_cost_model(name, kw, size):
+    """gcompiler.estimate(widths=...) on the masked plain graph == the supernet's table == the extracted profile
+    (zoo models at initialisation: norm biases are 0, so removed units leave no constant behind)."""
+    _check_cost_model(models.create(name, **kw).eval(), torch.randn(1, 3, size, size), seed=2, trials=3)
+
+
+@settings(deadline=None, max_examples=8)
+@given(net=generator_nets(allow_unknown=False), seed=st.integers(0, 10_000))
+def test_sub_network_prices_agree_with_the_cost_model_on_generated_graphs(net, seed):
+    model, x = net
+    _check_cost_model(model, x, seed, trials=1, exact=False)

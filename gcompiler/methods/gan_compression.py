@@ -21,7 +21,11 @@ Stages (BRIEF section 1):
 3. **Search** under ``--target-macs``: brute force when the space is small (``brute_force_limit``), else
    evolution (population, mutation probability 0.2, crossover; :mod:`gcompiler.search.evolution`). Each
    candidate is priced exactly by the supernet's cost table at the reference input
-   (:func:`gcompiler.supernet.subnet_cost`, the same count as profiling the extracted network) and scored
+   (:func:`gcompiler.supernet.subnet_cost`: equal to profiling the extracted network, and to the shared cost
+   model ``gcompiler.estimate(widths=...)`` on a masked copy of the plain student whenever the removed units
+   leave no constant behind; where they would -- a norm bias before a zero-padded conv -- ``estimate`` prices
+   the *elimination* of zeroed units, which keeps a carrier for the constant, while a sub-network simply does
+   not compute those units; the report lists all three counts for the chosen one) and scored
    on a fixed search split (``search_images`` training crops drawn with their own seed, never the
    held-out evaluation photos) by PSNR or SSIM to the teacher or the ground truth, or by FID when
    Inception weights are given (``fid_weights``). Every candidate goes into ``search.json`` and the
@@ -50,11 +54,11 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..train import Distill, DistillConfig, TrainConfig, Trainer
+from ..train import Distill, DistillConfig, Trainer
 from ..train.losses import FeatureDistillLoss
 from ..train.taps import TappedModel
 from . import register_method
-from .base import CompressJob, _first_sample, describe_bytes
+from .base import CompressJob, _first_sample
 
 log = logging.getLogger("gcompiler.compress")
 
@@ -393,14 +397,8 @@ def _discriminator(job: CompressJob, opts: GANCompressionOptions, conditional: b
     return create("patchgan_d", input_nc=channels, ndf=ndf, n_layers=layers)
 
 
-def _train_config(job: CompressJob, out_dir, max_steps: int) -> TrainConfig:
-    s = job.settings
-    return TrainConfig(out_dir=out_dir, max_steps=max_steps, save_every=s.save_every, log_every=s.log_every,
-                       sample_every=s.sample_every, seed=s.seed, device=s.device, resume=s.resume,
-                       progress=not s.quiet, value_range=job.value_range, amp="off")
-
-
-def _build_student(job: CompressJob, opts: GANCompressionOptions) -> fx.GraphModule:
+def _build_student(job: CompressJob, opts: GANCompressionOptions) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """The supernet, and a masked copy of the plain student that the shared cost model prices widths on."""
     from ..fx import trace
     from ..passes.registry import available
 
@@ -414,7 +412,8 @@ def _build_student(job: CompressJob, opts: GANCompressionOptions) -> fx.GraphMod
             raise ConfigError(f"gan-compression: student=mobile needs the pass {name!r}, which this build does not "
                               f"register (available: {', '.join(available())}); use student=teacher")
         gm = job.rewrite(gm, opts.mobile_pipeline, stage="mobile-student")
-    return job.rewrite(gm, f"make-supernet{{order={opts.order}}}", stage="supernet")
+    priced = job.rewrite(copy.deepcopy(gm), "insert-masks", stage="cost-model")
+    return job.rewrite(gm, f"make-supernet{{order={opts.order}}}", stage="supernet"), priced
 
 
 @register_method("gan-compression", options=GANCompressionOptions,
@@ -423,8 +422,6 @@ def _build_student(job: CompressJob, opts: GANCompressionOptions) -> fx.GraphMod
                  defaults={"max_steps": 300, "finetune_steps": 100, "batch_size": 8, "bits": 32})
 def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[str, Any]:
     """Run GAN Compression on ``job`` (see the module docstring); returns ``{"summary", "report"}``."""
-    from ..fx import propagate_shapes
-    from ..profiler import profile
     from ..search.evolution import search
     from ..supernet import extract, search_space, subnet_cost
 
@@ -445,7 +442,7 @@ def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[s
                               "recon_target": recon_target, "d_real": d_real}
 
     # -- stage 1: the supernet ---------------------------------------------------------------------------------
-    supernet = _build_student(job, opts)
+    supernet, priced = _build_student(job, opts)
     meta = supernet.meta["supernet"]
     space = search_space(supernet, choices=opts.choice_list(), round_to=opts.round_to)
     report["supernet"] = {"groups": dict(meta["groups"]), "fixed": dict(meta["fixed"]), "space": space.kind,
@@ -461,7 +458,12 @@ def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[s
     report["feature_taps"] = taps
     teacher_run: nn.Module = _trace_teacher(job) if opts.lambda_distill > 0 and taps else job.teacher
 
-    disc = _discriminator(job, opts, conditional=False) if opts.lambda_gan > 0 else None
+    disc = None
+    if opts.lambda_gan > 0:
+        disc = job.build_discriminator()  # the task's pretrained D (--discriminator), else a fresh PatchGAN
+        report["discriminator"] = job.discriminator_spec() if disc is not None else "fresh PatchGAN"
+        if disc is None:
+            disc = _discriminator(job, opts, conditional=False)
     dcfg = DistillConfig(pixel=opts.recon if opts.lambda_recon > 0 else None, pixel_weight=opts.lambda_recon,
                          target=recon_target, gan=opts.gan if disc is not None else None, gan_weight=opts.lambda_gan,
                          discriminator=disc, d_real=d_real, lr=opts.lr, betas=(0.5, 0.999), d_lr=opts.d_lr,
@@ -473,7 +475,8 @@ def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[s
                         freeze_norm_stats=opts.freeze_norm_stats)
     t0 = time.perf_counter()
     trainer = Trainer(recipe, student=supernet, teacher=teacher_run, data=job.make_loader(),
-                      config=_train_config(job, job.run_dir / "supernet", s.max_steps))
+                      config=job.train_config(job.run_dir / "supernet", s.max_steps),
+                      callbacks=[job.state_saver("supernet")])
     result = trainer.fit()
     supernet = trainer.module("student").cpu().eval()
     if disc is not None:
@@ -499,7 +502,7 @@ def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[s
     scorer = CandidateScorer(supernet, space, batches, refs, metric=opts.metric, value_range=job.value_range,
                              fid_features=fid_features)
 
-    def cost(c: tuple) -> float:
+    def cost(c: tuple) -> float:  # exact MACs of the sub-network (== the profile of its extraction)
         return float(subnet_cost(supernet, space.to_config(c))["macs"])
 
     budget = float(job.target_macs) if job.target_macs is not None else None
@@ -539,7 +542,7 @@ def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[s
 
     # -- stage 3: extract, fine-tune, export -----------------------------------------------------------------
     slim = extract(supernet, cfg)
-    est = _cross_check_estimate(supernet, cfg, slim, job.reference_input)
+    est = _cross_check_estimate(supernet, priced, cfg, slim, job.reference_input)
     report["cost_check"] = est
     for p in slim.parameters():
         p.requires_grad_(True)
@@ -548,48 +551,20 @@ def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[s
         fcfg = dataclasses.replace(dcfg, lr=opts.finetune_lr or opts.lr, discriminator=disc)
         ft = _FrozenNormFinetune(fcfg)
         trainer = Trainer(ft, student=slim, teacher=job.teacher, data=job.make_loader(seed_offset=1),
-                          config=_train_config(job, job.run_dir / "finetune", s.finetune_steps))
+                          config=job.train_config(job.run_dir / "finetune", s.finetune_steps),
+                          callbacks=[job.state_saver("finetune")])
         r = trainer.fit()
         ft_steps = r.steps
         slim = trainer.module("student").cpu()
         job.teacher.cpu()
         report["finetune_losses"] = r.losses
-    slim = slim.cpu().eval()
-    for p in slim.parameters():
-        p.requires_grad_(False)
     slim.meta.pop("supernet", None)
-    propagate_shapes(slim, job.reference_input)
-    prof = profile(slim, job.reference_input)
-    device = s.device if s.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    ev = job.evaluate(slim.to(device), device=device)
-    grid = job.save_samples(slim, job.run_dir / "samples" / "heldout.png", device=device)
-    if grid is not None:
-        report["samples"] = str(grid)
-    slim = slim.cpu()
-    job.teacher.cpu()
-    tp = job.teacher_profile
-    summary = {
-        "method": "gan-compression",
-        "input_shape": [int(v) for v in job.reference_input.shape],
-        "macs_before": int(tp.macs),
-        "macs_after": int(prof.macs),
-        "params_before": int(tp.params),
-        "params_after": int(prof.params),
-        "size_bytes_before": int(round(tp.size_bytes(32))),
-        "size_bytes_after": int(round(prof.size_bytes(32))),
-        "psnr_to_teacher": ev["psnr_to_teacher"],
-        "psnr_to_target": ev["psnr_to_target"],
-        "steps": int(train_steps + ft_steps),
-        "wall_s": round(job.wall_s(), 2),
-    }
-    report.update(supernet_steps=train_steps, finetune_steps=ft_steps, evaluation=ev, config=space.label(chosen.candidate),
-                  size=f"{describe_bytes(summary['size_bytes_before'])} -> {describe_bytes(summary['size_bytes_after'])}")
-    if job.target_macs is not None and prof.macs > job.target_macs:
-        raise ConfigError(f"gan-compression: the exported network has {prof.macs} MACs, above --target-macs "
-                          f"{job.target_macs} (cost table and profile disagree: {json.dumps(est)})")
-    job.export(slim, summary, report)
-    job.save_state(stage="done", step=summary["steps"])
-    return {"summary": summary, "report": report}
+    report.update(supernet_steps=train_steps, finetune_steps=ft_steps, config=space.label(chosen.candidate))
+    out = job.finish(slim, steps=train_steps + ft_steps, report=report, method="gan-compression", bits=32)
+    if job.target_macs is not None and out["summary"]["macs_after"] > job.target_macs:
+        raise ConfigError(f"gan-compression: the exported network has {out['summary']['macs_after']} MACs, above "
+                          f"--target-macs {job.target_macs} (cost model and profile disagree: {json.dumps(est)})")
+    return out
 
 
 def _trace_teacher(job: CompressJob) -> fx.GraphModule:
@@ -601,24 +576,14 @@ def _trace_teacher(job: CompressJob) -> fx.GraphModule:
     return gm
 
 
-def _cross_check_estimate(supernet: fx.GraphModule, cfg: Any, slim: fx.GraphModule, x: torch.Tensor) -> dict[str, Any]:
-    """MACs of the chosen sub-network three ways: the supernet's cost table, the profile of the extracted
-    network and (when it exists) the shared cost model ``gcompiler.estimate`` on the supernet's widths."""
+def _cross_check_estimate(supernet: fx.GraphModule, priced: fx.GraphModule, cfg: Any, slim: fx.GraphModule,
+                          x: torch.Tensor) -> dict[str, Any]:
+    """MACs of the chosen sub-network three ways: the supernet's own cost table (what the search used), the
+    profile of the extracted network and the shared cost model ``gcompiler.estimate`` (elimination semantics:
+    equal unless removed units would leave constants behind, see the module docstring)."""
+    from ..cost import estimate
     from ..profiler import profile
     from ..supernet import config_to_widths, subnet_cost
 
-    out: dict[str, Any] = {"cost_table": subnet_cost(supernet, cfg)["macs"], "profile": profile(slim, x).macs}
-    try:
-        from ..cost import estimate  # the shared cost model (elimination helper)
-    except ImportError:
-        out["estimate"] = None
-        return out
-    try:
-        plain = copy.deepcopy(supernet)
-        from ..passes.supernet import apply_widths
-
-        apply_widths(plain, {})
-        out["estimate"] = int(estimate(plain, widths=config_to_widths(supernet, cfg)).macs)
-    except Exception as exc:  # noqa: BLE001 - a cross-check must not fail the run
-        out["estimate"] = f"{type(exc).__name__}: {exc}"
-    return out
+    return {"estimate": int(estimate(priced, widths=config_to_widths(supernet, cfg)).macs),
+            "cost_table": subnet_cost(supernet, cfg)["macs"], "profile": profile(slim, x).macs}

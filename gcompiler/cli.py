@@ -226,23 +226,8 @@ def _configure_compress(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", default=S, help="no progress bar; warnings only")
 
 
-def print_result(result: object) -> None:
-    """The end of a run on the terminal: the verified graph rewrites, the before/after table, where things are."""
-    from .methods.base import pass_log_table, summary_table
-
-    rows = result.report.get("pass_log") or []  # type: ignore[attr-defined]
-    if rows:
-        print("graph rewrites (verified by the pass manager; report.json[\"pass_log\"]):")
-        print(pass_log_table(rows) + "\n")
-    summary = result.summary  # type: ignore[attr-defined]
-    print(summary_table(summary))
-    out = str(result.run_dir)  # type: ignore[attr-defined]
-    print(f"\n{summary['steps']} steps in {summary['wall_s']:.0f} s; run dir {out} (summary.json, report.json); "
-          f"load the student with gcompiler.load({out!r})")
-
-
 def cmd_compress(args: argparse.Namespace) -> int:
-    from .compression import run_compress
+    from .compression import print_result, run_compress
     from .methods.options import parse_key_values
 
     given = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}

@@ -306,6 +306,20 @@ def run_compress(layers: Sequence[Layer], *, teacher: nn.Module | None = None) -
                           report=dict(result.get("report") or {}))
 
 
+def print_result(result: CompressResult) -> None:
+    """The end of a run on the terminal: the verified graph rewrites, the before/after table, where things are."""
+    from .methods.base import pass_log_table
+
+    rows = result.report.get("pass_log") or []
+    if rows:
+        print("graph rewrites (verified by the pass manager; report.json[\"pass_log\"]):")
+        print(pass_log_table(rows) + "\n")
+    print(result.table())
+    out = str(result.run_dir)
+    print(f"\n{result.summary['steps']} steps in {result.summary['wall_s']:.0f} s; run dir {out} (summary.json, "
+          f"report.json); load the student with gcompiler.load({out!r})")
+
+
 def compress(teacher: str | nn.Module, data: str, method: str = "gs", *, target_macs: str | float | None = None,
              bits: int = 32, steps: int | None = None, out: str | os.PathLike | None = None,
              **method_options: Any) -> CompressResult:
@@ -348,5 +362,5 @@ def compress(teacher: str | nn.Module, data: str, method: str = "gs", *, target_
     return run_compress([("compress() arguments", kwargs)], teacher=module)
 
 
-__all__ = ["compress", "CompressResult", "resolve", "run_compress", "run_job", "run_logging", "check_run_dir",
+__all__ = ["compress", "CompressResult", "print_result", "resolve", "run_compress", "run_job", "run_logging", "check_run_dir",
            "coerce_setting"]

@@ -41,8 +41,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo with the parsed flags of :func:`configure`; prints the result."""
-    from .cli import print_result
-    from .compression import compress
+    from .compression import compress, print_result
 
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     values = dict(DEMO_SETTINGS)

@@ -136,7 +136,8 @@ def test_settings_errors(tmp_path, capsys):
     base = ["--teacher", "gsfix.teachers:TinyGen", "--data", str(data), "--out", str(tmp_path / "r"), *FAST]
     for extra, msg in ((["--opt", "rhoo=1"], "no option"), (["--bits", "1"], "--bits"),
                        (["--target-macs", "0.5x"], "factor"), (["--method", "agdd"], "unknown --method"),
-                       (["--batch-size", "4"], "fewer than --batch-size")):
+                       (["--batch-size", "4"], "fewer than --batch-size"),
+                       (["--target-macs", "1000x"], "below the smallest network")):
         rc, _, err = run(capsys, *base, *extra)
         assert rc == 2 and msg in err, (extra, err)
     bad = tmp_path / "bad.toml"

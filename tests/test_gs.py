@@ -209,7 +209,7 @@ def test_budget_pruning_is_exact_and_slimming_keeps_the_masked_function():
     assert pruned["estimate"] == pruned["macs"] == profile(slim, ref).macs <= full // 3
     assert not any(isinstance(m, (nn.BatchNorm2d, ChannelMask)) for m in slim.modules())  # folded away
     assert rep["dead_channels"]["removed_units"] > 0
-    assert [r["pass"] for r in job.pass_log_rows()][-3:] == ["prune-masks-to-budget", "eliminate-dead-channels",
+    assert [r["pass"] for r in job.pass_log_rows()][-3:] == ["prune-by-ratio", "eliminate-dead-channels",
                                                             "fold-norms"]
     # slimming without a budget keeps the function of the masked network
     job2, s2 = _searched(5, ref)

@@ -76,14 +76,14 @@ from ..errors import ConfigError
 from ..train import Trainer, build_distance
 from . import register_method
 from .base import CompressJob
-from .gs_graph import add_fake_quant, export_integer, prune_masks_to_budget, search_student, slim_student
+from .gs_graph import add_fake_quant, export_integer, min_reachable_macs, search_student, slim_student
 from .gs_recipes import (FrozenNormStats, GSFinetune, GSTraining, auto_rho, build_discriminator, distill_config,
                          first_conv_width, mask_sparsity)
 
 log = logging.getLogger("gcompiler.compress")
 
 __all__ = ["GSOptions", "run_gs", "GSTraining", "GSFinetune", "FrozenNormStats", "auto_rho", "mask_sparsity",
-           "search_student", "slim_student", "add_fake_quant", "prune_masks_to_budget", "export_integer"]
+           "search_student", "slim_student", "add_fake_quant", "min_reachable_macs", "export_integer"]
 
 ABLATIONS = ("none", "prune-only", "distill-only", "ptq", "no-gan")
 
@@ -249,6 +249,12 @@ def run_gs(job: CompressJob, opts: GSOptions) -> dict[str, Any]:
         search_steps = int(prune_info.get("search_steps", s.max_steps))
     else:
         student = search_student(job, opts, bits=bits if qat else 32, calib=calibration_inputs() if qat else None)
+        if job.target_macs is not None:  # a budget the masks cannot reach fails now, not after the search
+            floor = min_reachable_macs(student, opts.round_to)
+            if job.target_macs < floor:
+                raise ConfigError(f"--target-macs {s.target_macs}: {job.target_macs:.4g} MACs is below the smallest "
+                                  f"network GS can reach by pruning channels ({floor:.4g} MACs with {opts.round_to} "
+                                  f"unit(s) left in every channel group); raise the budget")
         if rho is None:
             rho = auto_rho(student, shrink=opts.shrink, gamma_lr=opts.gamma_lr, steps=s.max_steps)
             log.info(f"gs: rho = {rho:.4g} (total shrinkage {opts.shrink:g} x the median initial |mask| over "

@@ -9,17 +9,19 @@ stage                   pipeline
 ``search-student``      ``insert-masks{round_to}`` [, ``insert-fake-quant{bits, act_range, act_clip,
                         per_channel}``, ``calibrate-activations{percentile}`` (clips from training
                         batches, when ``act_clip`` is unset)]
-``slim``                [``strip-fake-quant``,] ``prune-masks-to-budget{macs, round_to}`` (with
-                        ``--target-macs``), ``eliminate-dead-channels{round_to}``, ``fold-norms``
+``slim``                [``strip-fake-quant``,] ``prune-by-ratio{target_macs, criterion=gamma, round_to}``
+                        (with ``--target-macs``), ``eliminate-dead-channels{round_to}``, ``fold-norms``
 ``finetune-quant``      ``insert-fake-quant{...}`` [, ``calibrate-activations``] on the slim student
 ``ptq``                 ``insert-fake-quant{...}``, ``calibrate-activations`` (post-training quantization)
 ``int8-export``         ``convert-to-int`` on a copy of the fake-quant student
 ======================  =============================================================================
 
-``prune-masks-to-budget`` is GS's budget step: it zeroes the mask units of smallest *relative* magnitude
-(``|m_u| / max_u' |m_u'|`` within each group: norm scales and channel-mask scales live on different scales)
-until :func:`gcompiler.estimate` -- the exact price of the network ``eliminate-dead-channels`` would build,
+GS's budget step is the one budget pruner (:func:`gcompiler.passes.budget.prune_to_budget`, through
+``prune-by-ratio{target_macs}``): it zeroes the mask units of smallest *relative* magnitude (``|m_u|`` over
+the group's mean: norm scales and channel-mask scales live on different scales) until
+:func:`gcompiler.estimate` -- the exact price of the network ``eliminate-dead-channels`` would build,
 carriers and ``round_to`` included -- meets the budget; every group keeps at least ``round_to`` units.
+:func:`min_reachable_macs` is the smallest budget that allows, checked before the search starts.
 """
 from __future__ import annotations
 
@@ -32,8 +34,7 @@ import torch
 import torch.fx as fx
 
 from ..errors import ConfigError
-from ..passes.registry import Contract, register_pass
-from .gs_recipes import mask_sparsity
+from .gs_recipes import float_copy, mask_sparsity
 
 if TYPE_CHECKING:
     from .base import CompressJob
@@ -41,81 +42,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("gcompiler.compress")
 
 
-def _mask_tensors(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
+def min_reachable_macs(gm: fx.GraphModule, round_to: int) -> int:
+    """The MACs of ``gm``'s network with every mask group cut to ``round_to`` units (the floor of a budget)."""
+    from ..cost import estimate
     from ..passes.masks import masks
 
-    return masks(gm)
-
-
-@register_pass("prune-masks-to-budget", contract=Contract.changes_semantics())
-def prune_masks_to_budget(gm: fx.GraphModule, *, macs: float | None = None, round_to: int = 1) -> fx.GraphModule:
-    """Zero the mask units of smallest relative magnitude until the exact estimated MACs are <= ``macs``.
-
-    Scores: ``|m_u| / max_u' |m_u'|`` within each mask group; units already at 0 stay dead; every group keeps
-    at least ``round_to`` units (or all of them when it has fewer). The price of a candidate setting is
-    :func:`gcompiler.estimate` of the graph (what ``eliminate-dead-channels`` would build from it). When
-    the budget cannot be met, every allowed unit is zeroed and the result says so. The outcome is in
-    ``gm.meta["budget_pruning"]``: ``{"target", "zeroed", "estimate", "sparsity"}``.
-
-    Contract: changes semantics (it removes channels on purpose).
-    """
-    from ..cost import estimate
-
-    from ..errors import PassError
-
-    if macs is None or not macs > 0:
-        raise PassError(f"prune-masks-to-budget{{macs}}: give the MACs budget (a count > 0), got {macs!r}")
-    ms = _mask_tensors(gm)
-    if not ms:
-        raise PassError("prune-masks-to-budget: the graph has no masks (run insert-masks first)")
-    alive = {n: int((m.detach() != 0).sum()) for n, m in ms.items()}
-    units = {n: m.numel() for n, m in ms.items()}
-    order: list[tuple[float, str, int]] = []
-    for n, m in ms.items():
-        a = m.detach().abs().flatten()
-        mx = float(a.max()) if a.numel() else 0.0
-        for u in torch.nonzero(a > 0).flatten().tolist():
-            order.append((float(a[u]) / mx if mx > 0 else 0.0, n, u))
-    order.sort()
-
-    def plan(k: int) -> list[tuple[str, int]]:
-        left = dict(alive)
-        chosen = []
-        for _, n, u in order:
-            if len(chosen) >= k:
-                break
-            if left[n] - 1 < min(round_to, units[n]):
-                continue
-            left[n] -= 1
-            chosen.append((n, u))
-        return chosen
-
-    def price(chosen: list[tuple[str, int]]) -> int:
-        trial = {n: m.detach().clone() for n, m in ms.items()}
-        for n, u in chosen:
-            trial[n].view(-1)[u] = 0.0
-        return estimate(gm, masks=trial, round_to=round_to).macs
-
-    lo, hi = 0, len(order)
-    if price(plan(hi)) > macs:
-        lo = hi  # cannot reach the budget: take everything allowed
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if price(plan(mid)) <= macs:
-            hi = mid
-        else:
-            lo = mid + 1
-    chosen = plan(lo)
-    with torch.no_grad():
-        for n, u in chosen:
-            ms[n].view(-1)[u] = 0.0
-    est = price([])
-    gm.meta["budget_pruning"] = {"target": float(macs), "zeroed": len(chosen), "estimate": int(est),
-                                 "sparsity": mask_sparsity(gm)}
-    if est > macs:
-        log.warning(f"prune-masks-to-budget: {macs:.4g} MACs cannot be reached keeping {round_to} unit(s) per group; "
-                    f"the smallest reachable is {est:.4g}")
-    return gm
+    priced = float_copy(gm)
+    return estimate(priced, widths={n: min(round_to, m.numel()) for n, m in masks(priced).items()},
+                    round_to=round_to).macs
 
 
 def quant_items(bits: int, opts: Any, calib: list[torch.Tensor] | None, *, calibrate: bool) -> list[tuple]:
@@ -171,16 +105,20 @@ def slim_student(job: "CompressJob", gm: fx.GraphModule, *, target_macs: int | N
     info["estimate_after_search"] = estimate(gm, round_to=round_to).macs
     items: list[Any] = []
     if target_macs is not None and info["estimate_after_search"] > target_macs:
-        items.append(("prune-masks-to-budget", {"macs": float(target_macs), "round_to": round_to}))
-    items += [("eliminate-dead-channels", {"round_to": round_to}), "fold-norms"]
-    job.rewrite(gm, items, stage="slim")
+        items.append(("prune-by-ratio", {"target_macs": float(target_macs), "criterion": "gamma",
+                                         "round_to": round_to}))
+    if items:
+        job.rewrite(gm, items, stage="slim")  # the budget step, then the masks it leaves are recorded
+        info["_pruned_sparsity"] = mask_sparsity(gm)
+    job.rewrite(gm, [("eliminate-dead-channels", {"round_to": round_to}), "fold-norms"], stage="slim")
     if target_macs is not None:
         elim = [r for r in job.pass_log if r["stage"] == "slim" and r["pass"] == "eliminate-dead-channels"]
         macs = elim[-1]["macs"][1]
-        pruned = gm.meta.pop("budget_pruning", None) or {"zeroed": 0, "estimate": info["estimate_after_search"],
-                                                         "sparsity": info["search_sparsity"]}
-        info["target_pruning"] = {"target": target_macs, **{k: v for k, v in pruned.items() if k != "target"},
-                                  "macs": macs}
+        by_ratio = gm.meta.pop("prune_by_ratio", None)
+        sparsity = info["search_sparsity"] if by_ratio is None else info.pop("_pruned_sparsity")
+        info["target_pruning"] = {"target": target_macs, "zeroed": sparsity["zero"] - info["search_sparsity"]["zero"],
+                                  "estimate": info["estimate_after_search"] if by_ratio is None
+                                  else by_ratio["estimated_macs"], "macs": macs, "sparsity": sparsity}
         if macs is not None and macs > target_macs:
             log.warning(f"--target-macs {target_macs:.4g}: reached {macs:.4g} MACs (the groups cannot shrink further "
                         f"without removing whole layers)")

@@ -6,7 +6,7 @@
   the network elimination would build (:func:`gcompiler.estimate`).
 * :class:`GSFinetune` — fine-tuning of the slim student with the same losses and no masks.
 * :class:`FrozenNormStats` — runs the student with BatchNorm in eval mode (the teacher's statistics).
-* :func:`auto_rho`, :func:`mask_sparsity`, :func:`build_discriminator`, :func:`distill_config`.
+* :func:`auto_rho`, :func:`mask_sparsity`, :func:`float_copy`, :func:`build_discriminator`, :func:`distill_config`.
 """
 from __future__ import annotations
 
@@ -45,6 +45,20 @@ class FrozenNormStats(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
+
+
+def float_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``gm`` without fake quantization (``strip-fake-quant``), for pricing mask settings with
+    :func:`gcompiler.estimate`, which counts float convs. An analysis copy: ``gm`` is not touched."""
+    import copy
+
+    from ..quant.insert import strip_fake_quant
+    from ..quant.qmodules import QUANT_CONV_TYPES
+
+    out = copy.deepcopy(gm)
+    if any(isinstance(m, QUANT_CONV_TYPES) for m in out.modules()):
+        strip_fake_quant(out)
+    return out
 
 
 def auto_rho(student: fx.GraphModule, *, shrink: float, gamma_lr: float, steps: int) -> float:
@@ -91,14 +105,15 @@ class GSTraining(Distill):
         self.gamma_lr = float(gamma_lr)
         self.gamma_momentum = float(gamma_momentum)
         self.freeze_norm_stats = freeze_norm_stats
-        self._estimate = False
+        self._priced: fx.GraphModule | None = None
 
     def setup(self, trainer: Trainer) -> None:
         super().setup(trainer)
         student = trainer.module("student")
         if self.freeze_norm_stats:
             trainer.set_runner("student", FrozenNormStats(student))
-        self._estimate = isinstance(student, fx.GraphModule)
+        if isinstance(student, fx.GraphModule):
+            self._priced = float_copy(student)
 
     def extra_groups(self, trainer: Trainer) -> list[ParamGroup]:
         from ..passes.masks import masks
@@ -115,8 +130,10 @@ class GSTraining(Distill):
         stats = super().progress(trainer)
         sp = mask_sparsity(trainer.module("student"))
         stats["sparsity"] = sp["sparsity"]
-        if self._estimate:  # exact MACs of the network elimination would build from the current masks
-            stats["macs"] = float(estimate(trainer.module("student")).macs)
+        if self._priced is not None:  # MACs of the network elimination would build from the current masks
+            from ..passes.masks import masks
+
+            stats["macs"] = float(estimate(self._priced, masks=masks(trainer.module("student"))).macs)
         return stats
 
     def describe(self) -> str:

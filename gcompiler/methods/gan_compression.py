@@ -460,7 +460,13 @@ def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[s
 
     disc = None
     if opts.lambda_gan > 0:
-        disc = job.build_discriminator()  # the task's pretrained D (--discriminator), else a fresh PatchGAN
+        try:  # the task's pretrained D (--discriminator, or builtin:NAME:discriminator), else a fresh PatchGAN
+            disc = job.build_discriminator()
+        except ConfigError as exc:
+            if getattr(job.settings, "discriminator", None):
+                raise
+            log.warning(f"gan-compression: no pretrained discriminator ({exc}); training a fresh PatchGAN")
+            disc = None
         report["discriminator"] = job.discriminator_spec() if disc is not None else "fresh PatchGAN"
         if disc is None:
             disc = _discriminator(job, opts, conditional=False)

@@ -16,7 +16,8 @@ part float. Examples::
     "model.19:w8;model.22:w8"                the two transposed convs of resnet_9blocks get 8-bit weights
     "*conv_block*:w4;model_26:float"         4-bit weights in the residual blocks, last conv left in float
 
-Rules contain no commas, so the option reads unquoted in pipeline text
+Rules are separated by ``;`` (or ``|``), the list syntax of every pass option
+(:func:`gcompiler.passes.registry.parse_list`); they contain no commas, so the option reads unquoted in pipeline text
 (``"insert-fake-quant{act_bits=8,overrides=model_1:w8a8;*:w4a4}"``); surrounding quotes are stripped.
 Every rule must match at least one conv that it decides; an unused rule (a typo, or one shadowed by an earlier
 rule) is an error that lists the conv names. The image input of a conv fed directly by a graph input (through
@@ -39,7 +40,7 @@ from torch import nn
 
 from ..errors import ConfigError, PassError
 from ..fx.utils import not_plain_reason, replace_module
-from ..passes.registry import Contract, register_pass
+from ..passes.registry import Contract, parse_list, register_pass
 from .qmodules import QUANT_CONV_TYPES, QConv2d, QConvTranspose2d
 from .quantizers import act_qrange, weight_levels
 
@@ -72,10 +73,7 @@ _PART = re.compile(r"([wa])(\d+|f)")
 def parse_overrides(text: str) -> list[OverrideRule]:
     """Parse the ``overrides`` option (grammar in the module docstring)."""
     rules: list[OverrideRule] = []
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        text = text[1:-1]  # quoted in pipeline text
-    for raw in text.split(";"):
+    for raw in parse_list(text, "insert-fake-quant{overrides}"):  # the one list syntax: ';' (or '|')
         rule = raw.strip()
         if not rule:
             continue

@@ -218,13 +218,24 @@ def _propagate(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], *, real: bool
 
 
 def _first_tensor(x: Any) -> torch.Tensor:
+    """Every tensor in a graph output (tensors, lists / tuples / dicts of them), flattened into one vector;
+    non-tensor leaves (ints, None, strings) carry no numbers to compare and are skipped."""
     if isinstance(x, torch.Tensor):
         return x
-    if isinstance(x, (list, tuple)):
-        return torch.cat([_first_tensor(v).flatten() for v in x])
-    if isinstance(x, dict):
-        return torch.cat([_first_tensor(v).flatten() for v in x.values()])
-    raise VerificationError(f"graph output of type {type(x).__name__} cannot be compared")
+    leaves: list[torch.Tensor] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            leaves.append(v.detach().flatten().to(torch.float64))
+        elif isinstance(v, (list, tuple)):
+            for e in v:
+                walk(e)
+        elif isinstance(v, dict):
+            for e in v.values():
+                walk(e)
+
+    walk(x)
+    return torch.cat(leaves) if leaves else torch.zeros(0, dtype=torch.float64)
 
 
 CHECK_SIZE = 64  # spatial size of the end-of-pipeline check's inputs (where the graph takes it)

@@ -62,6 +62,8 @@ class Contract:
 
     def error(self, reference: torch.Tensor, candidate: torch.Tensor) -> float:
         """Relative error ``max|cand - ref| / max|ref|`` as the contract measures it."""
+        if reference.numel() == 0:
+            return 0.0
         scale = reference.detach().abs().max().clamp_min(1e-12)
         return float((candidate.detach() - reference.detach()).abs().max() / scale)
 

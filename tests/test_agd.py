@@ -78,6 +78,7 @@ FAST = ["--crop", "16", "--batch-size", "2", "--workers", "0", "--threads", "1",
         "--macs-size", "32"]
 
 
+@pytest.mark.slow  # ~10 s of CPU; more wall time on a busy machine
 def test_tiny_search_end_to_end_lands_in_the_band(tmp_path, capsys):
     data = make_folder(tmp_path / "data", n=8, size=40)
     out = tmp_path / "run"

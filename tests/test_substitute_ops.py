@@ -217,6 +217,7 @@ def test_layers_on_a_plain_conv_stack():
         assert torch.allclose(derived(x), before, atol=1e-5)
 
 
+@pytest.mark.slow
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(generator_nets(allow_unknown=True))
 def test_contracts_on_generated_graphs(sample):

@@ -38,7 +38,6 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -48,10 +47,10 @@ from ..errors import ConfigError
 from ..nas.cost import CostTable
 from ..nas.derive import architecture, build_student
 from ..nas.mixed import MixedOp, arch_parameters, cells, set_mode, weight_parameters
-from ..train import Distill, DistillConfig, ParamGroup, Phase, TrainConfig, Trainer, adam, build_distance
+from ..train import Distill, DistillConfig, ParamGroup, Phase, Trainer, adam, build_distance
 from ..train.engine import StepContext
 from . import register_method
-from .base import CompressJob, describe_bytes
+from .base import CompressJob
 
 log = logging.getLogger("gcompiler.compress")
 
@@ -298,13 +297,6 @@ def _describe(c: Any, kj: tuple[int, int]) -> str:
 
 # ------------------------------------------------------------------------------------------------ driver
 
-def _train_config(job: CompressJob, out_dir: Path, max_steps: int) -> TrainConfig:
-    s = job.settings
-    return TrainConfig(out_dir=out_dir, max_steps=max_steps, save_every=s.save_every, log_every=s.log_every,
-                       sample_every=s.sample_every, seed=s.seed, device=s.device, resume=s.resume,
-                       progress=not s.quiet, value_range=job.value_range, amp="off")
-
-
 class _Half(torch.utils.data.Dataset):
     """Items ``[start, start + length)`` of a gcompiler dataset (keys may be :class:`SampleKey` objects)."""
 
@@ -342,15 +334,6 @@ def _half_loaders(job: CompressJob) -> tuple[Any, Any]:
     return w, a
 
 
-def _rewrite(job: CompressJob, gm: fx.GraphModule, pipeline: str, stage: str) -> fx.GraphModule:
-    rewrite = getattr(job, "rewrite", None)
-    if callable(rewrite):
-        return rewrite(gm, pipeline, stage=stage)
-    from ..passes.manager import run_pipeline
-
-    return run_pipeline(gm, pipeline)[0]
-
-
 def substitute_text(opts: AGDOptions) -> str:
     """The ``substitute-ops`` pipeline text of the options."""
     return (f"substitute-ops{{candidates={opts.candidates},blocks={opts.blocks},widths={opts.widths},"
@@ -365,7 +348,7 @@ def run_agd(job: CompressJob, opts: AGDOptions) -> dict[str, Any]:
     """Run AGD on ``job`` (see the module docstring); returns ``{"summary": ..., "report": ...}``."""
     import json
 
-    from ..fx import propagate_shapes, trace
+    from ..fx import trace
     from ..profiler import profile
 
     s = job.settings
@@ -387,7 +370,7 @@ def run_agd(job: CompressJob, opts: AGDOptions) -> dict[str, Any]:
     supernet = trace(job.teacher, job.reference_input)
     for p in supernet.parameters():
         p.requires_grad_(True)
-    supernet = _rewrite(job, supernet, substitute_text(opts), "substitute")
+    supernet = job.rewrite(supernet, substitute_text(opts), stage="substitute")
     table = CostTable(supernet)
     reach = table.bounds()
     report["supernet"] = {"cells": supernet.meta["nas"]["cells"], "macs_range": list(reach),
@@ -407,7 +390,8 @@ def run_agd(job: CompressJob, opts: AGDOptions) -> dict[str, Any]:
     pre_steps = 0
     if opts.pretrain_steps > 0:
         trainer = Trainer(SupernetPretrain(dcfg), student=supernet, teacher=job.teacher, data=w_loader,
-                          config=_train_config(job, job.run_dir / "pretrain", opts.pretrain_steps))
+                          config=job.train_config(job.run_dir / "pretrain", opts.pretrain_steps, amp="off"),
+                          callbacks=[job.state_saver("pretrain")])
         res = trainer.fit()
         pre_steps = res.steps
         supernet = trainer.module("student").cpu()
@@ -418,7 +402,8 @@ def run_agd(job: CompressJob, opts: AGDOptions) -> dict[str, Any]:
                        band=opts.band, lambda_f=opts.lambda_f, arch_lr=opts.arch_lr, eval_every=opts.eval_every,
                        sandwich=opts.sandwich, tau=opts.tau)
     trainer = Trainer(search, student=supernet, teacher=job.teacher, data={"train": w_loader, "arch": a_loader},
-                      config=_train_config(job, job.run_dir / "search", s.max_steps))
+                      config=job.train_config(job.run_dir / "search", s.max_steps, amp="off"),
+                      callbacks=[job.state_saver("search")])
     res = trainer.fit()
     search_steps = res.steps
     supernet = trainer.module("student").cpu().eval()
@@ -444,7 +429,7 @@ def run_agd(job: CompressJob, opts: AGDOptions) -> dict[str, Any]:
     if opts.inherit:
         for c in cells(supernet).values():
             c.train(False)
-        student = _rewrite(job, supernet, "derive-architecture", "derive")
+        student = job.rewrite(supernet, "derive-architecture", stage="derive")
     else:
         student = build_student(job.teacher, job.reference_input, arch)
     for p in student.parameters():
@@ -458,7 +443,8 @@ def run_agd(job: CompressJob, opts: AGDOptions) -> dict[str, Any]:
         tcfg = DistillConfig(pixel=None, distance=distance, distance_note=note, lr=opts.train_lr, betas=(0.5, 0.999),
                              schedule="linear_decay:0.5")
         trainer = Trainer(Distill(tcfg), student=student, teacher=job.teacher, data=job.make_loader(seed_offset=1),
-                          config=_train_config(job, job.run_dir / "train", s.finetune_steps))
+                          config=job.train_config(job.run_dir / "train", s.finetune_steps, amp="off"),
+                          callbacks=[job.state_saver("train")])
         res = trainer.fit()
         ft_steps = res.steps
         student = trainer.module("student").cpu()
@@ -466,36 +452,7 @@ def run_agd(job: CompressJob, opts: AGDOptions) -> dict[str, Any]:
         report["train_losses"] = res.losses
 
     # -- export ---------------------------------------------------------------------------------------------------
-    student = student.cpu().eval()
-    for p in student.parameters():
-        p.requires_grad_(False)
-    propagate_shapes(student, job.reference_input)
-    prof = profile(student, job.reference_input)
-    device = s.device if s.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    ev = job.evaluate(student.to(device), device=device)
-    grid = job.save_samples(student, job.run_dir / "samples" / "heldout.png", device=device)
-    if grid is not None:
-        report["samples"] = str(grid)
-    student = student.cpu()
-    job.teacher.cpu()
-    summary = {
-        "method": "agd",
-        "input_shape": [int(v) for v in job.reference_input.shape],
-        "macs_before": int(tp.macs),
-        "macs_after": int(prof.macs),
-        "params_before": int(tp.params),
-        "params_after": int(prof.params),
-        "size_bytes_before": int(round(tp.size_bytes(32))),
-        "size_bytes_after": int(round(prof.size_bytes(None))),
-        "psnr_to_teacher": ev["psnr_to_teacher"],
-        "psnr_to_target": ev["psnr_to_target"],
-        "steps": int(pre_steps + search_steps + ft_steps),
-        "wall_s": round(job.wall_s(), 2),
-    }
-    report.update(pretrain_steps=pre_steps, search_steps=search_steps, train_steps=ft_steps, evaluation=ev,
-                  architecture=arch, in_band=bool(lo <= prof.macs <= hi),
-                  size=f"{describe_bytes(summary['size_bytes_before'])} -> {describe_bytes(summary['size_bytes_after'])}")
+    report.update(pretrain_steps=pre_steps, search_steps=search_steps, train_steps=ft_steps, architecture=arch,
+                  in_band=bool(lo <= derived_macs <= hi))
     log.info("agd: architecture " + json.dumps([(c["name"], c.get("op", "-"), c["width"]) for c in arch["cells"]]))
-    job.export(student, summary, report)
-    job.save_state(stage="done", step=summary["steps"])
-    return {"summary": summary, "report": report}
+    return job.finish(student, steps=pre_steps + search_steps + ft_steps, report=report, method="agd")

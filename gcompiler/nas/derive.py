@@ -27,7 +27,7 @@ from ..errors import ConfigError, PassError
 from ..fx.trace import propagate_shapes
 from ..fx.utils import input_specs, replace_module
 from ..passes.registry import Contract, register_pass
-from .mixed import Cell, MixedOp, WidthOp
+from .mixed import Cell, MixedOp
 from .ops import GraphBuilder
 
 ARCH_FORMAT = "gcompiler-agd-architecture"
@@ -224,4 +224,4 @@ def build_student(teacher: nn.Module, example_input: torch.Tensor, arch: Mapping
 
 
 __all__ = ["architecture", "apply_architecture", "read_architecture", "build_student", "derive_architecture",
-           "fix_architecture", "is_passthrough", "source_cell", "cell_nodes", "substitute_pipeline", "WidthOp"]
+           "fix_architecture", "is_passthrough", "source_cell", "cell_nodes", "substitute_pipeline"]

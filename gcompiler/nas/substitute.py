@@ -51,10 +51,10 @@ import torch.nn as nn
 from ..errors import PassError
 from ..fx.trace import propagate_shapes
 from ..fx.utils import input_specs, node_shape
-from ..nas.derive import is_passthrough
-from ..nas.mixed import MixedOp, WidthOp
-from ..nas.ops import AGD_RATIOS, OPERATORS, agd_widths
-from .registry import Contract, register_pass
+from ..passes.registry import Contract, register_pass
+from .derive import is_passthrough
+from .mixed import MixedOp, WidthOp
+from .ops import AGD_RATIOS, OPERATORS, agd_widths
 
 _ADDS = (operator.add, torch.add)
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)

@@ -17,6 +17,6 @@ BUILTIN_PASS_MODULES: tuple[str, ...] = (
     "gcompiler.passes.prune_ratio",  # prune-by-ratio
     "gcompiler.passes.fine_grained",  # prune-fine-grained
     "gcompiler.passes.supernet",  # make-supernet
-    "gcompiler.passes.substitute",  # substitute-ops
+    "gcompiler.nas.substitute",  # substitute-ops
     "gcompiler.nas.derive",  # derive-architecture, fix-architecture
 )

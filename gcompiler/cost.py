@@ -185,6 +185,8 @@ class _Static:
         self.widths = {n.name: node_shape(n)[1] for n in gm.graph.nodes
                        if node_shape(n) is not None and len(node_shape(n)) >= 2}
         self.no_bias = {e[1] for e in self.entries if e[0] == "conv" and not e[11]}
+        self.static_dead = _fx_dead_code(gm)  # what the pass's dead-code elimination drops anyway
+        self.entries = [e for e in self.entries if e[1] not in self.static_dead]
         self.var_entries = [e for e in self.entries if e[0] != "fixed"]
         self.fixed_cost = {e[1]: e[2:] for e in self.entries if e[0] == "fixed"}
         self.fixed_macs = sum(e[3] for e in self.entries if e[0] == "fixed")
@@ -479,6 +481,17 @@ def _fold_biases(st: _Static, analyses: dict[str, Any], removed: dict[str, list[
                     out.add(c)
                     break
     return out
+
+
+def _fx_dead_code(gm: fx.GraphModule) -> set[str]:
+    """Nodes torch.fx's dead-code elimination removes (unused results of pure ops)."""
+    dead: set[str] = set()
+    for n in reversed(list(gm.graph.nodes)):
+        if n.op in ("placeholder", "output"):
+            continue
+        if all(u.name in dead for u in n.users) and not n.is_impure():
+            dead.add(n.name)
+    return dead
 
 
 def _dead_after(st: _Static, rm: dict[str, int], collapses) -> set[str]:

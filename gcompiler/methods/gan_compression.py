@@ -359,13 +359,19 @@ class CandidateScorer:
 
     @torch.no_grad()
     def __call__(self, cand: tuple) -> float:
-        from ..metrics import psnr, ssim
         from ..supernet import set_config
 
         set_config(self.supernet, self.space.to_config(cand))
         self.supernet.eval()
+        return self.score_model(self.supernet)
+
+    @torch.no_grad()
+    def score_model(self, model: nn.Module) -> float:
+        """The score of any model on the split (the teacher, for the plot)."""
+        from ..metrics import psnr, ssim
+
         lo, hi = self.value_range
-        outs = [self.supernet(b["input"]).float().clamp(lo, hi) for b in self.batches]
+        outs = [model(b["input"]).float().clamp(lo, hi) for b in self.batches]
         if self.metric == "fid":
             from ..search.fid import fid_score
 
@@ -521,19 +527,21 @@ def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[s
     cfg = space.to_config(chosen.candidate)
     metric_name = {"psnr": "PSNR (dB)", "ssim": "SSIM", "fid": "-FID"}[opts.metric] + f" to the {against}"
     full_score = scorer(space.largest())
+    teacher_score = scorer.score_model(job.teacher.eval()) if against == "target" else None
     history = [{"config": space.label(e.candidate), "macs": int(e.cost), "score": e.score} for e in res.history]
     job.write_json("search.json", {"method": res.method, "budget": budget, "metric": metric_name,
                                    "evaluations": res.evaluations, "seconds": round(search_s, 1),
                                    "chosen": space.label(chosen.candidate), "chosen_macs": int(chosen.cost),
                                    "chosen_score": chosen.score, "largest_score": full_score,
-                                   "candidates": history})
+                                   "teacher_score": teacher_score, "candidates": history})
     plot_path = None
     try:
         from ..search.plot import pareto_plot
 
         plot_path = pareto_plot(res.history, chosen, job.run_dir / "pareto.png", budget=budget, metric=metric_name,
                                 title=f"gan-compression {res.method} search: {res.evaluations} sub-networks",
-                                baselines={"largest sub-network": (cost(space.largest()), full_score)})
+                                baselines={"largest sub-network": (cost(space.largest()), full_score),
+                                           "teacher": (float(job.teacher_profile.macs), teacher_score)})
     except ConfigError as exc:
         log.warning(f"gan-compression: no Pareto plot ({exc})")
     report["search"] = {"method": res.method, "evaluations": res.evaluations, "seconds": round(search_s, 1),

@@ -13,7 +13,7 @@ __all__ = ["pareto_plot"]
 
 def pareto_plot(history: Sequence[Evaluated], chosen: Evaluated, path: str | os.PathLike, *,
                 budget: float | None = None, metric: str = "PSNR (dB)", title: str = "",
-                baselines: dict[str, tuple[float, float]] | None = None) -> Path:
+                baselines: dict[str, tuple[float, float | None]] | None = None) -> Path:
     """Write a scatter plot (PNG) of ``history`` with its Pareto front, ``chosen`` and the budget line.
 
     ``baselines``: extra labelled points ``{name: (macs, score)}`` (e.g. the teacher). Needs matplotlib
@@ -41,6 +41,8 @@ def pareto_plot(history: Sequence[Evaluated], chosen: Evaluated, path: str | os.
     if budget is not None:
         ax.axvline(budget / 1e9, color="gray", ls="--", lw=1, label="budget")
     for name, (macs, score) in (baselines or {}).items():
+        if score is None:
+            continue
         ax.scatter([macs / 1e9], [score], s=40, marker="s", zorder=4, label=name)
     ax.set_xlabel("MACs (G)")
     ax.set_ylabel(metric)

@@ -71,6 +71,8 @@ def _chain(name: str, tmp_path) -> None:
                   model(*inputs, **case.kwargs)), f"{name}: traced graph differs from eager"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), f"{name}: trace mutated the model"
     copy.deepcopy(gm)
+    n_guards = len(gcompiler.fx.guards(gm))
+    assert n_guards == len(gm.meta["guards"])
 
     # 2. channel analysis: prunable groups, or a clear refusal
     groups = gcompiler.channel_groups(gm)
@@ -119,6 +121,7 @@ def _chain(name: str, tmp_path) -> None:
     low = gcompiler.compile(qi, "lower-to-triton", *inputs)
     lout = _run(low, inputs)
     assert _rel(lout, iout) < 1e-3, f"{name}: lowered graph differs from the integer graph ({_rel(lout, iout):.3g})"
+    assert len(gcompiler.fx.guards(low)) == n_guards, f"{name}: a pass dropped trace-time guards"
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[n]))

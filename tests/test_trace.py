@@ -464,3 +464,34 @@ def test_syntax_error_from_generated_code_is_a_trace_error(monkeypatch):
     monkeypatch.setattr(fx.GraphModule, "recompile", broken)
     with pytest.raises(TraceError, match="SyntaxError"):
         gcompiler.trace(nn.Sequential(nn.Conv2d(3, 3, 1)), torch.randn(1, 3, 4, 4))
+
+
+def test_compile_forwards_kwargs_and_leaves_the_model_untouched():
+    torch.manual_seed(0)
+    m, x = FlagsNet(), torch.randn(1, 3, 8, 8)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    gm = gcompiler.compile(m, "insert-masks", x, kwargs={"encode_only": True})
+    assert [n.name for n in gm.graph.nodes if n.op == "placeholder"] == ["x"]
+    with torch.no_grad():
+        assert torch.equal(gm(x), m(x, encode_only=True))
+    assert all(torch.equal(state[k], v) for k, v in m.state_dict().items())
+
+
+def test_trace_computes_nothing_at_the_example_size(monkeypatch):
+    # shapes come from fake tensors and the eager check runs on a spatially cropped copy of the input, so
+    # tracing at 1024^2 runs no real convolution at 1024^2 (this is what made resnet_9blocks take seconds).
+    from torch._subclasses.fake_tensor import FakeTensor
+    real_sizes = []
+    orig = nn.Conv2d._conv_forward
+
+    def recording(self, x, weight, bias):
+        if not isinstance(x, FakeTensor):
+            real_sizes.append(tuple(x.shape[2:]))
+        return orig(self, x, weight, bias)
+
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", recording)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+    gm = gcompiler.trace(m, torch.randn(1, 3, 1024, 1024))
+    assert gm.meta["input_shapes"] == [(1, 3, 1024, 1024)]
+    assert tuple(gm.graph.find_nodes(op="call_module", target="2")[0].meta["tensor_meta"].shape) == (1, 3, 1024, 1024)
+    assert real_sizes and max(real_sizes) <= (32, 32), real_sizes

@@ -33,7 +33,7 @@ from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 from ..errors import TraceError
 from .guards import check_guard
 from .patches import find_proxies, tracing_patches
-from .tracer import _FX_DIR, _TORCH_DIR, GTracer, describe
+from .tracer import _FX_DIR, _TORCH_DIR, GTracer, describe, prefer_real
 from .tracer import leaf_functions as leaf_function_registry
 from .tracer import register_leaf_function  # noqa: F401 - re-exported
 
@@ -204,7 +204,11 @@ def _short_repr(v: Any) -> Any:
 
 
 def _propagate_for_trace(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
-    """Shape metadata from fake tensors (nothing computed); real tensors when an op needs real data."""
+    """Shape metadata from real tensors when that is cheap (:func:`~gcompiler.fx.tracer.prefer_real`), else from
+    fake tensors (nothing computed; real ones when an op needs real data)."""
+    if prefer_real(gm, tuple(inputs)):
+        propagate_shapes(gm, *inputs)
+        return
     try:
         propagate_shapes(gm, *inputs, fake=True)
     except Exception:

@@ -360,15 +360,16 @@ class GTracer(fx.Tracer):
 
     # ------------------------------------------------------------------ lazy example values
     def value_of(self, node: fx.Node) -> Any:
-        """The value ``node`` takes on the example inputs: fake tensors first (nothing computed), real
-        tensors when an op does not support fake ones."""
+        """The value ``node`` takes on the example inputs: real tensors when that is cheap (see
+        :func:`prefer_real`), else fake tensors (nothing computed); the other kind when the first fails."""
+        first = not prefer_real(self.root, self._inputs)
         try:
-            return self._evaluate(node, fake=True)
+            return self._evaluate(node, fake=first)
         except TraceError:
             raise
         except Exception:
             try:
-                return self._evaluate(node, fake=False)
+                return self._evaluate(node, fake=not first)
             except Exception as exc:
                 raise TraceError(f"cannot evaluate '{describe(node)}' on the example inputs to answer a Python-level "
                                  f"question: {type(exc).__name__}: {exc}") from exc
@@ -426,6 +427,19 @@ class GTracer(fx.Tracer):
             if n.op == "call_module":
                 return self.root.get_submodule(str(n.target))(*args, **kwargs)
         raise TraceError(f"cannot evaluate node {n.format_node()}")
+
+
+def prefer_real(model: nn.Module, inputs: tuple[torch.Tensor, ...], budget: float = 2e9) -> bool:
+    """Whether running ``model`` for real on ``inputs`` is cheap: parameters x input pixels (a bound on the
+    MACs of full-resolution convs) under ``budget``, or fake tensors would cost their one-time start-up
+    (about 4 s: the first FakeTensorMode of a process imports torch._dynamo) and the run is not huge."""
+    params = sum(p.numel() for p in model.parameters())
+    pixels = max((x[0, 0].numel() if x.dim() >= 3 else x[0].numel() if x.dim() >= 1 else 1) for x in inputs) \
+        if inputs else 1
+    work = params * pixels * max((x.shape[0] for x in inputs if x.dim() >= 1), default=1)
+    if "torch._dynamo" in sys.modules:  # fake tensors are warm: use them unless the real run is trivial
+        return work <= budget / 20
+    return work <= budget
 
 
 def _torch_layer_base(cls: type) -> type | None:

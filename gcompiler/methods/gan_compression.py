@@ -53,7 +53,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..train import Distill, DistillConfig, Trainer
 from ..train.losses import FeatureDistillLoss
 from ..train.taps import TappedModel
@@ -468,7 +468,7 @@ def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[s
     if opts.lambda_gan > 0:
         try:  # the task's pretrained D (--discriminator, or builtin:NAME:discriminator), else a fresh PatchGAN
             disc = job.build_discriminator()
-        except ConfigError as exc:
+        except (ConfigError, DataError, CheckpointError) as exc:
             if getattr(job.settings, "discriminator", None):
                 raise
             log.warning(f"gan-compression: no pretrained discriminator ({exc}); training a fresh PatchGAN")

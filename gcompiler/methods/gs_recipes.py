@@ -48,17 +48,17 @@ class FrozenNormStats(nn.Module):
 
 
 def float_copy(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy of ``gm`` without fake quantization (``strip-fake-quant``), for pricing mask settings with
-    :func:`gcompiler.estimate`, which counts float convs. An analysis copy: ``gm`` is not touched."""
+    """A copy of ``gm`` without fake quantization (``strip-fake-quant`` through :func:`gcompiler.compile`, which
+    never touches its argument), for pricing mask settings with :func:`gcompiler.estimate`, which counts float
+    convs."""
     import copy
 
-    from ..quant.insert import strip_fake_quant
+    from ..passes.manager import compile as compile_pipeline
     from ..quant.qmodules import QUANT_CONV_TYPES
 
-    out = copy.deepcopy(gm)
-    if any(isinstance(m, QUANT_CONV_TYPES) for m in out.modules()):
-        strip_fake_quant(out)
-    return out
+    if not any(isinstance(m, QUANT_CONV_TYPES) for m in gm.modules()):
+        return copy.deepcopy(gm)
+    return compile_pipeline(gm, "strip-fake-quant", check=False)
 
 
 def auto_rho(student: fx.GraphModule, *, shrink: float, gamma_lr: float, steps: int) -> float:

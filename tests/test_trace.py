@@ -392,10 +392,33 @@ class ParamConstant(nn.Module):
         return self.conv(x) * a.unsqueeze(1).unsqueeze(2)
 
 
+class ListParams(nn.Module):
+    """A parameter reached through a plain list attribute: FX bakes it as a constant with a grad_fn."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.alpha = nn.Parameter(torch.rand(3))
+        self.__dict__["extra"] = [self.alpha]  # not a registered attribute
+
+    def forward(self, x):
+        return self.conv(x) * self.extra[0].unsqueeze(1).unsqueeze(2)
+
+
+def test_parameters_read_through_named_parameters_stay_tied():
+    torch.manual_seed(0)
+    m, x = ParamConstant(), torch.randn(1, 3, 5, 5)
+    gm = gcompiler.trace(m, x)
+    assert any(n.op == "get_attr" and n.target == "alpha" for n in gm.graph.nodes)
+    assert "frozen_constants" not in gm.meta
+    gm(x).sum().backward()
+    assert gm.alpha.grad is not None and gm.alpha.grad.abs().sum() > 0
+
+
 def test_constants_built_from_parameters_are_detached(tmp_path):
     import copy
     torch.manual_seed(0)
-    m, x = ParamConstant(), torch.randn(1, 3, 5, 5)
+    m, x = ListParams(), torch.randn(1, 3, 5, 5)
     gm = gcompiler.trace(m, x)
     g2 = copy.deepcopy(gm)
     with torch.no_grad():

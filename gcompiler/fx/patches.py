@@ -4,6 +4,9 @@
   shadows the attribute for the rest of the trace only; the original value is restored afterwards;
 * torch factories: random ones (``torch.randn``) always become graph nodes, the others when an argument is
   traced (``torch.zeros(x.size(0), 3)``);
+* ``nn.Module.parameters`` / ``named_parameters`` called from model code yield traced parameters (``get_attr``
+  nodes), so ``list(self.fc.parameters())[0].unsqueeze(2)`` stays tied to the parameter instead of becoming a
+  frozen constant;
 * :func:`find_proxies` lists any torch.fx Proxy left on a model (e.g. appended to a list attribute).
 """
 from __future__ import annotations
@@ -52,7 +55,39 @@ def tracing_patches(tracer: GTracer) -> Iterator[list[tuple[nn.Module, str, str]
         factory.__name__ = getattr(orig, "__name__", "factory")
         return factory
 
-    patched: list[tuple[Any, str, Any]] = []
+    orig_named_parameters = nn.Module.named_parameters
+    orig_parameters = nn.Module.parameters
+    param_proxies: dict[str, fx.Proxy] = {}
+
+    def as_proxies(mod: nn.Module, items: Any, prefix: str) -> Any:
+        try:
+            base = tracer.path_of_module(mod)
+        except NameError:
+            return items
+        out = []
+        for name, p in items:
+            local = name[len(prefix) + 1:] if prefix else name
+            path = f"{base}.{local}" if base else local
+            if path not in param_proxies:
+                param_proxies[path] = tracer.create_proxy("get_attr", path, (), {})
+            out.append((name, param_proxies[path]))
+        return iter(out)
+
+    def named_parameters_wrapper(mod: nn.Module, prefix: str = "", recurse: bool = True,
+                                 remove_duplicate: bool = True) -> Any:
+        items = orig_named_parameters(mod, prefix, recurse, remove_duplicate)
+        if tracer._evaluating or not _from_user(sys._getframe(1)):
+            return items
+        return as_proxies(mod, items, prefix)
+
+    def parameters_wrapper(mod: nn.Module, recurse: bool = True) -> Any:
+        if tracer._evaluating or not _from_user(sys._getframe(1)):
+            return orig_parameters(mod, recurse)
+        return (p for _, p in as_proxies(mod, orig_named_parameters(mod, "", recurse), ""))
+
+    patched: list[tuple[Any, str, Any]] = [(nn.Module, "named_parameters", orig_named_parameters),
+                                           (nn.Module, "parameters", orig_parameters)]
+    wrappers = {"named_parameters": named_parameters_wrapper, "parameters": parameters_wrapper}
     for names, random in ((_FACTORIES, False), (_RANDOM_FACTORIES, True)):
         for name in names:
             orig = getattr(torch, name, None)
@@ -60,7 +95,7 @@ def tracing_patches(tracer: GTracer) -> Iterator[list[tuple[nn.Module, str, str]
                 patched.append((torch, name, orig))
     nn.Module.__setattr__ = setattr_wrapper  # type: ignore[method-assign]
     for owner, name, orig in patched:
-        setattr(owner, name, make_factory(orig, name in _RANDOM_FACTORIES))
+        setattr(owner, name, wrappers[name] if owner is nn.Module else make_factory(orig, name in _RANDOM_FACTORIES))
     try:
         yield assigned
     finally:
@@ -72,6 +107,11 @@ def tracing_patches(tracer: GTracer) -> Iterator[list[tuple[nn.Module, str, str]
                 mod.__dict__[name] = old
             else:
                 mod.__dict__.pop(name, None)
+
+
+def _from_user(frame: Any) -> bool:
+    """Whether ``frame`` is model code (not torch's or gcompiler.fx's own)."""
+    return frame is not None and user_frame(frame) is frame
 
 
 def _has_proxy(value: Any, depth: int = 0) -> bool:

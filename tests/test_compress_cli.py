@@ -278,6 +278,9 @@ def test_resume_after_the_search_continues_the_fine_tuning(tmp_path, capsys):
     assert (out / "stages" / "pruned" / "model.safetensors").read_bytes() == pruned  # the search was not redone
     assert "resumed from" in (out / "finetune" / "train.log").read_text()
     assert json.loads((out / "config.json").read_text())["finetune_steps"] == 4
+    # the pass log keeps the first session's rewrites; the re-run stage replaces its own rows
+    stages = [r["stage"] for r in json.loads((out / "report.json").read_text())["pass_log"]]
+    assert stages.count("slim") == 3 and stages.count("search-student") == 3 and stages.count("finetune-quant") == 2
 
 
 def test_demo_runs_gs8_on_builtin_sr_and_prints_the_table(tmp_path, capsys):

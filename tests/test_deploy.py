@@ -282,3 +282,24 @@ def test_phase_split_of_the_rgb_head_is_exact():
     with torch.no_grad():
         ref, y = gm(_x(seed=4)), split(_x(seed=4))
     assert float((y - ref).abs().max() / ref.abs().max()) <= 1e-5
+
+
+class _Untraceable(nn.Module):  # data-dependent control flow: torch.fx cannot trace it
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y if float(y.mean()) > -1e9 else -y
+
+
+def test_untraceable_model_still_deploys_eagerly_and_graph_backends_say_why():
+    torch.manual_seed(0)
+    model = _Untraceable().eval()
+    d = deploy(model, _x(), exclude=["inductor"], rounds=1)
+    assert d.backend in ("eager", "channels-last")
+    for name in ("fused", "onnxruntime", "padded"):
+        assert d.report["skipped"][name].startswith("needs a traced graph: tracing failed"), d.report["skipped"]
+    with pytest.raises(ConfigError, match="could not build the integer graph"):
+        deploy(model, _x(), precision="int8", rounds=1)

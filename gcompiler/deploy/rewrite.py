@@ -368,3 +368,4 @@ def split_phases(gm: fx.GraphModule, *example_inputs: torch.Tensor, max_out: int
     if notes and example_inputs:
         propagate_shapes(gm, *example_inputs)
     return gm, notes
+

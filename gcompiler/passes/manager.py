@@ -168,8 +168,9 @@ def _summary(gm: fx.GraphModule) -> tuple[int, int, int | None, str]:
     params = sum(p.numel() for p in gm.parameters())
     try:
         p = profile(gm)
-    except GCompilerError as exc:  # shown as '?' with the reason in the log, never as 0 MACs
-        return len(gm.graph.nodes), params, None, f"MACs not counted: {exc}"
+    except Exception as exc:  # noqa: BLE001 - shown as '?' with the reason in the log, never as 0 MACs
+        what = str(exc) if isinstance(exc, GCompilerError) else f"{type(exc).__name__}: {exc}"
+        return len(gm.graph.nodes), params, None, f"MACs not counted: {what}"
     return len(gm.graph.nodes), p.params, p.macs, ""
 
 

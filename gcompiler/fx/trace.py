@@ -134,8 +134,13 @@ def trace(module: torch.nn.Module, *example_inputs: torch.Tensor, kwargs: dict[s
         raise
     except Exception as exc:  # torch raises many types here; all mean "not symbolically traceable"
         raise _trace_error(root, tracer, exc) from exc
-    _finish_graph(gm, tracer)
-    normalize_inplace(gm)
+    try:
+        _finish_graph(gm, tracer)
+        normalize_inplace(gm)
+    except TraceError:
+        raise
+    except Exception as exc:  # a lint / codegen failure of the rewritten graph
+        raise _trace_error(root, tracer, exc) from exc
     if propagate:
         _propagate_for_trace(gm, example_inputs)
         if verify:

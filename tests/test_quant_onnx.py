@@ -88,7 +88,7 @@ def test_integer_graph_round_trip_matches_the_reference_within_one_step(tmp_path
     per_layer = layerwise_onnx_check(gi, x)
     assert len(per_layer) == len(ref_codes) and all(dq <= 1 for dq, _ in per_layer.values())
     assert all(err <= 1e-5 for dq, err in per_layer.values() if dq == 0)
-    assert float((y - y_ref).abs().max()) <= 0.1
+    assert float((y - y_ref).abs().max()) <= 0.04  # measured 0.019 (max|y| 0.9)
 
 
 def test_single_layer_codes_and_accumulation_are_exact():
@@ -119,7 +119,8 @@ def test_requantized_export_uses_int8_kernels(tmp_path, act_range):
     assert counts.get("DepthToSpace", 0) == sum(m.transposed for m in quantized)
     # one more 8-bit rounding per conv: close to the reference, not equal
     y_ref = _run(gi, x)
-    assert float((y - y_ref).abs().mean()) < 0.02 and float((y - y_ref).abs().max()) < 0.3
+    # measured: mean 0.013 / 0.017, max 0.068 / 0.079 (unsigned / signed)
+    assert float((y - y_ref).abs().mean()) < 0.03 and float((y - y_ref).abs().max()) < 0.15
     # layers with few output channels stay float by default (int8 kernels lose there)
     model = export_onnx(gi, x, requantize_outputs=True)
     run_onnx(ort_session(model, threads=1, optimized_model_path=opt), x)

@@ -117,7 +117,7 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor | tuple[torch.Ten
     return clips
 
 
-@register_pass("calibrate-activations", contract=Contract.changes_semantics())
+@register_pass("calibrate-activations", contract=Contract.changes_semantics(), preserves=("channel-groups",))
 def calibrate_activations(gm: fx.GraphModule, *, method: Literal["minmax", "percentile"] = "percentile",
                           percentile: float = 99.99, batches: int = 0, max_samples: int = 1 << 18,
                           seed: int = 0, data: Any = None) -> fx.GraphModule:

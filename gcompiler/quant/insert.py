@@ -17,11 +17,15 @@ part float. Examples::
     "*conv_block*:w4;model_26:float"         4-bit weights in the residual blocks, last conv left in float
 
 Rules are separated by ``;`` (or ``|``), the list syntax of every pass option
-(:func:`gcompiler.passes.registry.parse_list`); they contain no commas, so the option reads unquoted in pipeline text
-(``"insert-fake-quant{act_bits=8,overrides=model_1:w8a8;*:w4a4}"``); surrounding quotes are stripped.
-Every rule must match at least one conv that it decides; an unused rule (a typo, or one shadowed by an earlier
-rule) is an error that lists the conv names. The image input of a conv fed directly by a graph input (through
-padding only) stays float unless ``quantize_first_input`` is set, whatever the overrides say.
+(:func:`gcompiler.passes.registry.parse_list`); they contain no commas, so the option reads unquoted in
+pipeline text (``"insert-fake-quant{act_bits=8,overrides=model_1:w8a8;*:w4a4}"``); surrounding quotes are
+stripped. Every rule must match at least one conv that it decides; an unused rule (a typo, or one shadowed
+by an earlier rule) is an error that lists the conv names. The image input of a conv fed by a graph input
+through value-preserving ops only (:func:`image_input_convs`) stays float unless ``quantize_first_input`` is
+set, whatever the overrides say.
+
+Ranges and contract: :func:`nonnegative_input` (the sign analysis behind ``act_range=auto``) and
+:func:`fake_quant_bound` (the bits-dependent bound, with its derivation).
 """
 from __future__ import annotations
 

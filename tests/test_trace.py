@@ -518,3 +518,28 @@ def test_trace_computes_nothing_at_the_example_size(monkeypatch):
     assert gm.meta["input_shapes"] == [(1, 3, 1024, 1024)]
     assert tuple(gm.graph.find_nodes(op="call_module", target="2")[0].meta["tensor_meta"].shape) == (1, 3, 1024, 1024)
     assert real_sizes and max(real_sizes) <= (32, 32), real_sizes
+
+
+class StdOnSelf(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.std = torch.ones(1, 3, 1, 1)
+
+    def forward(self, x):
+        self.std = self.std.to(x)
+        return self.conv(x) / self.std
+
+
+def test_proxy_left_by_an_earlier_fx_trace_is_reported_with_module_and_line():
+    import torch.fx as fx
+    m = StdOnSelf()
+    fx.symbolic_trace(m)  # plain torch.fx leaves a Proxy in m.std
+    with pytest.raises(TraceError) as ei:
+        gcompiler.trace(m, torch.randn(1, 3, 4, 4))
+    msg = str(ei.value)
+    assert "(StdOnSelf).std" in msg and "test_trace.py" in msg and "self.std = self.std.to(x)" in msg
+    # gcompiler.trace itself leaves nothing behind
+    m2 = StdOnSelf()
+    gcompiler.trace(m2, torch.randn(1, 3, 4, 4))
+    assert isinstance(m2.std, torch.Tensor)

@@ -137,6 +137,27 @@ def find_proxies(root: nn.Module) -> list[str]:
             if _has_proxy(v):
                 p = v if isinstance(v, fx.Proxy) and not isinstance(v, Attribute) else None
                 src = p.node.meta.get("source") if p is not None else None
+                src = src or _assignment_line(type(m), k)
                 where = f"'{path}' ({type(m).__name__})" if path else f"the top-level module ({type(m).__name__})"
-                found.append(f"{where}.{k}" + (f" (set from a value traced at {src})" if src else ""))
+                found.append(f"{where}.{k}" + (f" (assigned at {src})" if src else ""))
     return found
+
+
+def _assignment_line(cls: type, attr: str) -> str | None:
+    """``file:line: text`` of the first ``self.<attr> = ...`` in ``cls``'s methods (where a traced value was
+    stored on the module), or None."""
+    import inspect
+    import re
+    pat = re.compile(rf"\bself\.{re.escape(attr)}\s*(=|\+=|\.append\(|\[)")
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("torch."):
+            break
+        try:
+            lines, start = inspect.getsourcelines(klass)
+            fname = inspect.getsourcefile(klass)
+        except (OSError, TypeError):
+            continue
+        for i, line in enumerate(lines):
+            if pat.search(line) and "def __init__" not in line:
+                return f"{fname}:{start + i}: {line.strip()}"
+    return None

@@ -111,6 +111,12 @@ def trace(module: torch.nn.Module, *example_inputs: torch.Tensor, kwargs: dict[s
                              f"arguments with kwargs={{name: value}}")
     kw = dict(concrete_args or {})
     kw.update(kwargs or {})
+    stale = find_proxies(module)
+    if stale:
+        raise TraceError("the model holds torch.fx Proxy objects, left by an earlier trace (e.g. torch.fx.symbolic_trace "
+                         "of a forward that assigns a traced value to self): " + "; ".join(stale) +
+                         ". Rebuild or reload the model, then trace it with gcompiler.trace (which keeps such "
+                         "assignments trace-local)")
     root = _copy_model(module) if copy_module else module
     classes = tuple(c for c in (*_LEAF_CLASSES, *leaf_modules) if isinstance(c, type))
     paths = frozenset(c for c in leaf_modules if isinstance(c, str))

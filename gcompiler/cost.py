@@ -129,6 +129,8 @@ class _Static:
         for n, g in self.groups.items():
             for t, rows in g.index.items():
                 self.tensor_groups.setdefault(t, []).append((n, len(rows[0]) if rows else 0))
+        self.group_tensors = {n: [(t, len(rows[0]) if rows else 0) for t, rows in g.index.items()]
+                              for n, g in self.groups.items()}
         self.feeders = {c: [n for n, g in self.groups.items() if c in g.consumers]
                         for g in self.groups.values() for c in g.consumers}
         base = {r.node: r for r in profile(gm).rows}
@@ -330,14 +332,10 @@ def _price(st: _Static, analyses: dict[str, Any], dec, dead: dict[str, np.ndarra
     removed = dec.removed
     counts = {n: len(r) for n, r in removed.items()}
     rm: dict[str, int] = {}
-    for t, gl in st.tensor_groups.items():
-        s = 0
-        for n, b in gl:
-            c = counts.get(n)
-            if c:
-                s += c * b
-        if s:
-            rm[t] = s
+    for n, c in counts.items():
+        if c:
+            for t, b in st.group_tensors[n]:
+                rm[t] = rm.get(t, 0) + c * b
     gone: set[str] = set()
     for col in dec.collapses.values():
         gone.update(col.chain)

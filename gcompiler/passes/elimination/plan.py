@@ -156,10 +156,31 @@ class Context:
         self.order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
         self.seed = seed
         self._concrete: dict[str, Any] | None = None
+        self._structure: tuple | None = None
         self.call_sites: dict[str, int] = defaultdict(int)
         for n in gm.graph.nodes:
             if n.op == "call_module":
                 self.call_sites[str(n.target)] += 1
+
+    def structure(self, analyses: dict[str, Any]) -> tuple[list, dict[str, list[str]], dict[str, list]]:
+        """Consumers (name, input, width) in graph order, the groups feeding each consumer, and the
+        (group, channels per unit) reading each consumer input; computed once per set of groups."""
+        key = tuple(analyses)
+        if self._structure is None or self._structure[0] != key:
+            names = sorted({c for ga in analyses.values() for c in ga.group.consumers}, key=lambda c: self.order[c])
+            feeders: dict[str, list[str]] = defaultdict(list)
+            for name, ga in analyses.items():
+                for c in ga.group.consumers:
+                    feeders[c].append(name)
+            consumers, readers = [], {}
+            for cname in names:
+                x = self.nodes[cname].args[0]
+                consumers.append((cname, x.name, node_shape(x)[1]))
+                if x.name not in readers:
+                    readers[x.name] = [(n, len(ga.group.index[x.name][0])) for n, ga in analyses.items()
+                                       if x.name in ga.group.index]
+            self._structure = (key, (consumers, dict(feeders), readers))
+        return self._structure[1]
 
     def module(self, name: str) -> nn.Module | None:
         n = self.nodes.get(name)
@@ -448,16 +469,7 @@ def decide(ctx: Context, analyses: dict[str, AnalysisLike], round_to: int, *, ex
     for name, ga in analyses.items():
         base[name], carriers[name] = removable(ctx, ga, kept[name] if explain else None)
     try_collapse = collapse or (lambda node, rem: try_collapse_with(ctx, node, analyses, rem))
-    consumers = sorted({c for ga in analyses.values() for c in ga.group.consumers}, key=lambda c: ctx.order[c])
-    feeders: dict[str, list[str]] = defaultdict(list)
-    for name, ga in analyses.items():
-        for c in ga.group.consumers:
-            feeders[c].append(name)
-    readers: dict[str, list[str]] = defaultdict(list)
-    for cname in consumers:
-        x = ctx.nodes[cname].args[0].name
-        if x not in readers:
-            readers[x] = [n for n, ga in analyses.items() if x in ga.group.index]
+    consumers, feeders, readers = ctx.structure(analyses)
     min_keep: dict[str, int] = defaultdict(int)
     removed: dict[str, list[int]] = {}
     collapses: dict[str, Collapse] = {}
@@ -466,13 +478,12 @@ def decide(ctx: Context, analyses: dict[str, AnalysisLike], round_to: int, *, ex
                                  kept[name] if explain else None) for name, ga in analyses.items()}
         collapses = {}
         failed: list[str] = []
-        for cname in consumers:
-            x = ctx.nodes[cname].args[0]
-            width = node_shape(x)[1]
+        for cname, x, width in consumers:
             gone = 0
-            for name in readers[x.name]:  # units of a group have equal sizes (else it is pinned)
-                if removed[name]:
-                    gone += len(analyses[name].group.index[x.name][0]) * len(removed[name])
+            for name, block in readers[x]:  # units of a group have equal sizes (else it is pinned)
+                r = removed[name]
+                if r:
+                    gone += block * len(r)
             if gone < width:
                 continue
             col = try_collapse(ctx.nodes[cname], removed)

@@ -152,12 +152,15 @@ def _assignment_line(cls: type, attr: str) -> str | None:
     for klass in cls.__mro__:
         if klass.__module__.startswith("torch."):
             break
-        try:
-            lines, start = inspect.getsourcelines(klass)
-            fname = inspect.getsourcefile(klass)
-        except (OSError, TypeError):
-            continue
-        for i, line in enumerate(lines):
-            if pat.search(line) and "def __init__" not in line:
-                return f"{fname}:{start + i}: {line.strip()}"
+        for name, fn in vars(klass).items():
+            if name == "__init__" or not inspect.isfunction(fn):
+                continue
+            try:
+                lines, start = inspect.getsourcelines(fn)
+                fname = inspect.getsourcefile(fn)
+            except (OSError, TypeError):
+                continue
+            for i, line in enumerate(lines):
+                if pat.search(line):
+                    return f"{fname}:{start + i}: {line.strip()}"
     return None

@@ -120,3 +120,29 @@ def test_bad_settings_are_clear_errors():
         gcompiler.estimate(gm, masks={name: torch.ones(3)})
     with pytest.raises(PassError, match=r"must be an int in \[0, 8\]"):
         gcompiler.estimate(gm, widths={name: 9})
+
+
+def test_prune_to_budget_fits_exactly_with_text_budgets_and_refuses_the_impossible():
+    from gcompiler.passes.budget import prune_to_budget
+
+    torch.manual_seed(0)
+    model = gcompiler.models.create("resnet_9blocks", ngf=8, n_blocks=2)
+    gm = gcompiler.compile(model.eval(), "insert-masks{round_to=2}", torch.randn(1, 3, 32, 32))
+    dense = gcompiler.estimate(gm).macs
+    g = torch.Generator().manual_seed(0)
+    scores = {n: torch.rand(m.shape, generator=g) for n, m in gcompiler.masks(gm).items()}
+    info = prune_to_budget(copy.deepcopy(gm), scores, "4x")  # the one budget parser: dense / 4
+    assert info["budget"] == int(dense / 4)
+    work = copy.deepcopy(gm)
+    info = prune_to_budget(work, scores, dense // 4)
+    slim = eliminate_dead_channels(copy.deepcopy(work))
+    assert gcompiler.profile(slim).macs == info["macs"] <= dense // 4
+    for name, m in gcompiler.masks(work).items():
+        alive = m != 0
+        assert int(alive.sum()) % 2 == 0 or int(alive.sum()) == m.numel()  # whole round_to blocks
+        if (~alive).any() and alive.any():  # the weakest units went first
+            assert scores[name][~alive].max() <= scores[name][alive].min()
+    with pytest.raises(PassError, match="cannot reach"):
+        prune_to_budget(copy.deepcopy(gm), scores, 10)
+    with pytest.raises(PassError, match="not a masked group"):
+        prune_to_budget(copy.deepcopy(gm), {"nope": torch.ones(3)}, dense // 2)

@@ -796,3 +796,46 @@ def test_zoo_every_prunable_group_removes_cleanly(name, kw):
         y = remove_units(gm, g, units)(*xs)
         scale = max(1.0, y_ref.abs().max().item())
         assert y.shape == y_ref.shape and (y - y_ref).abs().max().item() <= 1e-5 * scale, g.name
+
+
+def test_torch_layers_that_do_not_compute_their_own_math_are_unknown():
+    # weight_norm-style hooks, parametrizations and subclasses with their own forward pin their channels;
+    # a subclass changing only __init__ stays a plain conv.
+    import torch.nn.utils.parametrize as parametrize
+
+    class InitOnly(nn.Conv2d):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            nn.init.ones_(self.bias)
+
+    class Sym(nn.Module):
+        def forward(self, w):
+            return (w + w.flip(0)) / 2
+
+    hooked = nn.Conv2d(8, 8, 3, padding=1)
+    hooked.register_forward_pre_hook(lambda mod, inp: None)
+    para = nn.Conv2d(8, 8, 1)
+    parametrize.register_parametrization(para, "weight", Sym())
+    m = nn.Sequential(InitOnly(3, 8, 3, padding=1), nn.ReLU(), hooked, nn.ReLU(), para, nn.ReLU(), nn.Conv2d(8, 3, 1))
+    gm = trace(m, torch.randn(1, 3, 8, 8))
+    groups = {g.name: g for g in channel_groups(gm)}
+    assert not groups["_0"].prunable and "hooks" in groups["_0"].reason
+    assert not groups["_4"].prunable and "parametrization" in groups["_4"].reason
+
+
+def test_guard_nodes_touch_no_channel():
+    class Checked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 3, 3, padding=1)
+
+        def forward(self, x):
+            assert x.shape[2] % 4 == 0 and not x.is_cuda
+            h = torch.relu(self.a(x))
+            assert h.shape[-1] == x.shape[-1]  # a spatial read of an inner tensor: no channel pinned
+            return self.b(h)
+
+    gm = trace(Checked(), torch.randn(1, 3, 8, 8))
+    assert len(gm.meta["guards"]) == 3
+    groups = {g.name: g for g in channel_groups(gm)}
+    assert groups["a"].prunable, groups["a"].reason

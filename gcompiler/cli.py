@@ -102,7 +102,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
     for info in pass_infos():
         opts = ", ".join(f"{o.name}={o.default!r}" for o in info.options.values())
-        print(f"{info.name}  [{info.contract}]\n    {info.description}")
+        print(f"{info.name}  [{info.contract_text()}]\n    {info.description}")
         if opts:
             print(f"    options: {opts}")
     return 0

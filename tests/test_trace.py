@@ -543,3 +543,27 @@ def test_proxy_left_by_an_earlier_fx_trace_is_reported_with_module_and_line():
     m2 = StdOnSelf()
     gcompiler.trace(m2, torch.randn(1, 3, 4, 4))
     assert isinstance(m2.std, torch.Tensor)
+
+
+class ModeBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        if self.training:
+            y = y * 0.5
+        return y
+
+
+def test_traced_in_training_mode_verifies_in_that_mode_and_keeps_buffers():
+    torch.manual_seed(0)
+    m, x = ModeBranch().train(), torch.randn(2, 3, 8, 8)
+    before = m.bn.running_mean.clone()
+    gm = gcompiler.trace(m, x)
+    assert torch.equal(gm.bn.running_mean, before) and torch.equal(m.bn.running_mean, before)
+    assert gm.training
+    evaluated = gcompiler.trace(m.eval(), x)
+    assert not any(n.target is operator.mul for n in evaluated.graph.nodes)

@@ -257,9 +257,17 @@ def _verify_against_eager(module: torch.nn.Module, gm: fx.GraphModule, inputs: S
     if left:
         raise TraceError("the model holds torch.fx Proxy objects from an earlier trace: " + "; ".join(left) +
                          "; rebuild or reload the model before tracing it")
-    eager = _copy_model(module).eval()
-    flags = {m: m.training for m in gm.modules()}
-    gm.eval()
+    # Both run in the mode the model was traced in (a `if self.training:` branch was specialized to it), on a
+    # copy of the model and on the graph with its buffers restored afterwards (BatchNorm statistics...).
+    eager = _copy_model(module)
+    saved = {name: b.detach().clone() for name, b in gm.named_buffers()}
+
+    def restore() -> None:
+        with torch.no_grad():
+            for name, b in gm.named_buffers():
+                if name in saved and b.shape == saved[name].shape:
+                    b.copy_(saved[name])
+
     try:
         small = _reduced_inputs(inputs)
         if small is not None:
@@ -268,7 +276,8 @@ def _verify_against_eager(module: torch.nn.Module, gm: fx.GraphModule, inputs: S
                 out = _run_seeded(gm, small, {})
             except Exception:
                 small = None  # the model only takes the example's size (or a guard says so): check at full size
-                eager = _copy_model(module).eval()
+                eager = _copy_model(module)
+                restore()
         if small is None:
             ref = _run_seeded(eager, inputs, kwargs)
             out = _run_seeded(gm, inputs, {})
@@ -278,8 +287,7 @@ def _verify_against_eager(module: torch.nn.Module, gm: fx.GraphModule, inputs: S
         raise TraceError(f"the traced graph of {type(module).__name__} fails on the example inputs where the eager "
                          f"module runs: {type(exc).__name__}: {exc}") from exc
     finally:
-        for m, t in flags.items():
-            m.training = t
+        restore()
     where = "the example inputs" if small is None else f"the example inputs cropped to {[tuple(x.shape) for x in small]}"
     refs = ref if isinstance(ref, (list, tuple)) else (ref,)
     outs = out if isinstance(out, (list, tuple)) else (out,)

@@ -51,6 +51,7 @@ def test_agd_widths_follow_make_divisible():
     assert agd_widths(64) == (24, 32, 40, 56, 64)
     assert agd_widths(32) == (16, 24, 32)
     assert make_divisible(10.67) == 16 and make_divisible(85.3) == 88
+    assert gcompiler.MixedOp is MixedOp
 
 
 @pytest.mark.parametrize("name, ops, widths", [

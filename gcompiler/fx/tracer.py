@@ -260,7 +260,7 @@ class GTracer(fx.Tracer):
             raise TraceError(f"{type(self.root).__name__}.forward has *args after named arguments that are not "
                              "example inputs; pass those as example inputs")
 
-        def specialized(*ts: Any) -> Any:
+        def specialized(*ts):  # no annotations: torch.fx copies a return annotation into the generated code
             return root_fn(root, *ts, *positional, **keywords)
 
         return specialized, tensors

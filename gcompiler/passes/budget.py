@@ -60,7 +60,7 @@ def prune_to_budget(gm: fx.GraphModule, scores: Mapping[str, torch.Tensor], budg
         PassError: a group is not masked, scores have the wrong length, or the budget is below what keeping
         ``round_to`` units per group allows (the message gives the smallest reachable MACs).
     """
-    from ..cost import estimate
+    from .elimination.cost import estimate
     from ..spec import parse_target_macs
     from .elimination.plan import default_round_to
     from .masks import masks as get_masks

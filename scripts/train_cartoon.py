@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--ckpt-dir", type=Path, default=None, help="default: <out>.ckpt/")
     g.add_argument("--ckpt-every", type=int, default=50)
     g.add_argument("--resume", action="store_true")
+    g.add_argument("--init-from", type=Path, default=None,
+                   help="warm start: take G and D weights (not optimizer state, step or time) from a "
+                        "checkpoint of an earlier run (e.g. one on an earlier stylization)")
     g.add_argument("--export-only", action="store_true")
     g.add_argument("--out", type=Path, default=CARTOON_TEACHER,
                    help="teacher weights (.safetensors); the discriminator goes to <stem>_discriminator")
@@ -122,12 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     D = models.create("patchgan_d", **dkw).to(args.device)
     pix2pix_init(G)
     pix2pix_init(D)
+    if args.init_from is not None:
+        ck0 = load_ckpt(args.init_from)
+        G.load_state_dict(ck0["G"])
+        D.load_state_dict(ck0["D"])
+        print(f"warm start from {args.init_from} (step {ck0['step']} of that run)", flush=True)
     n_params = sum(p.numel() for p in G.parameters())
     gopt = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))
     dopt = torch.optim.Adam(D.parameters(), lr=args.d_lr, betas=(0.5, 0.999))
     sched = TimeSchedule(steps=args.steps, warmup=args.warmup, budget_s=args.time_budget)
     ckpt_path = args.ckpt_dir / "latest.pt"
     step, log, history = 0, [], []
+    if args.init_from is not None:
+        history = [f"{c}  (warm-start source)" for c in json.loads(ck0.get("history", "[]"))]
     if args.resume or args.export_only:
         if not ckpt_path.is_file():
             print(f"no checkpoint {ckpt_path} to resume/export", file=sys.stderr)
@@ -230,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         "commands": history,
         "seed": args.seed, "steps": step, "time_budget_s": args.time_budget, "batch_size": args.batch_size,
         "crop": args.crop, "lr": args.lr, "d_lr": args.d_lr, "l1_weight": args.l1_weight,
-        "warmup": args.warmup, "init": "N(0, 0.02) (pix2pix)",
+        "warmup": args.warmup,
+        "init": f"warm start from {args.init_from}" if args.init_from else "N(0, 0.02) (pix2pix)",
         "loss": f"{args.l1_weight:g} * L1 + LSGAN against the unconditional PatchGAN",
         "optimizer": "Adam(0.5, 0.999) for G and D; cosine to 1% over "
                      + ("wall time (--time-budget)" if args.time_budget > 0 else "steps"),

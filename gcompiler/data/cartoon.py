@@ -43,12 +43,12 @@ from .photos import HELDOUT_PHOTOS, TRAIN_PHOTOS, load_photo
 
 #: Working size: every photo is resized so its shorter side has this many pixels.
 SHORT_SIDE = 256
-TV_WEIGHT = 0.1
-LEVELS = 8
+TV_WEIGHT = 0.15
+LEVELS = 6
 CANNY_SIGMA = 2.5
-CANNY_LOW = 0.06
-CANNY_HIGH = 0.15
-EDGE_DARKNESS = 0.15
+CANNY_LOW = 0.10
+CANNY_HIGH = 0.20
+EDGE_DARKNESS = 0.4
 #: Training / held-out photos of the task (the split of :mod:`gcompiler.data.photos`).
 TRAIN_IMAGES: tuple[str, ...] = TRAIN_PHOTOS
 HELDOUT_IMAGES: tuple[str, ...] = HELDOUT_PHOTOS

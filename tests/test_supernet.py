@@ -296,3 +296,27 @@ def test_sub_network_prices_agree_with_the_shared_cost_model(name, kw, size):
 def test_sub_network_prices_agree_with_the_cost_model_on_generated_graphs(net, seed):
     model, x = net
     _check_cost_model(model, x, seed, trials=1, exact=False)
+
+
+def _realgen_cases():
+    from realgen import CASES
+
+    return sorted(CASES)
+
+
+@pytest.mark.parametrize("name", _realgen_cases())
+def test_supernet_on_generators_in_the_style_of_public_code(name):
+    """Full width bit-identical; a random configuration: the extracted network equals the supernet."""
+    from realgen import CASES
+
+    case = CASES[name]
+    inputs = case.inputs(torch.Generator().manual_seed(0))
+    gm = gcompiler.trace(case.build().eval(), *inputs, kwargs=case.kwargs)
+    with torch.no_grad():
+        ref = gm(*inputs)
+    sn = make_supernet(gm)
+    flat = lambda y: y if isinstance(y, torch.Tensor) else torch.cat([t.flatten() for t in y])  # noqa: E731
+    with torch.no_grad():
+        assert torch.equal(flat(sn(*inputs)), flat(ref))
+        set_config(sn, _random_widths(sn, random.Random(0)))
+        assert torch.equal(flat(extract(sn)(*inputs)), flat(sn(*inputs)))

@@ -49,7 +49,7 @@ def torch_profile(label: str, fn, runs: int) -> None:
               f"  x{e.count // runs}")
 
 
-def ort_profile(label: str, proto, x: torch.Tensor, threads: int, runs: int) -> None:
+def ort_profile(label: str, proto, x: torch.Tensor, threads: int, runs: int) -> dict[str, float]:
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,6 +82,7 @@ def ort_profile(label: str, proto, x: torch.Tensor, threads: int, runs: int) -> 
         print(f"  {op:<28} {us / (runs + 1) / 1e3:8.2f} ms  {100 * us / total:5.1f} %  x{count[op] // (runs + 1)}")
     print("  slowest nodes: " + ", ".join(f"{n} {us / (runs + 1) / 1e3:.1f} ms"
                                         for n, us in sorted(by_node.items(), key=lambda kv: -kv[1])[:6]))
+    return {op: us / (runs + 1) / 1e3 for op, us in by_op.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +104,24 @@ def main(argv: list[str] | None = None) -> int:
     cl = copy.deepcopy(fused).to(memory_format=torch.channels_last)
     xcl = x.contiguous(memory_format=torch.channels_last)
     torch_profile("fused graph, channels-last", lambda: cl(xcl), args.runs)
-    ort_profile("onnxruntime fp32", export_onnx(copy.deepcopy(gm), x), x, args.threads, args.runs)
+    from gcompiler.deploy.rewrite import split_phases
+    from gcompiler.models import create
+    import gcompiler
+
+    slim_opt, _ = split_phases(gm, x)
+    torch.manual_seed(0)
+    dense = gcompiler.trace(create("resnet_9blocks").eval(), x)
+    dense_opt, _ = split_phases(dense, x)
+    summary = []
+    for label, g in (("dense, onnxruntime-opt", dense_opt), (f"{args.cut * 100:g} % cut, onnxruntime-opt", slim_opt)):
+        ops = ort_profile(label, export_onnx(copy.deepcopy(g), x), x, args.threads, args.runs)
+        conv = sum(v for k, v in ops.items() if "Conv" in k)
+        total = sum(ops.values())
+        macs = gcompiler.profile(g, x).macs
+        summary.append(f"  {label}: {total:.0f} ms, convs {conv:.0f} ms ({100 * conv / total:.0f} %), other ops "
+                       f"{total - conv:.0f} ms; {macs / 1e9:.2f} G MACs -> {macs / conv / 1e6:.1f} G MAC/s in convs, "
+                       f"{macs / total / 1e6:.1f} G MAC/s overall")
+    print("\n== MAC throughput (ORT kernel time)\n" + "\n".join(summary))
     if args.int8:
         ctx = Context(model=gm, gm=gm, trace_error="", inputs=(x,), threads=args.threads, pad_multiple=8,
                       inductor_timeout_s=0, quant_options={}, calibration=[(x,)])

@@ -303,3 +303,14 @@ def test_untraceable_model_still_deploys_eagerly_and_graph_backends_say_why():
         assert d.report["skipped"][name].startswith("needs a traced graph: tracing failed"), d.report["skipped"]
     with pytest.raises(ConfigError, match="could not build the integer graph"):
         deploy(model, _x(), precision="int8", rounds=1)
+
+
+def test_thread_setting_is_respected_by_onnxruntime():
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        d = deploy(_small(), _x(), backends=["onnxruntime"], rounds=1)
+        assert d.report["threads"] == 1
+        assert d.runner.session.get_session_options().intra_op_num_threads == 1
+    finally:
+        torch.set_num_threads(old)

@@ -262,7 +262,8 @@ def test_planned_profile_equals_the_profile_of_the_built_network(net, seed, frac
     _kill(gm, seed, frac)
     est = gcompiler.estimate(gm, round_to=round_to)  # the current (random, partly zero) masks
     macs, params = est.macs, est.params
-    slim = gcompiler.compile(gm, f"eliminate-dead-channels{{round_to={round_to}}}", verify="shapes")
+    # exactness is checked in float64 (test_dead_channels); here the price, so no float32 end check
+    slim = gcompiler.compile(gm, f"eliminate-dead-channels{{round_to={round_to}}}", verify="shapes", check=False)
     prof = gcompiler.profile(slim)
     assert (macs, params) == (prof.macs, prof.params)
 

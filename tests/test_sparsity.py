@@ -129,3 +129,11 @@ def test_prune_to_macs_budget_and_l1_criterion():
         gcompiler.compile(_masked_resnet()[0], "prune-by-ratio{target_macs=10}")
     with pytest.raises(PassError, match="matches no masked group"):
         gcompiler.compile(_masked_resnet()[0], "prune-by-ratio{groups=nope*}")
+
+
+def test_prune_by_ratio_refuses_a_graph_without_masks_and_names_the_pipeline():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+    with pytest.raises(PassError, match=r"insert-masks\{groups=all,round_to=1\},prune-by-ratio"):
+        gcompiler.compile(m.eval(), "prune-by-ratio{ratio=0.5}", torch.randn(1, 3, 8, 8))
+    gm = gcompiler.compile(m.eval(), "insert-masks,prune-by-ratio{ratio=0.5,groups=_0|nope}", torch.randn(1, 3, 8, 8))
+    assert int((gcompiler.masks(gm)["_0"] == 0).sum()) == 4

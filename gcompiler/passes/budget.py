@@ -56,11 +56,13 @@ def prune_to_budget(gm: fx.GraphModule, scores: Mapping[str, torch.Tensor], budg
     Returns:
         ``{"budget", "macs", "params", "zeroed", "macs_before"}`` (``macs``: the exact cost-model price).
 
+    Groups that elimination leaves alone (:func:`~.elimination.cost.unprunable_groups`) are not ranked.
+
     Raises:
         PassError: a group is not masked, scores have the wrong length, or the budget is below what keeping
         ``round_to`` units per group allows (the message gives the smallest reachable MACs).
     """
-    from .elimination.cost import estimate
+    from .elimination.cost import estimate, unprunable_groups
     from ..spec import parse_target_macs
     from .elimination.plan import default_round_to
     from .masks import masks as get_masks
@@ -72,7 +74,10 @@ def prune_to_budget(gm: fx.GraphModule, scores: Mapping[str, torch.Tensor], budg
     if target is None or target <= 0:
         raise PassError(f"prune_to_budget: budget {budget!r} must be a positive MACs count")
     chosen: dict[str, tuple[torch.Tensor, list[tuple[float, list[int]]]]] = {}
+    blocked = unprunable_groups(gm)
     for name, s in scores.items():
+        if name in blocked:  # elimination would keep its units whatever the mask says
+            continue
         if name not in mk:
             raise PassError(f"prune_to_budget: '{name}' is not a masked group; masked groups: {', '.join(mk) or '(none)'}")
         m = mk[name]

@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..errors import PassError
-from .registry import Contract, register_pass
+from .registry import Contract, parse_list, register_pass
 from .sparsity import FineGrainedPruner
 
 
-@register_pass("prune-fine-grained", contract=Contract.changes_semantics())
+@register_pass("prune-fine-grained", contract=Contract.changes_semantics(), preserves=("channel-groups",))
 def prune_fine_grained(gm: fx.GraphModule, *, sparsity: float = 0.5, scope: str = "layer",
                        skip: str = "") -> fx.GraphModule:
     """Zero the ``sparsity`` fraction of smallest-magnitude conv / linear weights (changes semantics).
@@ -22,7 +22,7 @@ def prune_fine_grained(gm: fx.GraphModule, *, sparsity: float = 0.5, scope: str 
     Options:
         sparsity: fraction of weights to zero, in [0, 1).
         scope: ``layer`` (that fraction in every layer) or ``global`` (one magnitude threshold overall).
-        skip: ``|``-separated module names to leave dense (e.g. the first and last conv).
+        skip: module names separated by ``;`` or ``|`` to leave dense (e.g. the first and last conv).
 
     Records the measured zero fraction in ``gm.meta["fine_grained"]``.
     """
@@ -30,7 +30,7 @@ def prune_fine_grained(gm: fx.GraphModule, *, sparsity: float = 0.5, scope: str 
         raise PassError(f"prune-fine-grained{{sparsity}} must be in [0, 1), got {sparsity}")
     if scope not in ("layer", "global"):
         raise PassError(f"prune-fine-grained{{scope}} must be 'layer' or 'global', got {scope!r}")
-    names = [s for s in skip.split("|") if s]
+    names = parse_list(skip, "prune-fine-grained{skip}")
     known = {n for n, _ in gm.named_modules()}
     unknown = [n for n in names if n not in known]
     if unknown:

@@ -22,7 +22,7 @@ from ..errors import PassError
 from ..fx.trace import register_leaf
 from ..fx.utils import unique_name
 from ..serialize import register_module_type
-from .registry import Contract, register_pass
+from .registry import Contract, parse_list, register_pass
 
 
 @register_module_type
@@ -157,8 +157,7 @@ def _module(gm: fx.GraphModule, node: fx.Node | None) -> nn.Module | None:
 def _name_matches(name: str, patterns: str) -> bool:
     if patterns.strip() in ("", "all", "*"):
         return True
-    parts = patterns.replace(";", "|").replace(",", "|").split("|")
-    return any(fnmatch.fnmatchcase(name, p.strip()) for p in parts if p.strip())
+    return any(fnmatch.fnmatchcase(name, p) for p in parse_list(patterns, "insert-masks{groups}"))
 
 
 @register_pass("insert-masks", contract=Contract.exact())

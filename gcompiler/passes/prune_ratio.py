@@ -1,7 +1,7 @@
 """``prune-by-ratio``: choose which channels to prune, by |γ| or filter L1 norm, and zero their masks.
 
-The pass decides; ``eliminate-dead-channels`` removes. It works on the masks of ``insert-masks`` (run
-first when the graph has none) and respects channel groups (a unit is removed from every tensor of its
+The pass decides; ``eliminate-dead-channels`` removes. It works on the masks of ``insert-masks`` (a graph
+without masks is refused: put ``insert-masks`` before it in the pipeline) and respects channel groups (a unit is removed from every tensor of its
 group at once) and ``round_to`` (each group keeps a multiple of ``round_to`` units, at least one block).
 
 Two modes:
@@ -24,7 +24,8 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..errors import PassError
-from .registry import Contract, register_pass
+from ..fx.utils import not_plain_reason
+from .registry import Contract, parse_list, register_pass
 
 
 def _unit_scores(gm: fx.GraphModule, group, mask: torch.Tensor, criterion: str) -> torch.Tensor:
@@ -38,6 +39,10 @@ def _unit_scores(gm: fx.GraphModule, group, mask: torch.Tensor, criterion: str) 
             raise PassError(f"prune-by-ratio{{criterion=l1}}: producer '{p}' of group '{group.name}' is not a "
                             "module call; use criterion=gamma")
         mod = gm.get_submodule(str(node.target))
+        why = not_plain_reason(mod)
+        if why:
+            raise PassError(f"prune-by-ratio{{criterion=l1}}: producer '{p}' of group '{group.name}' is not torch's "
+                            f"own layer ({why}): its weights' L1 norm is not its filter's; use criterion=gamma")
         w = mod.weight.detach()
         if isinstance(mod, nn.ConvTranspose2d):
             if mod.groups != 1:
@@ -57,24 +62,25 @@ def _block_keep(n: int, ratio: float, round_to: int) -> int:
     return min(n, max(1, keep))
 
 
-@register_pass("prune-by-ratio", contract=Contract.changes_semantics())
+@register_pass("prune-by-ratio", contract=Contract.changes_semantics(), preserves=("channel-groups",))
 def prune_by_ratio(gm: fx.GraphModule, *, ratio: float = 0.5, target_macs: float = 0.0,
                    criterion: Literal["gamma", "l1"] = "gamma", round_to: int = 1,
                    groups: str = "all") -> fx.GraphModule:
     """Zero the masks of the lowest-scoring channel units to hit ``ratio`` per group or ``target_macs``."""
     from ..analysis import channel_groups
     from .budget import prune_to_budget
-    from .masks import insert_masks, masks
+    from .masks import masks
 
     if not 0 <= ratio < 1:
         raise PassError(f"prune-by-ratio{{ratio}} must be in [0, 1), got {ratio}")
     if round_to < 1:
         raise PassError(f"prune-by-ratio{{round_to}} must be >= 1, got {round_to}")
     if not masks(gm):
-        insert_masks(gm, groups=groups, round_to=round_to)
+        raise PassError(f"prune-by-ratio: the graph has no masks; run them first in the pipeline: "
+                        f"\"insert-masks{{groups={groups},round_to={round_to}}},prune-by-ratio{{...}}\"")
     mk = masks(gm)
     by_name = {g.name: g for g in channel_groups(gm)}
-    pats = [p for p in groups.replace(";", ",").split(",") if p] if groups != "all" else ["*"]
+    pats = parse_list(groups, "prune-by-ratio{groups}") if groups not in ("all", "*", "") else ["*"]
     chosen = {n: m for n, m in mk.items() if any(fnmatch.fnmatchcase(n, p) for p in pats)}
     if not chosen:
         raise PassError(f"prune-by-ratio{{groups={groups}}} matches no masked group; masked groups: "

@@ -260,6 +260,13 @@ def _static(gm: fx.GraphModule) -> _Static:
     return cache.static
 
 
+def unprunable_groups(gm: fx.GraphModule) -> dict[str, str]:
+    """Masked groups that ``eliminate-dead-channels`` leaves alone, with the reason (shared weights, a layer
+    that is not torch's own such as a fake-quant conv, ...)."""
+    st = _static(gm)
+    return {n: st.live[n].skipped for n in st.record if st.live[n].skipped}
+
+
 def _dead_units(st: _Static, masks: Mapping[str, Any] | None, widths: Mapping[str, int] | None
                 ) -> dict[str, np.ndarray]:
     dead: dict[str, np.ndarray] = {}
@@ -313,6 +320,10 @@ def estimate(gm: fx.GraphModule, *, masks: Mapping[str, Any] | None = None,
         d = dead.get(name)
         if d is None or not d.any():
             analyses[name] = live
+        elif live.skipped:
+            raise PassError(f"estimate: group '{name}' has {int(d.sum())} dead unit(s) but eliminate-dead-channels "
+                            f"leaves the group alone: {live.skipped} (e.g. run strip-fake-quant on a fake-quant "
+                            f"graph first)")
         else:
             analyses[name] = _Mixed(st.dead_analysis(name), live, d)
 

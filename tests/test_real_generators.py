@@ -88,6 +88,10 @@ def _chain(name: str, tmp_path) -> None:
     slim_ref = masked
     if case.prunable:
         assert gcompiler.masks(masked), f"{name}: insert-masks found nothing to mask"
+        # every mask at 1: nothing is proven dead, so the graph must not change (beyond the contract)
+        intact = gcompiler.compile(masked, "eliminate-dead-channels", *inputs)
+        err = _rel(_run(intact, inputs), _run(masked, inputs))
+        assert err <= 1e-5, f"{name}: elimination with every mask at 1 changed the output by {err:.3g} x max|y|"
         killed = _zero_random_units(masked, seed=len(name))
         assert killed > 0
         ref = _run(masked, inputs)

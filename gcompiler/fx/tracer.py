@@ -488,6 +488,9 @@ def describe(node: Any, depth: int = 0) -> str:
             return f"len({describe(node.args[0], d)})"
         if t is operator.not_:
             return f"not {describe(node.args[0], d)}"
+        if getattr(t, "__module__", None) in ("math", "builtins", "_operator", "operator"):
+            args = ", ".join(describe(a, d) for a in node.args)
+            return f"{getattr(t, '__name__', str(t))}({args})"
     if node.op == "call_module":
         return f"self.{node.target}(...)"
     return node.name

@@ -567,3 +567,36 @@ def test_traced_in_training_mode_verifies_in_that_mode_and_keeps_buffers():
     assert gm.training
     evaluated = gcompiler.trace(m.eval(), x)
     assert not any(n.target is operator.mul for n in evaluated.graph.nodes)
+
+
+class PythonReads(nn.Module):
+    """More Python-level reads: iterating chunks, max() of sizes, int(math.ceil()), meshgrid of aranges,
+    star-unpacking a shape, float() of a weight's shape, x.dim() asserts, len(x)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        import math
+        assert x.dim() == 4
+        b, c, *rest = x.shape
+        x = torch.cat([p * 2 for p in torch.chunk(x, 2, 1)], 1)
+        h, w = x.shape[2:]
+        m = max(h, w) + int(math.ceil(h / 3)) + len(x)
+        scale = float(self.conv.weight.shape[1]) ** -0.5
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
+        grid = torch.stack([xs / (w - 1) * 2 - 1, ys / (h - 1) * 2 - 1], -1).unsqueeze(0).expand(b, -1, -1, -1)
+        y = F.grid_sample(self.conv(x) * scale, grid, align_corners=True)
+        return y.view(b, c, rest[0] * rest[1]) * m
+
+
+def test_more_python_reads_trace_and_guard():
+    torch.manual_seed(0)
+    m, x = PythonReads(), torch.randn(2, 4, 6, 8)
+    gm = gcompiler.trace(m, x)
+    assert torch.allclose(gm(x), m(x))
+    descs = [g["description"] for g in gm.meta["guards"]]
+    assert any("ceil(" in d for d in descs) and any("len(" in d for d in descs)
+    with pytest.raises(gcompiler.errors.GuardError, match="max"):
+        gm(torch.randn(2, 4, 9, 8))  # max(h, w) picked w when traced

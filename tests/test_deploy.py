@@ -95,6 +95,9 @@ def test_choice_is_the_fastest_measured_and_report_is_complete():
     assert all(r["min_ms"][k] == min(v) and r["timings_ms"][k] >= r["min_ms"][k] for k, v in r["runs_ms"].items())
     d2 = deploy(model, _x(), backends=["eager", "onnxruntime"], rounds=3, stat="median")
     assert d2.backend == min(d2.report["timings_ms"], key=d2.report["timings_ms"].get)
+    d3 = deploy(model, _x(), backends=["eager", "onnxruntime"], rounds=3, stat="cpu")
+    assert d3.backend == min(d3.report["cpu_ms"], key=d3.report["cpu_ms"].get)
+    assert all(v > 0 for v in d3.report["cpu_ms"].values())
     assert r["threads"] == torch.get_num_threads()
     assert set(r["timings_ms"]) | set(r["skipped"]) == set(candidates("cpu", "fp32"))
     assert all(len(v) == r["rounds"] == 2 for v in r["runs_ms"].values())
@@ -248,7 +251,7 @@ def test_cuda_without_gpu_is_refused_clearly():
     ({"precision": "fp16"}, "not available on cpu"),
     ({"backends": ["tensorrt"]}, r"unknown back end\(s\) \['tensorrt'\]"),
     ({"rounds": 0}, "rounds must be >= 1"),
-    ({"stat": "mean"}, "stat must be 'min' or 'median'"),
+    ({"stat": "mean"}, "stat must be 'min', 'median' or 'cpu'"),
 ])
 def test_bad_arguments_give_clear_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):

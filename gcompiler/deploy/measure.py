@@ -20,21 +20,28 @@ def _sync(device: str) -> None:
 
 
 def round_robin(runners: dict[str, Callable[[], Any]], *, rounds: int, device: str = "cpu",
-                budget_s: float | None = None) -> dict[str, list[float]]:
-    """``{name: [seconds per run]}``: ``rounds`` interleaved runs of every runner (no warm-up here).
+                budget_s: float | None = None, cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """``{name: [wall seconds per run]}``: ``rounds`` interleaved runs of every runner (no warm-up here).
 
     With ``budget_s`` the loop stops after the first round that ends past the budget (at least one round).
+    ``cpu``, when given, receives each run's process CPU time (all threads): with one thread it is the run's
+    own work, without the time the process waited for a core on a loaded machine.
     """
     times: dict[str, list[float]] = {k: [] for k in runners}
+    if cpu is not None:
+        cpu.update({k: [] for k in runners})
     t_start = time.perf_counter()
     with torch.no_grad():
         for r in range(rounds):
             for name, fn in runners.items():
                 _sync(device)
+                c0 = time.process_time()
                 t0 = time.perf_counter()
                 fn()
                 _sync(device)
                 times[name].append(time.perf_counter() - t0)
+                if cpu is not None:
+                    cpu[name].append(time.process_time() - c0)
             if budget_s is not None and time.perf_counter() - t_start > budget_s:
                 break
     return times
@@ -54,7 +61,7 @@ class DeployReport(dict):
 
     Keys: ``device``, ``precision``, ``threads``, ``choice``, ``stat`` (what decided), ``tolerance``,
     ``reference`` (what outputs were compared with), ``timings_ms`` (median per candidate), ``min_ms``
-    (minimum per candidate), ``runs_ms`` (every timed run), ``errors``
+    (minimum per candidate), ``cpu_ms`` (minimum process CPU time per run), ``runs_ms`` (every timed run), ``errors``
     (relative error per candidate), ``build_s`` (seconds to build each), ``skipped`` (candidate -> reason),
     ``notes`` (candidate -> rewrites applied), ``rounds``, ``load_average``, ``input_shapes``, ``final_error``
     (the chosen backend's error, re-checked after the choice).
@@ -65,13 +72,14 @@ class DeployReport(dict):
                  f"threads={self.get('threads')} rounds={self.get('rounds')} load={self.get('load_average')}",
                  f"chosen: {self.get('choice')} (error {self.get('final_error', float('nan')):.2e} <= "
                  f"{self.get('tolerance')} vs {self.get('reference')})",
-                 f"{'candidate':<22} {'median ms':>10} {'min ms':>9} {'rel err':>9} {'build s':>8}  notes"]
+                 f"{'candidate':<22} {'median ms':>10} {'min ms':>9} {'cpu ms':>9} {'rel err':>9} {'build s':>8}  notes"]
         timings = self.get("timings_ms", {})
-        order = self.get("min_ms", timings) if self.get("stat") == "min" else timings
+        order = {"min": self.get("min_ms", timings), "cpu": self.get("cpu_ms", timings)}.get(self.get("stat"), timings)
         for name in sorted(timings, key=lambda k: order.get(k, timings[k])):
             runs = self.get("runs_ms", {}).get(name, [])
             mark = "*" if name == self.get("choice") else " "
             lines.append(f"{mark}{name:<21} {timings[name]:>10.2f} {min(runs) if runs else float('nan'):>9.2f} "
+                         f"{self.get('cpu_ms', {}).get(name, float('nan')):>9.2f} "
                          f"{self.get('errors', {}).get(name, float('nan')):>9.1e} "
                          f"{self.get('build_s', {}).get(name, float('nan')):>8.2f}  "
                          f"{'; '.join(self.get('notes', {}).get(name, []))}")

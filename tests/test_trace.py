@@ -600,3 +600,18 @@ def test_more_python_reads_trace_and_guard():
     assert any("ceil(" in d for d in descs) and any("len(" in d for d in descs)
     with pytest.raises(gcompiler.errors.GuardError, match="max"):
         gm(torch.randn(2, 4, 9, 8))  # max(h, w) picked w when traced
+
+
+def test_retracing_a_guarded_graph_keeps_its_guards(tmp_path):
+    torch.manual_seed(0)
+    m, x = ShapeQuestions(), torch.randn(2, 3, 8, 8)
+    gm = gcompiler.trace(m, x)
+    n = len(gcompiler.fx.guards(gm))
+    again = gcompiler.trace(gm, x)
+    assert len(gcompiler.fx.guards(again)) == n
+    assert [g["description"] for g in gcompiler.fx.guards(again)] == [g["description"] for g in gcompiler.fx.guards(gm)]
+    gcompiler.save(gm, tmp_path / "g")
+    loaded = gcompiler.trace(gcompiler.load(tmp_path / "g"), x)
+    assert len(gcompiler.fx.guards(loaded)) == n
+    with torch.no_grad():
+        assert torch.equal(loaded(x), m(x))

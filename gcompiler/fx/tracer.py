@@ -145,7 +145,8 @@ class GTracer(fx.Tracer):
                  leaf_fns: tuple[Callable[..., Any], ...], inputs: tuple[torch.Tensor, ...],
                  kwargs: dict[str, Any]):
         leaf_fns = tuple(leaf_fns)
-        super().__init__(autowrap_functions=leaf_fns)
+        # check_guard too: re-tracing a traced (or loaded) graph keeps its guard nodes as they are
+        super().__init__(autowrap_functions=leaf_fns + (check_guard,))
         for fn in leaf_fns:  # `utils.helper(x)` resolves through the helper's module: patch it there too
             mod = sys.modules.get(getattr(fn, "__module__", None) or "")
             if mod is not None and mod not in self._autowrap_search:

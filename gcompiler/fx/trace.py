@@ -32,6 +32,7 @@ from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 from ..errors import TraceError
 from .guards import check_guard
+from .guards import guards as graph_guards
 from .patches import find_proxies, tracing_patches
 from .tracer import _FX_DIR, _TORCH_DIR, GTracer, describe, prefer_real
 from .tracer import leaf_functions as leaf_function_registry
@@ -199,7 +200,7 @@ def _finish_graph(gm: fx.GraphModule, tracer: GTracer) -> None:
     if changed:
         graph.lint()
         gm.recompile()
-    gm.meta["guards"] = list(tracer.guards)
+    gm.meta["guards"] = graph_guards(gm)  # from the graph: a re-traced graph keeps its guard nodes
     gm.meta["specialized"] = {k: _short_repr(v) for k, v in tracer.specialized.items()}
     if dropped:
         gm.meta["dropped_asserts"] = dropped

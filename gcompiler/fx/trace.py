@@ -20,9 +20,6 @@ from __future__ import annotations
 import copy
 import linecache
 import operator
-import os
-import sys
-import traceback
 from typing import Any, Callable, Iterable, Sequence
 
 import torch

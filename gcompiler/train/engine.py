@@ -31,16 +31,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import CheckpointError, ConfigError, DataError, GCompilerError, NonFiniteError  # noqa: F401
+from ..errors import ConfigError, NonFiniteError
 from . import checkpoint as ckpt
 from . import run_state
-from .distributed import DistInfo, all_gather_objects, any_true, barrier, init_distributed
+from .distributed import DistInfo, any_true, init_distributed
 from .runlog import ScalarLogger, save_grid
 from .schedules import Schedule, parse_schedule
 from .streams import DataStreams, as_batch_dict, rng_seed

@@ -54,7 +54,7 @@ def test_normalized_difference_detaches_the_teacher():
     lc = torch.tensor(3.0, requires_grad=True)
     d = normalized_difference(lo, lc)
     d.backward()
-    assert float(d) == pytest.approx(0.5) and lo.grad is None and float(lc.grad) == pytest.approx(0.5)
+    assert float(d.detach()) == pytest.approx(0.5) and lo.grad is None and float(lc.grad) == pytest.approx(0.5)
 
 
 def test_conditional_discriminator_is_detected_and_a_foreign_one_refused():

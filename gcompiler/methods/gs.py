@@ -50,7 +50,7 @@ of a few hundred steps on the small ``builtin:sr`` teacher (measurements in BENC
 
 * ``rho`` from a shrinkage budget (``shrink``, default 1.0): ``rho * sum_t eta_t`` = the median initial
   |mask| (:func:`auto_rho`). Over a few hundred steps a fixed rho prunes nothing or nearly everything;
-  ``--rho`` / ``--opt rho=`` sets it directly. Use ``--target-macs`` for a predictable size.
+  ``--opt rho=`` sets it directly. Use ``--target-macs`` for a predictable size.
 * ``gan_weight`` 0.01: next to an MSE d (values ~1e-4), weight 1 dominates and costs fidelity;
 * activation ranges signed where the conv input can be negative and clips calibrated per layer (SRResNet's
   convs read PReLU outputs and residual sums, which ``[0, 4]`` truncates);

@@ -131,3 +131,25 @@ def test_mobile_student_through_substitute_ops(tmp_path, capsys):
     assert summary["macs_after"] <= summary["macs_before"] / 1.5
     # taps: trunk input and the three residual additions, paired by position with the teacher's
     assert [t for t, _ in report["feature_taps"]][0] == [t for _, t in report["feature_taps"]][0] == "model_9"
+
+
+def test_mappings_undo_the_l1_channel_order():
+    """After make-supernet{order=l1} the tapped student channels are a permutation of the teacher's; the mappings
+    start as that permutation, so the full-width supernet's feature loss is 0 (the identity would not be)."""
+    from gcompiler.methods.gc_recipes import init_permuted_mappings
+
+    torch.manual_seed(0)
+    teacher = models.create("resnet_9blocks", ngf=4, n_blocks=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    sn = gcompiler.compile(teacher, "make-supernet{order=l1}", x)
+    assert sn.meta["supernet"]["channel_order"]
+    taps = residual_taps(sn)
+    pairs = list(zip(taps, taps))
+    s_run, t_run = TappedModel(sn, taps), TappedModel(gcompiler.trace(teacher, x), taps)
+    loss = SlicedFeatureLoss(pairs, s_run.channels(), t_run.channels())
+    with torch.no_grad():
+        _, sf = s_run(x)
+        _, tf = t_run(x)
+        assert float(loss(sf, tf)) > 1e-3  # identity mappings on permuted channels
+        init_permuted_mappings(loss, sn.meta["supernet"]["channel_order"])
+        assert float(loss(sf, tf)) < 1e-9

@@ -16,7 +16,7 @@ from ..train.losses import FeatureDistillLoss
 from ..train.taps import TappedModel
 from .base import CompressJob
 
-__all__ = ["residual_taps", "SlicedFeatureLoss", "OnceForAll", "FrozenNormFinetune", "search_split",
+__all__ = ["residual_taps", "SlicedFeatureLoss", "init_permuted_mappings", "OnceForAll", "FrozenNormFinetune", "search_split",
            "CandidateScorer"]
 
 
@@ -66,6 +66,24 @@ def _skip_operand(add: fx.Node) -> fx.Node | None:
             seen.add(n.name)
             stack.extend(x for x in n.all_input_nodes)
     return a
+
+
+def init_permuted_mappings(loss: FeatureDistillLoss, channel_order: dict[str, list[int]]) -> None:
+    """Start each square 1x1 mapping as the permutation that undoes the supernet's channel reordering.
+
+    ``FeatureDistillLoss`` starts an equal-width mapping as the identity; when ``make-supernet{order=l1}``
+    moved the tapped student channels (student channel ``j`` is the teacher's ``channel_order[tap][j]``),
+    the mapping that makes the untrained supernet's loss 0 is that permutation instead.
+    """
+    with torch.no_grad():
+        for (s, _t), conv in zip(loss.pairs, loss.maps.values()):
+            order = channel_order.get(s)
+            if order is None or conv.weight.shape[0] != conv.weight.shape[1] or len(order) != conv.weight.shape[1]:
+                continue
+            conv.weight.zero_()
+            for j, src in enumerate(order):
+                conv.weight[src, j, 0, 0] = 1.0
+            conv.bias.zero_()
 
 
 class SlicedFeatureLoss(FeatureDistillLoss):
@@ -125,6 +143,7 @@ class OnceForAll(Distill):
             t_run = TappedModel(trainer.module("teacher"), [t for _, t in self.taps])
             x = trainer.example_input()
             loss = SlicedFeatureLoss(self.taps, s_run.channels(x), t_run.channels(x))
+            init_permuted_mappings(loss, student.meta.get("supernet", {}).get("channel_order", {}))
             self.feature_loss = trainer.register_module("feature_maps", loss, trainable=True)
             self.cfg.feature_weight = self.fweight
             trainer.set_runner("student", s_run)

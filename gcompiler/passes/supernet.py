@@ -24,7 +24,9 @@ with groups > 1, by a module with parameters of another type (e.g. a ``ChannelMa
 functional conv whose weight is a graph constant.
 
 ``gm.meta["supernet"]``: ``{"groups": {name: full units}, "fixed": {name: reason}, "config": {name:
-units}, "plan": SupernetPlan}``.
+units}, "plan": SupernetPlan, "channel_order": {node: [old channel at each position]}}`` (the last is
+empty unless ``order="l1"`` moved channels: a feature of the supernet at node ``t``, channel ``j``, is
+the input graph's channel ``channel_order[t][j]``).
 """
 from __future__ import annotations
 
@@ -236,8 +238,9 @@ def make_supernet(gm: fx.GraphModule, *, order: Literal["keep", "l1"] = "keep") 
         if name in plan.tensors or (inp is not None and inp in plan.tensors):
             keep[name] = (target, inp, kind)
     plan.modules = keep
+    moved: dict[str, list[int]] = {}
     if order == "l1":
-        permute_units(gm, plan, l1_unit_order(gm, plan))
+        moved = permute_units(gm, plan, l1_unit_order(gm, plan))
     from ..profiler import profile
 
     try:
@@ -245,7 +248,7 @@ def make_supernet(gm: fx.GraphModule, *, order: Literal["keep", "l1"] = "keep") 
     except Exception:  # noqa: BLE001 - the price table is an optimisation, subnet_cost falls back
         plan.macs_rows = {}
     gm.meta["supernet"] = {"groups": dict(plan.groups), "fixed": dict(plan.fixed),
-                           "config": dict(plan.groups), "plan": plan}
+                           "config": dict(plan.groups), "plan": plan, "channel_order": moved}
     gm.graph.lint()
     gm.recompile()
     return gm
@@ -278,12 +281,13 @@ def l1_unit_order(gm: fx.GraphModule, plan: SupernetPlan) -> dict[str, list[int]
     return out
 
 
-def permute_units(gm: fx.GraphModule, plan: SupernetPlan, perms: Mapping[str, list[int]]) -> None:
+def permute_units(gm: fx.GraphModule, plan: SupernetPlan, perms: Mapping[str, list[int]]) -> dict[str, list[int]]:
     """Reorder the units of groups in place: new unit ``i`` of group ``g`` is old unit ``perms[g][i]``.
 
     Every super module's weights, biases and norm statistics are permuted along the channels that the
     groups own (output and input sides), and the plan's unit rows are left as they are: after the call,
     unit ``i`` is stored where old unit ``i`` was, so first-k slicing keeps the strongest units.
+    Returns, for every tensor whose channels moved, ``order[t][j]`` = the old channel now at channel ``j``.
     """
     order: dict[str, torch.Tensor] = {}
     for t, (channels, parts) in plan.tensors.items():
@@ -324,6 +328,7 @@ def permute_units(gm: fx.GraphModule, plan: SupernetPlan, perms: Mapping[str, li
                 elif o is not None and new.dim() >= 1 and new.shape[0] == len(o):
                     new = new.index_select(0, o)
                 p.data.copy_(new.clone())
+    return {t: o.tolist() for t, o in order.items()}
 
 
 # ------------------------------------------------------------------------------------------------

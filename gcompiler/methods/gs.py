@@ -66,7 +66,6 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -176,21 +175,6 @@ def _distance(opts: GSOptions, job: CompressJob) -> tuple[nn.Module, str]:
                           value_range=job.value_range)
 
 
-def _save_module_state(module: nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    from ..ioutil import atomic_file
-
-    with atomic_file(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp))
-
-
-def _load_module_state(module: nn.Module, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    module.load_state_dict(load_file(str(path)))
-
-
 @register_method("gs", options=GSOptions,
                  summary="GAN Slimming: masks + L1 proximal step + fake quantization, minimax with a PatchGAN, "
                          "distillation; then eliminate dead channels, fine-tune, export",
@@ -200,6 +184,7 @@ def run_gs(job: CompressJob, opts: GSOptions) -> dict[str, Any]:
     import json
 
     from .. import serialize
+    from ..checkpoint import load_checkpoint, save_checkpoint
     from ..profiler import profile
 
     s = job.settings
@@ -243,7 +228,7 @@ def run_gs(job: CompressJob, opts: GSOptions) -> dict[str, Any]:
         log.info(f"gs: search and pruning already done ({pruned_dir}); continuing with the fine-tuning")
         slim = serialize.load(pruned_dir)
         if disc is not None and disc_path.is_file():
-            _load_module_state(disc, disc_path)
+            load_checkpoint(disc, disc_path)
         prev = stages / "prune.json"
         prune_info = json.loads(prev.read_text()) if prev.is_file() else {}
         search_steps = int(prune_info.get("search_steps", s.max_steps))
@@ -275,7 +260,7 @@ def run_gs(job: CompressJob, opts: GSOptions) -> dict[str, Any]:
         prune_info.update(search_steps=search_steps, rho=rho, search_losses=result.losses)
         serialize.save(slim, pruned_dir)
         if disc is not None:
-            _save_module_state(disc, disc_path)
+            save_checkpoint(disc, disc_path)
         job.write_json("stages/prune.json", prune_info)
         job.save_state(stage="pruned", step=search_steps)
     report["search"] = prune_info

@@ -839,3 +839,21 @@ def test_guard_nodes_touch_no_channel():
     assert len(gm.meta["guards"]) == 3
     groups = {g.name: g for g in channel_groups(gm)}
     assert groups["a"].prunable, groups["a"].reason
+
+
+def test_spatial_crop_with_computed_bounds_passes_channels_through():
+    class Crop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=2), nn.Conv2d(8, 3, 3, padding=1)
+
+        def forward(self, x):
+            h, w = x.shape[2:]
+            y = torch.relu(self.a(x))[:, :, :h, :w]  # crop back to the input size
+            z = torch.relu(self.a(x))[..., 1:h + 1, 1:w + 1]
+            return self.b(y + z)
+
+    gm = trace(Crop(), torch.randn(1, 3, 8, 8))
+    groups = {g.name: g for g in channel_groups(gm)}
+    assert groups["a"].prunable, groups["a"].reason
+    assert any(k == "slice" for k in groups["a"].kinds.values())

@@ -458,10 +458,11 @@ class _OpRules(_Solver):
             if self.has_channels(node):
                 self.unknown(node)
             return
-        # Tensor indexing: known only when dims 0 and 1 are left whole.
+        # Tensor indexing: known only when dims 0 and 1 are left whole. Spatial slices may have computed bounds
+        # (a crop to the input's size, x[:, :, :h, :w]).
         items = idx if isinstance(idx, tuple) else (idx,)
         keeps = False
-        if any(isinstance(i, torch.fx.Node) for i in _flatten_nodes(items)):
+        if any(isinstance(i, torch.fx.Node) for i in items):  # indexing by a computed int / tensor
             keeps = False
         elif items and items[0] is Ellipsis:
             rest = items[1:]

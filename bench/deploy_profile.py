@@ -113,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     dense = gcompiler.trace(create("resnet_9blocks").eval(), x)
     dense_opt, _ = split_phases(dense, x)
     summary = []
-    for label, g in (("dense, onnxruntime-opt", dense_opt), (f"{args.cut * 100:g} % cut, onnxruntime-opt", slim_opt)):
+    torch.manual_seed(0)
+    sub = gcompiler.trace(create("sub_mobile_resnet_9blocks", config="16_16_32_16_32_32_16_16").eval(), x)
+    sub_opt, _ = split_phases(sub, x)
+    for label, g in (("dense, onnxruntime-opt", dense_opt), (f"{args.cut * 100:g} % cut, onnxruntime-opt", slim_opt),
+                     ("sub_mobile 16_16_32_16_32_32_16_16, onnxruntime-opt", sub_opt)):
         ops = ort_profile(label, export_onnx(copy.deepcopy(g), x), x, args.threads, args.runs)
         conv = sum(v for k, v in ops.items() if "Conv" in k)
         total = sum(ops.values())

@@ -39,6 +39,8 @@ CASES: dict[str, Case] = {
     "rcan": Case(sr.RCAN, _img(s=8), "channel attention (x * sigmoid), mean buffer reassigned with type_as in forward"),
     "swinir": Case(sr.SwinIRLite, _img(s=8), "window attention, Linear/MLP, LayerNorm, shape asserts in helpers, "
                    "pad from h % window, crop by input size"),
+    "nafnet": Case(sr.NAFNetLite, _img(s=14), "custom autograd.Function channel LayerNorm, SimpleGate chunk, "
+                   "pad to a multiple, crop to the input size", prunable=False, refusal="reduces over the channel"),
     "esrgan_rrdb": Case(sr.RRDBNet, _img(s=8), "dense concat, residual scaling, nearest upsampling"),
     "srgan": Case(sr.SRGANGenerator, _img(s=8), "PReLU, BatchNorm, PixelShuffle"),
     "antialiased": Case(translation.AntiAliasedResnet, _img(), "blur pool: functional conv with a buffer filter "

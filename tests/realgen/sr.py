@@ -337,3 +337,78 @@ class SRGANGenerator(nn.Module):
         block7 = self.block7(self.blocks(block1))
         block8 = self.block8(block1 + block7)
         return (torch.tanh(block8) + 1) / 2
+
+
+# --------------------------------------------------------------------------------- NAFNet style (restoration)
+
+class LayerNormFunction(torch.autograd.Function):
+    """Channel LayerNorm as a custom autograd function (forward only matters here)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        n, c, h, w = x.size()
+        mu = x.mean(1, keepdim=True)
+        var = (x - mu).pow(2).mean(1, keepdim=True)
+        y = (x - mu) / (var + eps).sqrt()
+        ctx.save_for_backward(y, var, weight)
+        return weight.view(1, c, 1, 1) * y + bias.view(1, c, 1, 1)
+
+    @staticmethod
+    def backward(ctx, grad_output):  # pragma: no cover - inference only
+        raise NotImplementedError
+
+
+class LayerNorm2d(nn.Module):
+    def __init__(self, channels, eps=1e-6):
+        super().__init__()
+        self.register_parameter("weight", nn.Parameter(torch.ones(channels)))
+        self.register_parameter("bias", nn.Parameter(torch.zeros(channels)))
+        self.eps = eps
+
+    def forward(self, x):
+        return LayerNormFunction.apply(x, self.weight, self.bias, self.eps)
+
+
+class SimpleGate(nn.Module):
+    def forward(self, x):
+        x1, x2 = x.chunk(2, dim=1)
+        return x1 * x2
+
+
+class NAFBlock(nn.Module):
+    def __init__(self, c, dw_expand=2):
+        super().__init__()
+        dw = c * dw_expand
+        self.conv1 = nn.Conv2d(c, dw, 1)
+        self.conv2 = nn.Conv2d(dw, dw, 3, padding=1, groups=dw)
+        self.conv3 = nn.Conv2d(dw // 2, c, 1)
+        self.sca = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(dw // 2, dw // 2, 1))
+        self.sg = SimpleGate()
+        self.norm1 = LayerNorm2d(c)
+        self.beta = nn.Parameter(torch.zeros((1, c, 1, 1)))
+
+    def forward(self, inp):
+        x = self.sg(self.conv2(self.conv1(self.norm1(inp))))
+        x = x * self.sca(x)
+        return inp + self.conv3(x) * self.beta
+
+
+class NAFNetLite(nn.Module):
+    def __init__(self, width=8, n_blocks=2, padder_size=4):
+        super().__init__()
+        self.intro = nn.Conv2d(3, width, 3, padding=1)
+        self.body = nn.Sequential(*[NAFBlock(width) for _ in range(n_blocks)])
+        self.ending = nn.Conv2d(width, 3, 3, padding=1)
+        self.padder_size = padder_size
+
+    def check_image_size(self, x):
+        _, _, h, w = x.size()
+        mod_pad_h = (self.padder_size - h % self.padder_size) % self.padder_size
+        mod_pad_w = (self.padder_size - w % self.padder_size) % self.padder_size
+        return F.pad(x, (0, mod_pad_w, 0, mod_pad_h))
+
+    def forward(self, inp):
+        b, c, h, w = inp.shape
+        inp = self.check_image_size(inp)
+        x = self.ending(self.body(self.intro(inp))) + inp
+        return x[:, :, :h, :w]

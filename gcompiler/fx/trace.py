@@ -85,9 +85,9 @@ def trace(module: torch.nn.Module, *example_inputs: torch.Tensor, kwargs: dict[s
         leaf_modules: extra classes (or dotted submodule paths) to keep as opaque leaves.
         leaf_functions: plain functions to keep un-traced (as :func:`register_leaf_function` does).
         concrete_args: deprecated spelling of ``kwargs``.
-        verify: run the eager module (eval mode, on a copy) and the graph on the example inputs (on a spatially
-            reduced copy of them when the model accepts it) with the same random seed and require identical
-            outputs.
+        verify: run the eager module (a copy, in the mode it was traced in) and the graph (buffers restored
+            afterwards) on the example inputs (cropped to <= 32 pixels a side when the model accepts that) with
+            the same random seed and require identical outputs.
 
     Python-level questions the code asks about traced tensors (``x.is_cuda``, ``x.shape[2] % 8``, ...) are
     answered from the example inputs and re-checked at run time by guard nodes, listed in

@@ -101,6 +101,13 @@ def test_resnet_half_width_matches_the_architecture_formula_and_cache_follows_ed
     assert half.macs == (h * h * c1 * 3 * 49 + (h // 2) ** 2 * c2 * c1 * 9 + (h // 4) ** 2 * c4 * c2 * 9
                          + blocks * 2 * (h // 4) ** 2 * c4 * c4 * 9 + (h // 2) ** 2 * c2 * c4 * 9
                          + h * h * c1 * c2 * 9 + h * h * 3 * c1 * 49)
+    # a setting may name the mask module instead of the group; size follows the params
+    name, mk = next(iter(gcompiler.masks(gm).items()))
+    module = gm.meta["masks"]["groups"][name]["modules"][0]
+    setting = (torch.arange(mk.numel()) % 2).float()
+    by_group, by_module = gcompiler.estimate(gm, masks={name: setting}), gcompiler.estimate(gm, masks={module: setting})
+    assert (by_group.macs, by_group.params) == (by_module.macs, by_module.params) and by_group.macs < full.macs
+    assert by_group.size_bytes(8) == by_group.params
     # zeroing a whole producer filter in place (a weight edit) is seen: that unit is dead without a mask
     conv = next(m for m in gm.modules() if isinstance(m, nn.Conv2d) and m.out_channels == ngf)
     before = gcompiler.estimate(gm)

@@ -49,11 +49,11 @@ class Estimate:
     _rows: Any  # a list of (node, op, MACs, params) or a function making it
     removed: dict[str, int]  # group -> removed units
 
-    def size_bytes(self, bits: int = 32) -> float:
-        """Model size in bytes at ``bits`` per parameter."""
-        return self.params * bits / 8
+    def size_bytes(self, bits: int | None = 32) -> float:
+        """Model size in bytes at ``bits`` per parameter (``None``: 32, the float graph being priced)."""
+        return self.params * (32 if bits is None else bits) / 8
 
-    def size_mib(self, bits: int = 32) -> float:
+    def size_mib(self, bits: int | None = 32) -> float:
         return self.size_bytes(bits) / 2**20
 
     @property

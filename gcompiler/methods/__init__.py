@@ -1,22 +1,27 @@
-"""Compression methods that ``gcompiler compress --method NAME`` runs (GAN Slimming first; AGD, GAN
-Compression and self-supervised pruning plug in the same way).
+"""Compression methods: what ``gcompiler compress --method NAME`` and ``gcompiler.compress(..., method=NAME)`` run
+(GAN Slimming, AGD, GAN Compression, self-supervised pruning).
 
-A method is registered with :func:`register_method`::
+A method is graph rewrites (pass pipelines) plus training (recipes of :mod:`gcompiler.train`), registered with
+:func:`register_method` (the full walk-through, tested: ``docs/methods.md``)::
 
     @dataclass
-    class MyOptions:                      # every field is an option: --opt key=value, or [my] in --config
-        lr: float = 2e-4
+    class MyOptions:                      # every field is a typed option: --opt key=value, [my] in --config,
+        lr: float = 2e-4                  # or a keyword argument of gcompiler.compress
         "Adam learning rate of the student's weights."   # a string right after a field is its help
 
     @register_method("my", options=MyOptions, summary="one line for --help",
                      defaults={"max_steps": 300, "finetune_steps": 100})
     def run_my(job: CompressJob, opts: MyOptions) -> dict:
-        ...                                # train, prune, fine-tune; return the summary (see CompressJob)
+        gm = gcompiler.trace(copy.deepcopy(job.teacher), job.reference_input)
+        job.rewrite(gm, "insert-masks,prune-by-ratio{ratio=0.5},eliminate-dead-channels", stage="prune")
+        ...                               # train with a Recipe: Trainer(..., config=job.train_config(...))
+        return job.finish(gm, steps=..., report={...})
 
 The runner receives a :class:`~gcompiler.methods.base.CompressJob`: the teacher, the data, the run
-directory and the settings shared by every method (steps, bits, target MACs, seed, device ...), plus
-helpers that every method needs (loaders, reference profile, evaluation, export). Built-in methods are
-imported lazily from :data:`BUILTIN` the first time the registry is consulted.
+directory and the settings shared by every method (steps, bits, target MACs, seed, device ...), plus the
+helpers every method needs (``rewrite``, loaders, ``train_config``, ``finish``). Options are converted by
+the one option parser (:mod:`gcompiler.methods.options`). Built-in methods are imported lazily from
+:data:`BUILTIN` the first time the registry is consulted.
 """
 from __future__ import annotations
 

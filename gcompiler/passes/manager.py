@@ -476,7 +476,12 @@ def compile(model_or_gm: torch.nn.Module, pipeline: str | Iterable[PipelineItem]
     if isinstance(model_or_gm, fx.GraphModule):
         if not example_inputs and "input_shapes" not in model_or_gm.meta:
             raise TraceError("compile() got a GraphModule without recorded input shapes: pass example inputs")
-        gm = copy.deepcopy(model_or_gm)
+        try:
+            gm = copy.deepcopy(model_or_gm)
+        except Exception as exc:  # noqa: BLE001 - e.g. a non-leaf tensor or an uncopyable object in meta
+            raise PassError(f"compile() works on a copy of its GraphModule argument and could not copy it "
+                            f"({type(exc).__name__}: {exc}); rewrite it in place with "
+                            f"gcompiler.run_pipeline(gm, pipeline) instead") from exc
         if example_inputs:
             propagate_shapes(gm, *example_inputs)
     else:

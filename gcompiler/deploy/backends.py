@@ -337,8 +337,9 @@ def _cudnn_fp16(ctx: Context) -> tuple[Runner, list[str]]:
 def _triton_int8(ctx: Context) -> tuple[Runner, list[str]]:
     from ..kernels import lower  # noqa: F401 - registers lower-to-triton
     from ..passes.manager import run_pipeline
-    gi = copy.deepcopy(integer_graph(ctx)).cuda()
+    gi = copy.deepcopy(integer_graph(ctx))  # lowered on the CPU, then moved (as bench/gpu_kernels.py does)
     gl, _ = run_pipeline(gi, "lower-to-triton{backend=triton}", verify="lint", check=False)
+    gl = gl.cuda()
     paths = [r["path"] for r in gl.meta.get("lower_to_triton", [])]
     return (lambda *xs: _first(gl(*_to_cuda(xs, cl=True))).float().contiguous()), \
         [f"int8 {paths.count('int8')}, fp16 {paths.count('fp16')}, kept {paths.count('keep')} convs"]

@@ -71,9 +71,15 @@ class CompressJob:
                  dataset: Any, reference_input: torch.Tensor) -> None:
         from ..profiler import profile
 
+        from ..train.distributed import dist_info
+
         self.settings = settings
         self.run_dir = run_dir
         self.teacher = teacher
+        #: where this process sits in a ``torchrun`` job (rank 0 of 1 without one); see :mod:`gcompiler.methods.dist`
+        self.dist = dist_info()
+        #: whether this process writes the run directory, evaluates and runs the once-only work (rank 0)
+        self.is_main = self.dist.is_main
         self.teacher_info = teacher_info
         self.dataset = dataset
         self.value_range: tuple[float, float] = tuple(getattr(dataset, "value_range", (-1.0, 1.0)))  # type: ignore
@@ -246,6 +252,34 @@ class CompressJob:
                note: str | None = None) -> dict[str, Any]:
         """Measure, judge and export the final ``student``; returns ``{"summary", "report", "student"}``.
 
+        Under ``torchrun`` every rank first takes rank 0's student (:func:`~gcompiler.methods.dist.sync_module`),
+        rank 0 alone measures, evaluates and writes (:meth:`_finish_here`), and every rank returns rank 0's
+        summary and report (as JSON) with the same student.
+        """
+        from .dist import on_rank0, sync_module
+
+        kw = dict(steps=steps, report=report, method=method, bits=bits, size_bytes_after=size_bytes_after, note=note)
+        if not self.dist.enabled:
+            return self._finish_here(student, **kw)
+        student = sync_module(student.cpu().eval(), what="the final student")
+        here: dict[str, Any] = {}
+
+        def main() -> dict[str, Any]:
+            here.update(self._finish_here(student, **kw))
+            return {"summary": here["summary"], "report": here["report"]}
+
+        shared = on_rank0(main, what="the final evaluation and export")
+        if here:
+            return here
+        for p in student.parameters():
+            p.requires_grad_(False)
+        return {**shared, "student": student}
+
+    def _finish_here(self, student: fx.GraphModule, *, steps: int, report: dict[str, Any] | None = None,
+                     method: str | None = None, bits: int | None = None, size_bytes_after: int | None = None,
+                     note: str | None = None) -> dict[str, Any]:
+        """:meth:`finish` in this process (all of it in a single-process run; rank 0's part under torchrun).
+
         Profiles the student at :attr:`reference_input` (MACs, params; size at ``bits`` per weight, or each
         layer's own weight bits when ``None``, or ``size_bytes_after`` when given, e.g. a sparse encoding),
         evaluates it beside the teacher and the baseline (:meth:`evaluate`), draws the held-out sample grid,
@@ -285,8 +319,16 @@ class CompressJob:
             report["samples"] = str(grid)
         if note:
             report["note"] = note
+        from ..report import below_baseline, collect
+
+        report["report_data"] = collect(self, student)  # measured parts for report.html (never raises)
+        loud = below_baseline({**summary, **{k: v for k, v in self.reference_scores().items()
+                                             if summary.get(k) is None}})
+        if loud:
+            report["below_baseline"] = loud
         self.export(student, summary, report)
         self.save_state(stage="done", step=summary["steps"])
+        self.write_report()
         return {"summary": summary, "report": {**report, "pass_log": self.pass_log_rows()}, "student": student}
 
     # -- graph rewrites ---------------------------------------------------------------------------
@@ -307,8 +349,12 @@ class CompressJob:
         """
         from ..passes.manager import run_pipeline
 
+        from .dist import agree, sync_module
+
         gm.meta.pop("pass_log", None)
-        _, plog = run_pipeline(gm, pipeline, verify=verify, check=check, seed=self.settings.seed)
+        _, plog = agree(lambda: run_pipeline(gm, pipeline, verify=verify, check=check, seed=self.settings.seed),
+                        what=f"the graph rewrite of stage {stage!r}")
+        sync_module(gm, what=f"the graph rewrite of stage {stage!r}")  # every rank continues with rank 0's graph
         self.pass_log = [r for r in self.pass_log if r.get("stage") != stage or r.get("session") == id(self)]
         for r in plog.records:
             self.pass_log.append({"stage": stage, "pass": r.name,
@@ -326,12 +372,26 @@ class CompressJob:
         return [{k: v for k, v in r.items() if k != "session"} for r in self.pass_log]
 
     # -- data -------------------------------------------------------------------------------------
-    def make_loader(self, *, seed_offset: int = 0, batch_size: int | None = None):
-        """A resumable loader over the training data (drop_last, seeded by ``--seed`` + ``seed_offset``)."""
+    def make_loader(self, *, seed_offset: int = 0, batch_size: int | None = None, shard: bool = True):
+        """A resumable loader over the training data (drop_last, seeded by ``--seed`` + ``seed_offset``).
+
+        ``batch_size`` (default ``--batch-size``) is the *global* batch: under ``torchrun`` with ``shard``
+        each rank loads ``batch_size / world_size`` samples of it (rank ``r`` takes positions ``r, r + N, ...``
+        of the shared order, so the ranks together see exactly the batches of a one-process run). A loader
+        for work done on one rank (calibration batches, a search split) passes ``shard=False``: every rank
+        then loads the same full batches."""
         from ..data import make_loader
 
-        return make_loader(self.dataset, batch_size=batch_size or self.settings.batch_size,
-                           seed=self.settings.seed + seed_offset, num_workers=self.settings.data_workers())
+        bs = batch_size or self.settings.batch_size
+        world = self.dist.world_size if shard else 1
+        if bs % world:
+            from ..errors import DistributedError
+
+            raise DistributedError(f"the global batch of {bs} samples cannot be split evenly across {world} "
+                                   f"processes: choose a --batch-size divisible by {world}")
+        return make_loader(self.dataset, batch_size=bs // world, seed=self.settings.seed + seed_offset,
+                           num_workers=self.settings.data_workers(), rank=self.dist.rank if shard else 0,
+                           world_size=world)
 
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, student: nn.Module, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -367,6 +427,8 @@ class CompressJob:
         from .. import serialize
 
         summary = dict(summary)
+        if not self.is_main:  # rank 0 writes the run directory
+            return self.run_dir
         if any(k not in summary for k in REFERENCE_KEYS):
             ref = self.reference_scores()
             for k in REFERENCE_KEYS:
@@ -389,6 +451,21 @@ class CompressJob:
             atomic_write_json(self.run_dir / "report.json", report)
         return self.run_dir
 
+    def write_report(self) -> Path | None:
+        """Render ``report.html`` / ``report.md`` of the exported run (:func:`gcompiler.report.render`); a
+        failure is logged as a warning (the student and its numbers are already written)."""
+        from ..report import render
+
+        if not self.is_main:
+            return None
+        try:
+            html_path, _ = render(self.run_dir)
+        except Exception as exc:  # the report must not take a finished run down with it
+            log.warning(f"report: could not write report.html / report.md: {type(exc).__name__}: {exc}")
+            return None
+        log.info(f"report: {html_path} (and report.md)")
+        return html_path
+
     # -- run state --------------------------------------------------------------------------------
     def _read_state(self) -> dict[str, Any]:
         p = self.run_dir / "run_state.json"
@@ -404,17 +481,23 @@ class CompressJob:
         return self._wall_before + (time.perf_counter() - self._session_start)
 
     def save_state(self, **extra: Any) -> None:
-        """Record the accumulated wall time (and ``extra``) in ``run_state.json``."""
+        """Record the accumulated wall time (and ``extra``) in ``run_state.json`` (rank 0; with the number of
+        processes, which a resumed run must match)."""
+        if not self.is_main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         state = self._read_state()
         state.update(extra)
         state["wall_s"] = self.wall_s()
         state["pass_log"] = self.pass_log_rows()
+        state["world_size"] = self.dist.world_size
         atomic_write_json(self.run_dir / "run_state.json", state)
 
     def write_json(self, name: str, obj: Any) -> Path:
-        """Write ``obj`` as JSON to ``run_dir/name`` atomically."""
+        """Write ``obj`` as JSON to ``run_dir/name`` atomically (rank 0 only; the path on every rank)."""
         p = self.run_dir / name
+        if not self.is_main:
+            return p
         p.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(p, obj)
         return p

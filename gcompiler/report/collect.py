@@ -1,0 +1,241 @@
+"""Measurements a run report needs beyond ``summary.json``: made once at the end of a run, while the teacher,
+the student and the data are at hand, and stored in ``report.json["report_data"]``.
+
+:func:`collect` returns ``{"quality", "latency", "widths", "grid"}``:
+
+* ``quality``: rows ``{"model", "psnr_to_teacher", "ssim_to_teacher", "psnr_to_target", "ssim_to_target"}``
+  for the baseline, the teacher and the student on the held-out images of the run's evaluation (built-in
+  tasks: the task's own protocol, :func:`gcompiler.data.tasks.evaluate`; folders: the eval split, RGB);
+* ``latency``: interleaved eager timing of teacher and student at the reference input (the student with its
+  fake quantizers stripped: the float network of the same shape; int8 speed is ``gcompiler.deploy``'s job),
+  on the CPU at the run's thread count, and on the GPU when one is present;
+* ``widths``: ``[{"group", "before", "after"}]`` per prunable channel group of the teacher's graph;
+* ``grid``: the path of a labelled PNG, input | baseline | teacher | student | |student - teacher| x 10
+  (| ground truth).
+
+Every part is measured independently; one that fails is recorded as ``{"error": "..."}`` (the report says
+so) rather than failing the run.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ..methods.base import CompressJob
+
+log = logging.getLogger("gcompiler.compress")
+
+__all__ = ["collect", "time_interleaved", "kept_widths", "quality_rows", "sample_columns"]
+
+
+def collect(job: "CompressJob", student: torch.fx.GraphModule, *, rounds: int = 5) -> dict[str, Any]:
+    """All measurements of the module docstring for ``student`` (a CPU, eval-mode GraphModule)."""
+    out: dict[str, Any] = {}
+    for key, fn in (("quality", lambda: quality_rows(job, student)),
+                    ("latency", lambda: latency(job, student, rounds=rounds)),
+                    ("widths", lambda: kept_widths(job, student)),
+                    ("grid", lambda: str(write_grid(job, student)))):
+        try:
+            out[key] = fn()
+        except Exception as exc:  # a report part must never take the finished run down with it
+            log.warning(f"report: could not measure {key}: {type(exc).__name__}: {exc}")
+            out[key] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
+# --------------------------------------------------------------------------------------------- quality
+
+@torch.no_grad()
+def quality_rows(job: "CompressJob", student: nn.Module) -> list[dict[str, Any]]:
+    """Baseline, teacher and student rows (PSNR / SSIM to the teacher and to the ground truth)."""
+    if job.builtin_task is not None:
+        from ..data import tasks
+
+        s = tasks.evaluate(job.builtin_task, student, reference=job.teacher)
+        t = tasks.evaluate(job.builtin_task, job.teacher)
+        return [{"model": f"baseline ({s['baseline']})", "psnr_to_teacher": None, "ssim_to_teacher": None,
+                 "psnr_to_target": s["baseline_psnr"], "ssim_to_target": s["baseline_ssim"]},
+                {"model": "teacher", "psnr_to_teacher": None, "ssim_to_teacher": None,
+                 "psnr_to_target": t.get("psnr"), "ssim_to_target": t.get("ssim")},
+                {"model": "student", "psnr_to_teacher": s.get("psnr_to_reference"),
+                 "ssim_to_teacher": s.get("ssim_to_reference"), "psnr_to_target": s.get("psnr"),
+                 "ssim_to_target": s.get("ssim")}]
+    from ..data import open_dataset
+    from ..metrics import psnr, ssim
+
+    ds = open_dataset(job.settings.data, split="eval", value_range=job.value_range, seed=0)
+    n = min(len(ds), job.settings.eval_images) if job.settings.eval_images else len(ds)
+    lo, hi = job.value_range
+    acc: dict[str, list[float]] = {}
+
+    def add(key: str, a: torch.Tensor, b: torch.Tensor) -> None:
+        a01, b01 = (a - lo) / (hi - lo), (b - lo) / (hi - lo)
+        acc.setdefault("psnr_" + key, []).append(float(psnr(a01.clamp(0, 1), b01.clamp(0, 1))))
+        acc.setdefault("ssim_" + key, []).append(float(ssim(a01.clamp(0, 1), b01.clamp(0, 1))))
+
+    for i in range(n):
+        item = ds[i]
+        x = item["input"][None]
+        t = job.teacher(x).float().clamp(lo, hi)
+        s = student(x).float().clamp(lo, hi)
+        add("s_t", s, t)
+        if x.shape == t.shape:
+            add("b_t", x.float().clamp(lo, hi), t)
+        tgt = item.get("target")
+        if isinstance(tgt, torch.Tensor) and tuple(tgt.shape) == tuple(s.shape[1:]):
+            add("s_y", s, tgt[None])
+            add("t_y", t, tgt[None])
+            if x.shape == t.shape:
+                add("b_y", x.float().clamp(lo, hi), tgt[None])
+
+    def mean(k: str) -> float | None:
+        v = acc.get(k)
+        return float(sum(v) / len(v)) if v else None
+
+    rows = []
+    if "psnr_b_t" in acc:
+        rows.append({"model": "baseline (identity)", "psnr_to_teacher": mean("psnr_b_t"),
+                     "ssim_to_teacher": mean("ssim_b_t"), "psnr_to_target": mean("psnr_b_y"),
+                     "ssim_to_target": mean("ssim_b_y")})
+    rows.append({"model": "teacher", "psnr_to_teacher": None, "ssim_to_teacher": None,
+                 "psnr_to_target": mean("psnr_t_y"), "ssim_to_target": mean("ssim_t_y")})
+    rows.append({"model": "student", "psnr_to_teacher": mean("psnr_s_t"), "ssim_to_teacher": mean("ssim_s_t"),
+                 "psnr_to_target": mean("psnr_s_y"), "ssim_to_target": mean("ssim_s_y")})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- latency
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, rounds: int = 5,
+                     sync: Callable[[], None] = lambda: None) -> dict[str, dict[str, float]]:
+    """Run every function once (warm-up), then ``rounds`` rounds of one call each, interleaved (load changes on
+    a shared machine hit all alike); ``{name: {"median_ms", "min_ms"}}``."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    sync()
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: {"median_ms": round(statistics.median(v), 3), "min_ms": round(min(v), 3)} for k, v in times.items()}
+
+
+def _float_student(student: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    from ..passes.manager import run_pipeline
+
+    gm = copy.deepcopy(student)
+    has_fq = any(n.op == "call_module" and "FakeQuant" in type(gm.get_submodule(str(n.target))).__name__
+                 for n in gm.graph.nodes)
+    if has_fq:
+        run_pipeline(gm, "strip-fake-quant", check=False)
+    return gm
+
+
+@torch.no_grad()
+def latency(job: "CompressJob", student: torch.fx.GraphModule, *, rounds: int = 5) -> dict[str, Any]:
+    """Eager latency of teacher and (float) student at the reference input: ``{"cpu": {...}, "cuda": {...}}``."""
+    x = job.reference_input
+    fs = _float_student(student).eval()
+    teacher = job.teacher.eval()
+    out: dict[str, Any] = {"input_shape": list(x.shape), "threads": torch.get_num_threads(),
+                           "what": "eager fp32; student with fake quantizers stripped; interleaved rounds"}
+    cpu = time_interleaved({"teacher": lambda: teacher.cpu()(x), "student": lambda: fs.cpu()(x)}, rounds=rounds)
+    out["cpu"] = cpu
+    if torch.cuda.is_available():
+        xc = x.cuda()
+        tc, sc = copy.deepcopy(teacher).cuda(), copy.deepcopy(fs).cuda()
+        out["cuda"] = time_interleaved({"teacher": lambda: tc(xc), "student": lambda: sc(xc)},
+                                       rounds=max(rounds, 10), sync=torch.cuda.synchronize)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- widths
+
+def kept_widths(job: "CompressJob", student: torch.fx.GraphModule) -> list[dict[str, Any]]:
+    """Units per prunable channel group of the teacher's graph and of the student's (matched by group name;
+    a teacher group absent from the student graph counts 0 kept)."""
+    from .. import trace
+    from ..analysis import channel_groups
+    from ..fx import propagate_shapes
+
+    tgm = trace(copy.deepcopy(job.teacher), job.reference_input)
+    sgm = copy.deepcopy(student)
+    propagate_shapes(sgm, job.reference_input)
+    after = {g.name: g.channels for g in channel_groups(sgm)}
+    rows = []
+    for g in channel_groups(tgm):
+        if not g.prunable:
+            continue
+        rows.append({"group": g.name, "before": int(g.channels), "after": int(after.get(g.name, 0))})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- grid
+
+@torch.no_grad()
+def sample_columns(job: "CompressJob", student: nn.Module, rows: int = 3) -> list[tuple[str, torch.Tensor]]:
+    """The labelled columns of the report's image grid (held-out images)."""
+    gt: torch.Tensor | None
+    if job.builtin_sr:
+        from ..data.sr import SCALE, heldout_pairs
+
+        xs, ys = [], []
+        for _name, lr, hr in heldout_pairs():
+            h, w = lr.shape[-2:]
+            c = min(64, h, w)
+            top, left = (h - c) // 2, (w - c) // 2
+            xs.append(lr[..., top:top + c, left:left + c])
+            ys.append(hr[..., SCALE * top:SCALE * (top + c), SCALE * left:SCALE * (left + c)])
+        x, gt = torch.cat(xs)[:rows], torch.cat(ys)[:rows]
+    else:
+        from ..data import open_dataset
+
+        size = min(128, int(job.reference_input.shape[-1]))
+        ds = open_dataset(job.settings.data, split="eval", value_range=job.value_range, seed=0, crop_size=size)
+        items = [ds[i] for i in range(min(rows, len(ds)))]
+        items = [it for it in items if it["input"].shape == items[0]["input"].shape]
+        x = torch.stack([it["input"] for it in items])
+        gt = (torch.stack([it["target"] for it in items])
+              if all(isinstance(it.get("target"), torch.Tensor) for it in items) else None)
+    lo, hi = job.value_range
+    t = job.teacher(x).float().clamp(lo, hi)
+    s = student(x).float().clamp(lo, hi)
+    cols: list[tuple[str, torch.Tensor]] = [("input", x)]
+    if job.builtin_sr or (x.shape[-1] != t.shape[-1] and t.shape[-1] % x.shape[-1] == 0):
+        cols.append(("baseline (bicubic)", F.interpolate(x, size=t.shape[-2:], mode="bicubic",
+                                                          align_corners=False).clamp(lo, hi)))
+    elif x.shape == t.shape:
+        cols.append(("baseline (identity)", x))
+    cols += [("teacher", t), ("student", s), ("|student-teacher| x10", ((s - t).abs() * 10 + lo).clamp(lo, hi))]
+    if gt is not None and tuple(gt.shape[1:]) == tuple(s.shape[1:]):
+        cols.append(("ground truth", gt))
+    return cols
+
+
+def write_grid(job: "CompressJob", student: nn.Module) -> Path:
+    """The labelled grid of :func:`sample_columns` as ``RUN/samples/report_grid.png``."""
+    from ..ioutil import atomic_write_bytes
+    from .plots import labelled_grid
+
+    was = student.training
+    student.eval()
+    try:
+        png = labelled_grid(sample_columns(job, student), job.value_range)
+    finally:
+        student.train(was)
+    path = job.run_dir / "samples" / "report_grid.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, png)
+    return path

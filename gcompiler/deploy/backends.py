@@ -12,7 +12,8 @@ by a time limit), ``onnxruntime``, ``onnxruntime-opt`` (BatchNorm folded, RGB he
 :mod:`gcompiler.quant.onnx_export`). The fused and padded graphs include the phase split too.
 
 CPU int8 (reference: the integer graph of ``convert-to-int``, run by the reference executor):
-``onnxruntime-int8`` (QDQ with requantized conv outputs: ``QLinearConv`` kernels), ``onnxruntime-qdq``
+``onnxruntime-int8`` (QDQ with requantized conv outputs: ``QLinearConv`` kernels; ranges min/max, or the
+99.999th percentile in ``onnxruntime-int8-clipped``), ``onnxruntime-qdq``
 (exact-semantics QDQ, float kernels), ``inductor-int8`` (needs torch's pt2e quantizer).
 
 CUDA fp32 / fp16 / int8: ``cuda-eager``, ``cuda-channels-last``, ``cudnn-fp16`` (channels-last half),
@@ -283,6 +284,15 @@ def _ort_int8(ctx: Context) -> tuple[Runner, list[str]]:
     return _ort_runner(proto, ctx.threads), ["QDQ with requantized conv outputs (QLinearConv)"]
 
 
+def _ort_int8_clipped(ctx: Context) -> tuple[Runner, list[str]]:
+    from ..quant.onnx_export import export_onnx
+    gi = integer_graph(ctx)
+    proto = export_onnx(copy.deepcopy(gi), *ctx.inputs, requantize_outputs=True, calibration=ctx.calibration,
+                        output_percentile=99.999)
+    return _ort_runner(proto, ctx.threads), ["QLinearConv, conv output ranges at the 99.999th percentile "
+                                            "(finer steps for the bulk; rare outliers clipped)"]
+
+
 def _ort_qdq(ctx: Context) -> tuple[Runner, list[str]]:
     from ..quant.onnx_export import export_onnx
     gi = integer_graph(ctx)
@@ -350,7 +360,8 @@ CANDIDATES: dict[tuple[str, str], dict[str, Callable[[Context], tuple[Runner, li
                       "fused-channels-last": _fused_cl, "padded": _padded, "padded-channels-last": _padded_cl,
                       "inductor": _inductor, "onnxruntime": _ort, "onnxruntime-opt": _ort_opt,
                       "onnxruntime-padded": _ort_padded},
-    ("cpu", "int8"): {"onnxruntime-int8": _ort_int8, "onnxruntime-qdq": _ort_qdq, "inductor-int8": _inductor_int8},
+    ("cpu", "int8"): {"onnxruntime-int8": _ort_int8, "onnxruntime-int8-clipped": _ort_int8_clipped,
+                      "onnxruntime-qdq": _ort_qdq, "inductor-int8": _inductor_int8},
     ("cuda", "fp32"): {"cuda-eager": _cuda_eager, "cuda-channels-last": _cuda_cl},
     ("cuda", "fp16"): {"cudnn-fp16": _cudnn_fp16},
     ("cuda", "int8"): {"triton-int8": _triton_int8},

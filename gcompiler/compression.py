@@ -223,15 +223,19 @@ def run_logging(run_dir: Path, quiet: bool) -> Iterator[None]:
         console._gcompiler_console = True  # type: ignore[attr-defined]
         root.addHandler(console)
         handlers.append(console)
+    from .train.distributed import dist_info
+
+    main = dist_info().is_main  # under torchrun only rank 0 logs progress and writes compress.log
     for h in root.handlers:
         if getattr(h, "_gcompiler_console", False):
-            h.setLevel(logging.WARNING if quiet else logging.INFO)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fh = logging.FileHandler(run_dir / "compress.log")
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    fh.setLevel(logging.INFO)
-    root.addHandler(fh)
-    handlers.append(fh)
+            h.setLevel(logging.WARNING if quiet or not main else logging.INFO)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(run_dir / "compress.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        fh.setLevel(logging.INFO)
+        root.addHandler(fh)
+        handlers.append(fh)
     level = root.level
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
@@ -251,24 +255,26 @@ def run_job(settings: Any, info: Any, options: Any, *, teacher: nn.Module | None
     ``teacher``: a module to compress instead of building ``settings.teacher``.
     """
     from .methods.base import CompressJob
+    from .methods.dist import agree
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("gcompiler compress runs in a single process (its pruning and export stages are not "
-                          "distributed); start it without torchrun, or drive gcompiler.train.Trainer under torchrun")
+    info_d = start_distributed(settings)
     run_dir = Path(settings.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", settings.to_json())
+    if info_d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", settings.to_json())
     threads = torch.get_num_threads()
     if settings.device == "cpu" or (settings.device == "auto" and not torch.cuda.is_available()):
         torch.set_num_threads(settings.compute_threads())
     try:
         torch.manual_seed(settings.seed)  # a teacher built without weights and the discriminator start the same
-        job = CompressJob.create(settings, teacher=teacher)
+        job = agree(lambda: CompressJob.create(settings, teacher=teacher), what="building the teacher and the data")
         log.info(f"compress: method {info.name}, teacher {settings.teacher} ({job.teacher_profile.params:,} params, "
                  f"{job.teacher_profile.macs / 1e9:.3f} G MACs at input {list(job.reference_input.shape)}), "
                  f"data {settings.data}, bits {settings.bits}, {torch.get_num_threads()} thread(s) + "
                  f"{settings.data_workers()} data worker(s)"
                  + (f", target {job.target_macs / 1e9:.3f} G MACs" if job.target_macs else "")
+                 + (f", {info_d.world_size} processes (global batch {settings.batch_size}, "
+                    f"{settings.batch_size // info_d.world_size} per process)" if info_d.enabled else "")
                  + f"; run dir {run_dir}")
         result = info.run(job, options)
         if not isinstance(result, Mapping) or "summary" not in result:
@@ -289,15 +295,68 @@ def run_job(settings: Any, info: Any, options: Any, *, teacher: nn.Module | None
         torch.set_num_threads(threads)
 
 
+def start_distributed(settings: Any) -> Any:
+    """Join the ``torchrun`` process group (if ``WORLD_SIZE`` > 1) and check that this run can be split
+    across its processes: ``--batch-size`` (the global batch) divisible by the world size, and a resumed run
+    on the number of processes it was started on. Returns the :class:`~gcompiler.train.DistInfo`."""
+    from .errors import DistributedError
+    from .train.distributed import init_distributed
+
+    info, _ = init_distributed(settings.device)
+    if not info.enabled:
+        return info
+    if settings.batch_size % info.world_size:
+        raise DistributedError(f"--batch-size {settings.batch_size} is the global batch and must split evenly "
+                               f"across the {info.world_size} processes: use a multiple of {info.world_size}")
+    return info
+
+
+def check_world_size(settings: Any) -> None:
+    """A resumed run must use the number of processes it was started with (its checkpoints hold the data
+    position and RNG of every rank, and the per-process batch depends on it)."""
+    from .errors import DistributedError
+    from .train.distributed import dist_info
+
+    state_path = Path(settings.out) / "run_state.json"
+    if not settings.resume or not state_path.is_file():
+        return
+    try:
+        saved = int(json.loads(state_path.read_text()).get("world_size", 1))
+    except (OSError, ValueError, TypeError):
+        return
+    now = dist_info().world_size
+    if saved != now:
+        how = ("python -m gcompiler compress ..." if saved == 1 else
+               f"torchrun --nproc_per_node={saved} -m gcompiler compress ... (or the same total over several machines)")
+        raise DistributedError(f"--resume: the run in {settings.out} was started on {saved} process(es) and this "
+                               f"job has {now}; an exact continuation needs the same number (every process's data "
+                               f"position and RNG are in the checkpoints, and the per-process batch depends on it). "
+                               f"Resume it with {how}")
+
+
 def run_compress(layers: Sequence[Layer], *, teacher: nn.Module | None = None) -> CompressResult:
     """Resolve ``layers`` (:func:`resolve`), check the run directory, run the method; the shared core of
     :func:`compress` and ``gcompiler compress``."""
     from . import serialize
 
+    from .methods.dist import agree, rank_prefix
+    from .train.distributed import dist_info
+
     settings, info, options = resolve(layers)
-    check_run_dir(settings)
-    with run_logging(Path(settings.out), settings.quiet):
-        result = run_job(settings, info, options, teacher=teacher)
+    if dist_info().enabled:
+        start_distributed(settings)  # all ranks check the run directory before rank 0 writes into it
+        agree(lambda: (check_run_dir(settings), check_world_size(settings)), what="checking --out")
+    else:
+        check_run_dir(settings)
+        check_world_size(settings)
+    try:
+        with run_logging(Path(settings.out), settings.quiet):
+            result = run_job(settings, info, options, teacher=teacher)
+    except Exception as exc:
+        if dist_info().enabled:  # say which rank failed; torchrun then ends the other workers
+            print(f"gcompiler compress: {rank_prefix()}failed: {type(exc).__name__}: {exc}", file=sys.stderr,
+                  flush=True)
+        raise
     run_dir = Path(settings.out)
     student = result.get("student")
     if not isinstance(student, fx.GraphModule):
@@ -309,7 +368,10 @@ def run_compress(layers: Sequence[Layer], *, teacher: nn.Module | None = None) -
 def print_result(result: CompressResult) -> None:
     """The end of a run on the terminal: the verified graph rewrites, the before/after table, where things are."""
     from .methods.base import pass_log_table
+    from .train.distributed import dist_info
 
+    if not dist_info().is_main:  # one copy of the result, from rank 0
+        return
     rows = result.report.get("pass_log") or []
     if rows:
         print("graph rewrites (verified by the pass manager; report.json[\"pass_log\"]):")

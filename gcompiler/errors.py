@@ -60,3 +60,8 @@ class NonFiniteError(GCompilerError):
 
 class ExportError(GCompilerError):
     """A model could not be exported (ONNX, integer conversion) or the exported model disagrees with it."""
+
+
+class DistributedError(GCompilerError):
+    """A multi-process (torchrun) run cannot continue: another rank failed, the ranks disagree (a graph
+    rewrite produced different graphs), or the run cannot resume on this number of processes."""

@@ -205,7 +205,7 @@ def run_gs(job: CompressJob, opts: GSOptions) -> dict[str, Any]:
     def calibration_inputs() -> list[torch.Tensor]:
         """``calib_batches`` training batches (inputs only), the same in every session of the run."""
         if not calib_cache:
-            for i, b in enumerate(job.make_loader(seed_offset=2)):
+            for i, b in enumerate(job.make_loader(seed_offset=2, shard=False)):  # the same batches on every rank
                 if i >= opts.calib_batches:
                     break
                 calib_cache.append(b["input"])
@@ -258,9 +258,10 @@ def run_gs(job: CompressJob, opts: GSOptions) -> dict[str, Any]:
             disc = trainer.module("disc").cpu()
         slim, prune_info = slim_student(job, student, target_macs=job.target_macs, round_to=opts.round_to)
         prune_info.update(search_steps=search_steps, rho=rho, search_losses=result.losses)
-        serialize.save(slim, pruned_dir)
-        if disc is not None:
-            save_checkpoint(disc, disc_path)
+        if job.is_main:  # rank 0 writes the run directory
+            serialize.save(slim, pruned_dir)
+            if disc is not None:
+                save_checkpoint(disc, disc_path)
         job.write_json("stages/prune.json", prune_info)
         job.save_state(stage="pruned", step=search_steps)
     report["search"] = prune_info

@@ -142,6 +142,8 @@ def export_integer(job: "CompressJob", student: fx.GraphModule, directory: Path)
         int_gm = job.rewrite(copy.deepcopy(student), "convert-to-int", stage="int8-export")
         with torch.no_grad():
             err = float((int_gm(x) - student(x)).abs().max())
+        if not job.is_main:  # rank 0 writes the run directory (and reports what it wrote)
+            return {"dir": str(directory), "max_abs_diff": err}
         serialize.save(int_gm, directory)
     except (GCompilerError, RuntimeError, ValueError) as exc:
         log.warning(f"gs: the integer export failed ({type(exc).__name__}: {exc}); the fake-quant student is saved")

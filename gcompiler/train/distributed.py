@@ -1,6 +1,14 @@
-"""Process-group set-up for ``torchrun --nproc_per_node=N`` (gloo on CPU, nccl on GPU)."""
+"""Process-group set-up for ``torchrun --nproc_per_node=N`` (gloo on CPU, nccl on GPU) and the few
+collectives the rest of gcompiler uses outside DDP.
+
+Results that one rank computes and the others receive travel as JSON text in a uint8 tensor
+(:func:`broadcast_json`, :func:`all_gather_json`): nothing is unpickled. Collectives time out after
+``GCOMPILER_DIST_TIMEOUT`` seconds (default 1800; a phase that rank 0 runs alone, such as a search or the
+final evaluation, must fit in it), so a rank that is gone cannot hang the others forever.
+"""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -46,7 +54,19 @@ def dist_info() -> DistInfo:
     return DistInfo(rank, world, local)
 
 
-def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> tuple[DistInfo, bool]:
+def default_timeout_s() -> float:
+    """``GCOMPILER_DIST_TIMEOUT`` (seconds) or 1800: how long a collective may wait for the other ranks."""
+    raw = os.environ.get("GCOMPILER_DIST_TIMEOUT", "1800")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"GCOMPILER_DIST_TIMEOUT={raw!r}: expected a number of seconds") from None
+    if not value > 0:
+        raise ConfigError(f"GCOMPILER_DIST_TIMEOUT={raw!r}: expected a positive number of seconds")
+    return value
+
+
+def init_distributed(device: str = "auto", timeout_s: float | None = None) -> tuple[DistInfo, bool]:
     """Join the process group described by torchrun's environment if ``WORLD_SIZE > 1``.
 
     Backend: nccl when the run is on CUDA, gloo otherwise. Returns ``(info, created)`` where
@@ -67,7 +87,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> tuple[Di
     if use_cuda:
         torch.cuda.set_device(info.local_rank)
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size,
-                            timeout=timedelta(seconds=timeout_s))
+                            timeout=timedelta(seconds=default_timeout_s() if timeout_s is None else timeout_s))
     import atexit
 
     atexit.register(shutdown)
@@ -102,3 +122,54 @@ def any_true(flag: bool, device: torch.device) -> bool:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
     return flag
+
+
+def is_distributed() -> bool:
+    """Whether a process group with more than one rank is up."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def collective_device() -> torch.device:
+    """Where the tensors of a collective must live: the current CUDA device for nccl, else the CPU."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _encode(obj: Any) -> torch.Tensor:
+    data = json.dumps(obj, default=str).encode()
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+
+
+def _decode(t: torch.Tensor) -> Any:
+    return json.loads(bytes(t.cpu().numpy().tobytes()).decode())
+
+
+def broadcast_json(obj: Any, src: int = 0) -> Any:
+    """``obj`` (JSON-serializable; other values as ``str``) of rank ``src`` on every rank."""
+    if not is_distributed():
+        return json.loads(json.dumps(obj, default=str))
+    dev = collective_device()
+    payload = _encode(obj).to(dev) if dist.get_rank() == src else None
+    n = torch.tensor([payload.numel() if payload is not None else 0], dtype=torch.int64, device=dev)
+    dist.broadcast(n, src)
+    buf = payload if payload is not None else torch.empty(int(n.item()), dtype=torch.uint8, device=dev)
+    dist.broadcast(buf, src)
+    return _decode(buf)
+
+
+def all_gather_json(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (JSON-serializable), in rank order."""
+    if not is_distributed():
+        return [json.loads(json.dumps(obj, default=str))]
+    dev = collective_device()
+    mine = _encode(obj).to(dev)
+    world = dist.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([mine.numel()], dtype=torch.int64, device=dev))
+    longest = max(int(s.item()) for s in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=dev)
+    padded[:mine.numel()] = mine
+    bufs = [torch.empty(longest, dtype=torch.uint8, device=dev) for _ in range(world)]
+    dist.all_gather(bufs, padded)
+    return [_decode(b[:int(s.item())]) for b, s in zip(bufs, sizes)]

@@ -133,7 +133,8 @@ class _Static:
                               for n, g in self.groups.items()}
         self.feeders = {c: [n for n, g in self.groups.items() if c in g.consumers]
                         for g in self.groups.values() for c in g.consumers}
-        base = {r.node: r for r in profile(gm).rows}
+        self.static_dead = _fx_dead_code(gm)  # what the pass's dead-code elimination drops anyway
+        base = {r.node: r for r in profile(_without(gm, self.static_dead)).rows}
         self.entries: list[tuple] = []
         for node in gm.graph.nodes:
             if node.op in ("placeholder", "output"):
@@ -187,7 +188,6 @@ class _Static:
         self.widths = {n.name: node_shape(n)[1] for n in gm.graph.nodes
                        if node_shape(n) is not None and len(node_shape(n)) >= 2}
         self.no_bias = {e[1] for e in self.entries if e[0] == "conv" and not e[11]}
-        self.static_dead = _fx_dead_code(gm)  # what the pass's dead-code elimination drops anyway
         self.entries = [e for e in self.entries if e[1] not in self.static_dead]
         self.var_entries = [e for e in self.entries if e[0] != "fixed"]
         self.fixed_cost = {e[1]: e[2:] for e in self.entries if e[0] == "fixed"}
@@ -261,10 +261,10 @@ def _static(gm: fx.GraphModule) -> _Static:
 
 
 def unprunable_groups(gm: fx.GraphModule) -> dict[str, str]:
-    """Masked groups that ``eliminate-dead-channels`` leaves alone, with the reason (shared weights, a layer
-    that is not torch's own such as a fake-quant conv, ...)."""
+    """Masked groups whose surgery ``eliminate-dead-channels`` refuses, with the reason (shared weights, a
+    layer that is not torch's own such as a fake-quant conv, ...)."""
     st = _static(gm)
-    return {n: st.live[n].skipped for n in st.record if st.live[n].skipped}
+    return {n: st.live[n].skipped for n in st.record if st.live[n].refused}
 
 
 def _dead_units(st: _Static, masks: Mapping[str, Any] | None, widths: Mapping[str, int] | None
@@ -320,7 +320,7 @@ def estimate(gm: fx.GraphModule, *, masks: Mapping[str, Any] | None = None,
         d = dead.get(name)
         if d is None or not d.any():
             analyses[name] = live
-        elif live.skipped:
+        elif live.refused:
             raise PassError(f"estimate: group '{name}' has {int(d.sum())} dead unit(s) but eliminate-dead-channels "
                             f"leaves the group alone: {live.skipped} (e.g. run strip-fake-quant on a fake-quant "
                             f"graph first)")
@@ -490,6 +490,22 @@ def _fold_biases(st: _Static, analyses: dict[str, Any], removed: dict[str, list[
                     out.add(c)
                     break
     return out
+
+
+def _without(gm: fx.GraphModule, dead: set[str]) -> fx.GraphModule:
+    """A view of ``gm`` (same modules) without the nodes in ``dead``, so that parameters read only by the
+    remaining nodes (a get_attr of a dead module's weight) are counted where the profile will count them."""
+    if not dead:
+        return gm
+    import copy as _copy
+
+    graph = _copy.deepcopy(gm.graph)
+    for n in reversed(list(graph.nodes)):
+        if n.name in dead:
+            graph.erase_node(n)
+    view = fx.GraphModule(gm, graph)
+    view.meta.update({k: v for k, v in gm.meta.items() if k in ("input_shapes", "input_specs")})
+    return view
 
 
 def _fx_dead_code(gm: fx.GraphModule) -> set[str]:

@@ -51,6 +51,7 @@ class GroupAnalysis:
     needs: np.ndarray                              # bool per unit: a candidate needing a carrier
     views: dict[int, dict[str, UnitView]]          # candidate unit -> consumer -> view
     proofs: dict[int, str]                         # candidate unit -> proof
+    refused: bool = False                          # the surgery cannot handle the group (see unsupported)
 
     def view(self, u: int) -> dict[str, UnitView]:
         return self.views[u]
@@ -273,16 +274,16 @@ def _consumer_conv_group(mod: nn.Module, channel: int) -> int:
 
 # ------------------------------------------------------------------------------------------- analysis
 
-def _skipped(g, why: str) -> GroupAnalysis:
+def _skipped(g, why: str, refused: bool = False) -> GroupAnalysis:
     z = np.zeros(g.channels, dtype=bool)
-    return GroupAnalysis(g, why, z, z.copy(), {}, {})
+    return GroupAnalysis(g, why, z, z.copy(), {}, {}, refused)
 
 
 def analyse_group(ctx: Context, g, overrides: dict[str, torch.Tensor] | None = None) -> GroupAnalysis:
     """Prove which units of group ``g`` are fixed at every consumer and how each consumer sees them."""
     reason = unsupported(ctx, g)
     if reason:
-        return _skipped(g, reason)
+        return _skipped(g, reason, refused=True)
     if not g.consumers:
         return _skipped(g, "no consumer reads the group")
     prover = Prover(ctx.gm, ctx.nodes, ctx.concrete, overrides)

@@ -9,7 +9,9 @@ import argparse
 import sys
 from typing import Callable
 
-from .errors import GCompilerError
+import torch
+
+from .errors import ConfigError, GCompilerError
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
 
@@ -32,32 +34,124 @@ def _parse_kw(items: list[str]) -> dict[str, object]:
     return {k: guess_value(v) for k, v in parse_key_values(items, flag="--kw", example="ngf=32").items()}
 
 
+_PROFILE_EPILOG = """\
+examples:
+  gcompiler profile resnet_9blocks                      # a zoo model at its reference input
+  gcompiler profile resnet_9blocks --size 128 --kw ngf=32
+  gcompiler profile builtin:cartoon                     # the built-in teacher
+  gcompiler profile mynets.py:TinyGen --teacher-kw ch=16 --size 64   # your own class in a file
+  gcompiler profile runs/demo                           # a saved student (gcompiler.save / a run directory)
+"""
+
+
+def _positive(flag: str, minimum: int = 1):
+    """An argparse type: an integer >= ``minimum``, the error naming ``flag``."""
+    def conv(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= {minimum}, got {v}")
+        return v
+
+    return conv
+
+
 def _configure_profile(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="zoo model name (see `gcompiler zoo`)")
-    p.add_argument("--size", type=int, default=None, help="spatial input size (default: the model's reference size)")
-    p.add_argument("--batch", type=int, default=1, help="batch size of the example input (default 1)")
-    p.add_argument("--kw", action="append", default=[], metavar="KEY=VALUE",
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = _PROFILE_EPILOG
+    p.add_argument("name", metavar="SPEC",
+                   help="zoo model (see `gcompiler zoo`), builtin:sr / builtin:cartoon, pkg.module:Class[:ckpt], "
+                        "path/to/file.py:Class[:ckpt], or a saved model / run directory")
+    p.add_argument("--size", type=_positive("--size"), default=None,
+                   help="spatial input size (default: the model's reference size; 256 for your own classes)")
+    p.add_argument("--batch", type=_positive("--batch"), default=1, help="batch size of the example input (default 1)")
+    p.add_argument("--kw", "--teacher-kw", dest="kw", action="append", default=[], metavar="KEY=VALUE",
                    help="constructor argument for the model, repeatable (e.g. --kw ngf=32 --kw n_blocks=6)")
     p.add_argument("--all-nodes", action="store_true", help="list every node, not only those with MACs or params")
     p.add_argument("--json", action="store_true", help="print the profile as JSON instead of a table")
 
 
+def model_and_input(spec_text: str, kw: dict[str, object], size: int | None, batch: int = 1,
+                    flag: str = "SPEC") -> tuple[torch.nn.Module, torch.Tensor]:
+    """Build the model a spec names (zoo, builtin, class, file, saved directory) and its example input.
+
+    ``size`` is checked by running the model once: an input size the network cannot take (a size that is not
+    a multiple of its downsampling factor) is a :class:`ConfigError` naming ``--size``, with a size that works.
+    """
+    from pathlib import Path
+
+    from . import models
+    from .spec import build_teacher, parse_teacher
+
+    if Path(spec_text).is_dir():
+        from . import serialize
+
+        model = serialize.load(spec_text)
+        ph = next(n for n in model.graph.nodes if n.op == "placeholder")
+        shape = list(ph.meta["tensor_meta"].shape)
+        if size is not None:
+            shape[-2:] = [size, size]
+        shape[0] = batch
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        return model.eval(), _check_size(model, x, size)
+    tspec = parse_teacher(spec_text)
+    model = build_teacher(tspec, **kw)
+    arch, akw = (tspec.name, kw) if tspec.kind == "zoo" else (None, {})
+    if tspec.kind == "builtin":
+        from .data.tasks import teacher_meta
+
+        meta = teacher_meta(tspec.name.split(":")[0])
+        arch, akw = meta.get("arch"), dict(meta.get("kwargs", {}))
+    if arch and arch in models.available():
+        (x, *_r) = models.spec(arch).example_inputs(batch=batch, size=size, **akw)
+    else:
+        in_ch = next((m.in_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)), 3)
+        s = size or 256
+        x = torch.rand((batch, in_ch, s, s), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return model, _check_size(model, x, size)
+
+
+def _check_size(model: torch.nn.Module, x: torch.Tensor, size: int | None) -> torch.Tensor:
+    def ok(inp: torch.Tensor) -> bool:
+        try:
+            with torch.no_grad():
+                y = model(inp)
+        except Exception:
+            return False
+        if not isinstance(y, torch.Tensor) or y.dim() != 4:
+            return True  # not an image-to-image model: any size that runs is fine
+        h, oh = inp.shape[-1], y.shape[-1]
+        return oh % h == 0 or h % oh == 0
+
+    if ok(x):
+        return x
+    what = f"--size {size}" if size is not None else f"the input {tuple(x.shape)}"
+    hint = ""
+    for m in (2, 4, 8, 16, 32, 64):
+        s = -(-int(x.shape[-1]) // m) * m
+        if ok(torch.zeros(*x.shape[:-2], s, s)):
+            hint = f"; the network downsamples {m}x: use a multiple of {m}, e.g. --size {s}"
+            break
+    raise ConfigError(f"{what}: the model cannot map a {x.shape[-2]}x{x.shape[-1]} input to an image of a "
+                      f"matching size (it fails, or its output size is not a whole multiple of the input's){hint}")
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     import json
 
-    from . import models
     from .profiler import profile
 
-    kw = _parse_kw(args.kw)
-    model = models.create(args.name, **kw)
-    inputs = models.spec(args.name).example_inputs(batch=args.batch, size=args.size, **kw)
-    prof = profile(model, *inputs)
+    model, x = model_and_input(args.name, _parse_kw(args.kw), args.size, args.batch)
+    prof = profile(model, x)
     print(json.dumps(prof.to_dict(), indent=1) if args.json else prof.table(all_nodes=args.all_nodes))
     return 0
 
 
 cmd_profile.configure = _configure_profile  # type: ignore[attr-defined]
-command("profile", "count MACs, parameters and size of a zoo model, per node")(cmd_profile)
+command("profile", "count MACs, parameters and size of a model (zoo, built-in, your own class or file, or a "
+                   "saved one), per node")(cmd_profile)
 
 
 def zoo_table(size: int | None = None) -> str:
@@ -85,7 +179,10 @@ def zoo_table(size: int | None = None) -> str:
 
 
 def _configure_zoo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=int, default=None, help="override every model's spatial input size")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "examples:\n  gcompiler zoo\n  gcompiler zoo --size 128     # every image model at 128 x 128\n"
+    p.add_argument("--size", type=_positive("--size", 8), default=None,
+                   help="override every model's spatial input size (>= 8)")
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
@@ -97,17 +194,43 @@ cmd_zoo.configure = _configure_zoo  # type: ignore[attr-defined]
 command("zoo", "list the model zoo with params, MACs and sizes at each model's reference input")(cmd_zoo)
 
 
+_PIPELINE_SYNTAX = """\
+pipeline syntax: pass names separated by commas, options in braces:
+  insert-masks{round_to=8},prune-by-ratio{ratio=0.5},eliminate-dead-channels
+run one on a model:   gcompiler compile SPEC "PIPELINE" --out DIR
+from Python:          gm = gcompiler.compile(model, "PIPELINE", example_input)
+"""
+
+
+def plain_text(text: str) -> str:
+    """Docstring text without reST markup: ``:func:`x``` -> x, ````x```` -> x, ``*x*`` -> x."""
+    import re
+
+    text = re.sub(r":[a-z]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`", lambda m: m.group(1).split(".")[-1]
+                  if m.group(0).startswith(":func:`~") or m.group(0).startswith(":class:`~") else m.group(1), text)
+    text = re.sub(r"``([^`]*)``", r"\1", text)
+    text = re.sub(r"(?<![\w*])\*\*?([^*\n]+?)\*\*?(?![\w*])", r"\1", text)
+    return text
+
+
 def cmd_passes(args: argparse.Namespace) -> int:
     from .passes import pass_infos
 
+    print(_PIPELINE_SYNTAX)
     for info in pass_infos():
         opts = ", ".join(f"{o.name}={o.default!r}" for o in info.options.values())
-        print(f"{info.name}  [{info.contract_text()}]\n    {info.description}")
+        print(f"{info.name}  [{plain_text(info.contract_text())}]\n    {plain_text(info.description)}")
         if opts:
             print(f"    options: {opts}")
     return 0
 
 
+def _configure_passes(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "examples:\n  gcompiler passes\n  gcompiler passes | grep -A3 eliminate-dead-channels\n\n" + _PIPELINE_SYNTAX
+
+
+cmd_passes.configure = _configure_passes  # type: ignore[attr-defined]
 command("passes", "list the registered compiler passes, their options and contracts")(cmd_passes)
 
 
@@ -126,13 +249,20 @@ examples:
   gcompiler compress --teacher mypkg.nets:Generator:g.pth --teacher-kw ngf=32 --data paired:data/ \\
       --opt vgg_weights=vgg16-397923af.pth --out runs/mine
 
+  # a generator class in a plain file, held-out images in another folder
+  gcompiler compress --teacher nets.py:MyGen:weights.pth --data photos/ --eval-data photos_val/ --out runs/own
+
+  # post-training quantization only (no training), with magnitude slimming to 1/2 of the MACs
+  gcompiler compress --method ptq --teacher builtin:sr --data builtin:sr --bits 8 --target-macs 2x --out runs/ptq
+
   # continue an interrupted run to the same final step count
   gcompiler compress --out runs/gs8 --resume
 
   # the paper's ablations (a gs option): --opt ablation=prune-only | distill-only | ptq | no-gan
 
 data: a folder (single / paired A,B / unpaired), aligned:DIR (side-by-side A|B), or builtin:sr.
-teacher: zoo_name[:ckpt] (see `gcompiler zoo`), pkg.module:Class[:ckpt], or builtin:sr.
+teacher: zoo_name[:ckpt] (see `gcompiler zoo`), pkg.module:Class[:ckpt] (the current directory is importable),
+  path/to/file.py:Class[:ckpt], builtin:sr or builtin:cartoon. A teacher without weights is random: a warning.
 target MACs: an absolute count (2e9, 2g) or a reduction factor (8x), counted at the reference input
   (the zoo's reference input for zoo teachers and builtin:sr, else one training crop).
 settings: method defaults < the saved config.json (--resume) < --config FILE < flags. Python:
@@ -223,6 +353,9 @@ def _configure_compress(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=S,
                    help="torch CPU threads (default: half the CPUs not used by data workers, at least 1)")
     g.add_argument("--eval-images", type=int, default=S, help="held-out images for the final PSNR (folders)")
+    g.add_argument("--eval-data", metavar="FOLDER", default=S,
+                   help="held-out evaluation data (same forms as --data); without it every k-th image of a folder "
+                        "--data is held out of training (said in the summary)")
     g.add_argument("--quiet", action="store_true", default=S, help="no progress bar; warnings only")
 
 
@@ -244,6 +377,8 @@ command("compress", "distil and compress a generator with a method (GAN Slimming
 
 
 def _configure_methods(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "examples:\n  gcompiler methods\n  gcompiler methods gs\n  gcompiler methods ptq\n"
     p.add_argument("name", nargs="?", default=None, help="one method (default: all)")
 
 
@@ -269,8 +404,106 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
 
 
 cmd_demo.configure = _configure_demo  # type: ignore[attr-defined]
-command("demo", "run the main job on the built-in default: GS-8 of the built-in SR teacher, before/after table")(
+command("demo", "run the main job on a built-in task: GS-8 compression of a built-in teacher, table and report")(
     cmd_demo)
+
+
+# --------------------------------------------------------------------------------------------- export / report
+
+def _configure_export(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = ("examples:\n  gcompiler export runs/demo --format safetensors   # gcompiler.load(runs/demo/export/"
+                "safetensors)\n  gcompiler export runs/demo --format pt2           # torch.export program\n"
+                "  gcompiler export runs/demo --format onnx --int8    # ONNX fp32 and int8 QDQ (onnxruntime)\n\n"
+                "Each file is written atomically, then loaded, run and compared with the PyTorch student; the "
+                "maximum error is printed.")
+    p.add_argument("run", metavar="RUN", help="a finished run directory (or any gcompiler.save directory)")
+    p.add_argument("--format", required=True, choices=["safetensors", "pt2", "onnx"], help="what to write")
+    p.add_argument("--int8", action="store_true", help="with --format onnx: also an int8 QDQ model")
+    p.add_argument("--out", metavar="DIR", default=None, help="where to write (default RUN/export)")
+    p.add_argument("--threads", type=_positive("--threads"), default=1, help="ONNX Runtime threads for the check")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run, print_rows
+
+    print_rows(export_run(args.run, args.format, int8=args.int8, out=args.out, threads=args.threads))
+    return 0
+
+
+cmd_export.configure = _configure_export  # type: ignore[attr-defined]
+command("export", "write a run's student as safetensors, a torch.export program or ONNX (fp32 / int8), verified")(
+    cmd_export)
+
+
+def _configure_report(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "examples:\n  gcompiler report runs/demo      # rewrites runs/demo/report.html and report.md\n"
+    p.add_argument("run", metavar="RUN", help="a finished run directory")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import render
+
+    html_path, md_path = render(args.run)
+    print(f"report: {html_path}\n        {md_path}")
+    return 0
+
+
+cmd_report.configure = _configure_report  # type: ignore[attr-defined]
+command("report", "re-render a finished run's report.html / report.md from its files")(cmd_report)
+
+
+# --------------------------------------------------------------------------------------------- compile
+
+def _configure_compile(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = ("examples:\n"
+                "  gcompiler compile resnet_9blocks \"insert-masks,prune-by-ratio{ratio=0.5},eliminate-dead-channels\" "
+                "--size 128 --out slim/\n"
+                "  gcompiler compile nets.py:MyGen:g.pth \"fold-norms\" --out folded/\n"
+                "  gcompiler compile builtin:sr \"fold-norms,insert-fake-quant,calibrate-activations\" --out sr8/\n\n"
+                "The result is saved with gcompiler.save (load it with gcompiler.load(DIR)); `gcompiler passes` "
+                "lists the passes and their options.")
+    p.add_argument("spec", metavar="SPEC", help="model: the forms of `gcompiler profile`")
+    p.add_argument("pipeline", metavar="PIPELINE", help="pass pipeline, e.g. \"fold-norms,eliminate-dead-channels\"")
+    p.add_argument("--out", metavar="DIR", required=True, help="where to save the compiled model (must not exist)")
+    p.add_argument("--size", type=_positive("--size"), default=None, help="spatial size of the example input")
+    p.add_argument("--kw", "--teacher-kw", dest="kw", action="append", default=[], metavar="KEY=VALUE",
+                   help="constructor argument, repeatable")
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import serialize
+    from .passes.manager import run_pipeline
+    from .profiler import profile
+
+    out = Path(args.out)
+    if out.exists():
+        raise ConfigError(f"--out {out} exists; choose a new directory")
+    model, x = model_and_input(args.spec, _parse_kw(args.kw), args.size)
+    from . import trace
+
+    gm = model if isinstance(model, torch.fx.GraphModule) else trace(model, x)
+    before = profile(gm, x)
+    gm, plog = run_pipeline(gm, args.pipeline)
+    after = profile(gm, x)
+    from .methods.evaluation import pass_log_table
+
+    rows = [{"stage": "compile", "pass": r.name, "options": dict(r.options), "seconds": r.seconds,
+             "nodes": list(r.nodes), "params": list(r.params), "macs": list(r.macs), "error": r.error,
+             "contract": r.contract} for r in plog.records]
+    print(pass_log_table(rows))
+    serialize.save(gm, out)
+    print(f"\nMACs {before.macs / 1e9:.3f} G -> {after.macs / 1e9:.3f} G, params {before.params:,} -> "
+          f"{after.params:,} at input {list(x.shape)}; saved to {out} (gcompiler.load({str(out)!r}))")
+    return 0
+
+
+cmd_compile.configure = _configure_compile  # type: ignore[attr-defined]
+command("compile", "run a pass pipeline on a model and save the result")(cmd_compile)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,11 +513,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "compiler passes (channel pruning, quantization), distill it from its teacher, and run it "
                     "with int8 kernels.",
         epilog="Run `gcompiler COMMAND --help` for the flags of a command. Start with `gcompiler zoo`.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"gcompiler {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _load_commands()
     for name, (configure, fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".")
         configure(p)
+        if not p.epilog:
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
+            p.epilog = f"example:\n  gcompiler {name}" + (" --help" if name not in ("zoo", "tasks", "methods") else "")
         p.set_defaults(_fn=fn)
     return parser
 

@@ -5,7 +5,11 @@ Teacher specs (``--teacher``):
 * ``zoo_name`` or ``zoo_name:path/to/ckpt.pth`` — a model from :mod:`gcompiler.models`, optionally
   with weights (``.pth`` read with ``weights_only=True``, or ``.safetensors``);
 * ``pkg.module:Class`` or ``pkg.module:Class:path/to/ckpt`` — the user's own ``nn.Module`` class,
-  constructed without arguments (``--teacher-kw key=value`` passes constructor arguments to either form);
+  constructed without arguments (``--teacher-kw key=value`` passes constructor arguments to either form); the
+  current directory is importable (``mynets:Gen`` finds ``./mynets.py``);
+* ``path/to/file.py:Class[:ckpt]`` — the class from a Python file (loaded under a private module name, its
+  directory importable for its own imports);
+* a teacher given without weights is randomly initialised: a warning says so;
 * ``builtin:sr`` / ``builtin:cartoon`` — the teachers of the built-in tasks shipped with the package
   (:mod:`gcompiler.data.tasks`), and ``builtin:NAME:discriminator`` — the discriminator each was trained
   against.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -26,7 +31,7 @@ from .errors import ConfigError
 
 @dataclasses.dataclass
 class TeacherSpec:
-    kind: str  # "zoo" | "class" | "builtin"
+    kind: str  # "zoo" | "class" | "file" | "builtin"
     name: str
     checkpoint: str | None = None
 
@@ -51,7 +56,15 @@ def parse_teacher(spec: str) -> TeacherSpec:
     head, _, rest = spec.partition(":")
     if head in models.available():
         return TeacherSpec("zoo", head, rest or None)
-    if "." in head and rest:
+    if head.endswith(".py"):
+        cls, _, ckpt = rest.partition(":")
+        if not cls.isidentifier():
+            raise ConfigError(f"--teacher {spec!r}: a Python file needs the class name after it: "
+                              f"{head}:ClassName[:weights.pth]")
+        if not Path(head).is_file():
+            raise ConfigError(f"--teacher {spec!r}: no such file {head!r} (relative to {os.getcwd()})")
+        return TeacherSpec("file", f"{head}:{cls}", ckpt or None)
+    if rest and all(p.isidentifier() for p in head.split(".")):
         cls, _, ckpt = rest.partition(":")
         if cls.isidentifier():
             return TeacherSpec("class", f"{head}:{cls}", ckpt or None)
@@ -59,8 +72,9 @@ def parse_teacher(spec: str) -> TeacherSpec:
 
     close = difflib.get_close_matches(head, models.available(), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(f"--teacher {spec!r}: '{head}' is not a zoo model and not of the form pkg.module:Class.{hint} "
-                      "Forms: zoo_name[:ckpt], pkg.module:Class[:ckpt], builtin:sr")
+    raise ConfigError(f"--teacher {spec!r}: '{head}' is not a zoo model and not of the form module:Class or "
+                      f"file.py:Class.{hint} Forms: zoo_name[:ckpt], pkg.module:Class[:ckpt], "
+                      "path/to/file.py:Class[:ckpt], builtin:sr, builtin:cartoon")
 
 
 def build_teacher(spec: TeacherSpec, **kw: Any) -> torch.nn.Module:
@@ -76,11 +90,8 @@ def build_teacher(spec: TeacherSpec, **kw: Any) -> torch.nn.Module:
     if spec.kind == "zoo":
         model = models.create(spec.name, **kw)
     else:
-        mod_name, cls_name = spec.name.split(":")
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError as exc:
-            raise ConfigError(f"--teacher {spec}: cannot import module '{mod_name}': {exc}") from exc
+        mod_name, cls_name = spec.name.rsplit(":", 1)
+        mod = _import_file(spec, mod_name) if spec.kind == "file" else _import_module(spec, mod_name)
         cls = getattr(mod, cls_name, None)
         if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
             raise ConfigError(f"--teacher {spec}: '{cls_name}' in module '{mod_name}' is not an nn.Module class")
@@ -92,6 +103,57 @@ def build_teacher(spec: TeacherSpec, **kw: Any) -> torch.nn.Module:
     if spec.checkpoint:
         load_checkpoint(model, spec.checkpoint)
     return model.eval()
+
+
+def warn_if_no_weights(spec: TeacherSpec) -> bool:
+    """Log a warning when a teacher to compress comes without weights (a zoo model or your own class built
+    randomly initialised); returns whether it warned."""
+    if spec.kind == "builtin" or spec.checkpoint:
+        return False
+    logging.getLogger("gcompiler.compress").warning(
+        f"WARNING: --teacher {spec}: no weights given, so the teacher is randomly initialised (seeded) and a "
+        f"student distilled from it learns nothing useful; give its checkpoint as {spec}:path/to/weights.pth")
+    return True
+
+
+def _import_module(spec: TeacherSpec, mod_name: str) -> Any:
+    """Import ``mod_name`` with the current directory importable (as ``python -m`` would)."""
+    import sys
+
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise ConfigError(f"--teacher {spec}: cannot import module '{mod_name}' (searched the current directory "
+                          f"{cwd} and the installed packages): {exc}. A model in a file can also be given as "
+                          f"path/to/file.py:Class") from exc
+
+
+def _import_file(spec: TeacherSpec, path: str) -> Any:
+    """Load the Python file ``path`` as a module (its directory importable for its own imports)."""
+    import hashlib
+    import importlib.util
+    import sys
+
+    full = Path(path).resolve()
+    name = f"gcompiler_user_{full.stem}_{hashlib.sha1(str(full).encode()).hexdigest()[:8]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    mspec = importlib.util.spec_from_file_location(name, full)
+    if mspec is None or mspec.loader is None:
+        raise ConfigError(f"--teacher {spec}: cannot load {path} as a Python module")
+    mod = importlib.util.module_from_spec(mspec)
+    if str(full.parent) not in sys.path:
+        sys.path.insert(0, str(full.parent))
+    sys.modules[name] = mod
+    try:
+        mspec.loader.exec_module(mod)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise ConfigError(f"--teacher {spec}: running {path} failed: {type(exc).__name__}: {exc}") from exc
+    return mod
 
 
 def parse_target_macs(text: str | float | None, macs_before: int) -> int | None:

@@ -121,8 +121,11 @@ class CompressJob:
             teacher = copy.deepcopy(teacher).cpu()
             info["kwargs"] = {}
         else:
+            from ..spec import warn_if_no_weights
+
             tspec = parse_teacher(settings.teacher)
             teacher = build_teacher(tspec, **settings.teacher_kw)
+            warn_if_no_weights(tspec)
             if tspec.kind == "builtin":
                 from ..data.tasks import teacher_meta
 
@@ -141,6 +144,11 @@ class CompressJob:
         if settings.data.strip() == "builtin:sr":
             kwargs["patches_per_epoch"] = max(1000, settings.batch_size * 50)
         dataset = open_dataset(settings.data, split="train", crop_size=crop, seed=settings.seed, **kwargs)
+        held_out: list[int] = []
+        if settings.data.strip() not in _builtin_tasks() and not settings.eval_data:
+            held_out = heldout_indices(len(dataset), settings.eval_images)
+            if held_out:
+                dataset = _Without(dataset, held_out)
         report = getattr(dataset, "report", None)
         if report is not None and getattr(report, "skipped", None):
             names = ", ".join(p for p, _ in report.skipped[:5])
@@ -152,6 +160,7 @@ class CompressJob:
         sample = _first_sample(dataset)
         reference = _reference_input(info, sample["input"], settings.macs_size)
         job = cls(settings, run_dir, teacher, info, dataset, reference)
+        job.held_out = held_out
         job.train_output_shape = tuple(job.check_teacher_on_data(sample).shape[1:])
         return job
 
@@ -372,6 +381,29 @@ class CompressJob:
         return [{k: v for k, v in r.items() if k != "session"} for r in self.pass_log]
 
     # -- data -------------------------------------------------------------------------------------
+    #: indices of the folder images held out of training for evaluation (no ``--eval-data``)
+    held_out: list[int] = []
+
+    def eval_dataset(self, crop_size: int | None = None) -> tuple[Any, list[int], str]:
+        """The evaluation images of a folder run: ``(dataset, indices, note)``. ``--eval-data`` when given
+        (all its images, up to ``--eval-images``), else the images of ``--data`` held out of training
+        (:func:`heldout_indices`); ``note`` says which, for the summary and the report."""
+        from ..data import open_dataset
+
+        s = self.settings
+        spec = s.eval_data or s.data
+        ds = open_dataset(spec, split="eval", value_range=self.value_range, seed=0, crop_size=crop_size)
+        if s.eval_data:
+            idx = list(range(min(len(ds), s.eval_images) if s.eval_images else len(ds)))
+            return ds, idx, f"evaluated on --eval-data {s.eval_data} ({len(idx)} images)"
+        if self.held_out:
+            return ds, list(self.held_out), (f"no --eval-data: {len(self.held_out)} of the {len(ds)} images of "
+                                             f"--data {s.data} (every k-th in file order) were held out of "
+                                             f"training and evaluated on")
+        idx = list(range(min(len(ds), s.eval_images) if s.eval_images else len(ds)))
+        return ds, idx, (f"no --eval-data and too few images to hold any out: evaluated on {len(idx)} TRAINING "
+                         f"images of --data {s.data} (pass --eval-data FOLDER)")
+
     def make_loader(self, *, seed_offset: int = 0, batch_size: int | None = None, shard: bool = True):
         """A resumable loader over the training data (drop_last, seeded by ``--seed`` + ``seed_offset``).
 
@@ -501,6 +533,41 @@ class CompressJob:
         p.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(p, obj)
         return p
+
+
+def _builtin_tasks() -> list[str]:
+    from ..data.tasks import task_names
+
+    return list(task_names())
+
+
+def heldout_indices(n: int, eval_images: int) -> list[int]:
+    """The fixed hold-out of a folder of ``n`` images without ``--eval-data``: every k-th image in file order
+    (k = max(5, n // eval_images)), starting at k - 1, at most ``eval_images``; none when ``n < 5``."""
+    if n < 5 or eval_images <= 0:
+        return []
+    k = max(5, n // max(eval_images, 1))
+    return list(range(k - 1, n, k))[:eval_images]
+
+
+class _Without(torch.utils.data.Dataset):
+    """A dataset without some indices (the held-out images); other attributes are the wrapped dataset's."""
+
+    def __init__(self, base: Any, drop: Sequence[int]) -> None:
+        self.base = base
+        dropped = set(drop)
+        self.keep = [i for i in range(len(base)) if i not in dropped]
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.base[self.keep[i]]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("base", "keep"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
 
 
 def _first_sample(dataset: Any) -> dict[str, Any]:

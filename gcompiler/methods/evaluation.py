@@ -84,12 +84,22 @@ def reference_scores(job: "CompressJob", device: str | torch.device = "cpu") -> 
     return dict(scores)
 
 
-def _folder_items(job: "CompressJob") -> tuple[Any, int]:
-    from ..data import open_dataset
+class _Picked:
+    """The evaluation images of a folder run (:meth:`CompressJob.eval_dataset`) as a sequence."""
 
-    ds = open_dataset(job.settings.data, split="eval", value_range=job.value_range, seed=0)
-    n = min(len(ds), job.settings.eval_images) if job.settings.eval_images else len(ds)
-    return ds, n
+    def __init__(self, job: "CompressJob", crop_size: int | None = None) -> None:
+        self.ds, self.idx, self.note = job.eval_dataset(crop_size)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.ds[self.idx[i]]
+
+
+def _folder_items(job: "CompressJob") -> tuple[Any, int]:
+    ds = _Picked(job)
+    return ds, len(ds)
 
 
 @torch.no_grad()
@@ -111,8 +121,7 @@ def _evaluate_folder(job: "CompressJob", student: nn.Module, teacher: nn.Module,
             to_y.append(psnr(s, tgt[None].to(device), data_range=hi - lo))
     return {"psnr_to_teacher": float(sum(to_t) / len(to_t)) if to_t else None,
             "psnr_to_target": float(sum(to_y) / len(to_y)) if to_y else None,
-            "protocol": f"first {n} images of the eval split of --data {job.settings.data}, whole, RGB PSNR "
-                        f"over the value range {list(job.value_range)}",
+            "protocol": f"{ds.note}; whole images, RGB PSNR over the value range {list(job.value_range)}",
             "details": {"images": n}}
 
 
@@ -167,10 +176,7 @@ def save_samples(job: "CompressJob", student: nn.Module, path: str | os.PathLike
                 ys.append(hr[..., SCALE * top:SCALE * (top + c), SCALE * left:SCALE * (left + c)])
             x, gt = torch.cat(xs), torch.cat(ys)
         else:
-            from ..data import open_dataset
-
-            ds = open_dataset(job.settings.data, split="eval", value_range=job.value_range, seed=0,
-                              crop_size=int(job.reference_input.shape[-1]) if job.settings.crop else None)
+            ds = _Picked(job, int(job.reference_input.shape[-1]) if job.settings.crop else None)
             items = [ds[i] for i in range(min(rows, len(ds)))]
             if not items or any(it["input"].shape != items[0]["input"].shape for it in items):
                 return None

@@ -38,6 +38,8 @@ class Settings:
     sample_every: int = 100
     log_every: int = 10
     eval_images: int = 16
+    #: held-out evaluation data (a folder spec); without it a fixed split of a folder --data is held out
+    eval_data: str | None = None
     quiet: bool = False
     resume: bool = False
     options: dict[str, Any] = field(default_factory=dict)

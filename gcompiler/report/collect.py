@@ -69,11 +69,11 @@ def quality_rows(job: "CompressJob", student: nn.Module) -> list[dict[str, Any]]
                 {"model": "student", "psnr_to_teacher": s.get("psnr_to_reference"),
                  "ssim_to_teacher": s.get("ssim_to_reference"), "psnr_to_target": s.get("psnr"),
                  "ssim_to_target": s.get("ssim")}]
-    from ..data import open_dataset
+    from ..methods.evaluation import _Picked
     from ..metrics import psnr, ssim
 
-    ds = open_dataset(job.settings.data, split="eval", value_range=job.value_range, seed=0)
-    n = min(len(ds), job.settings.eval_images) if job.settings.eval_images else len(ds)
+    ds = _Picked(job)
+    n = len(ds)
     lo, hi = job.value_range
     acc: dict[str, list[float]] = {}
 
@@ -200,10 +200,15 @@ def sample_columns(job: "CompressJob", student: nn.Module, rows: int = 3) -> lis
             ys.append(hr[..., SCALE * top:SCALE * (top + c), SCALE * left:SCALE * (left + c)])
         x, gt = torch.cat(xs)[:rows], torch.cat(ys)[:rows]
     else:
-        from ..data import open_dataset
-
         size = min(128, int(job.reference_input.shape[-1]))
-        ds = open_dataset(job.settings.data, split="eval", value_range=job.value_range, seed=0, crop_size=size)
+        if job.builtin_task is not None:
+            from ..data import open_dataset
+
+            ds = open_dataset(job.settings.data, split="eval", value_range=job.value_range, seed=0, crop_size=size)
+        else:
+            from ..methods.evaluation import _Picked
+
+            ds = _Picked(job, size)
         items = [ds[i] for i in range(min(rows, len(ds)))]
         items = [it for it in items if it["input"].shape == items[0]["input"].shape]
         x = torch.stack([it["input"] for it in items])

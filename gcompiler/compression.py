@@ -378,8 +378,19 @@ def print_result(result: CompressResult) -> None:
         print(pass_log_table(rows) + "\n")
     print(result.table())
     out = str(result.run_dir)
-    print(f"\n{result.summary['steps']} steps in {result.summary['wall_s']:.0f} s; run dir {out} (summary.json, "
+    phases = result.report.get("steps_per_phase") or {}
+    per = f" ({', '.join(f'{k} {v}' for k, v in phases.items())})" if phases else ""
+    ev = result.report.get("evaluation")
+    if isinstance(ev, dict) and ev.get("protocol"):
+        print(f"evaluation: {ev['protocol']}")
+    print(f"\n{result.summary['steps']} steps{per} in {result.summary['wall_s']:.0f} s; run dir {out} (summary.json, "
           f"report.json); load the student with gcompiler.load({out!r})")
+    html_report = Path(out) / "report.html"
+    if html_report.is_file():
+        print(f"report: {html_report} (self-contained; report.md beside it)")
+    loud = result.report.get("below_baseline")
+    if loud:
+        print(f"\n!! {loud}", file=sys.stderr)
 
 
 def compress(teacher: str | nn.Module, data: str, method: str = "gs", *, target_macs: str | float | None = None,

@@ -330,7 +330,11 @@ class CompressJob:
             report["note"] = note
         from ..report import below_baseline, collect
 
-        report["report_data"] = collect(self, student)  # measured parts for report.html (never raises)
+        # measured parts for report.html (never raises; rank 0 writes the run directory)
+        report["report_data"] = collect(self, student) if self.is_main else {}
+        phases = {k[:-len("_steps")]: v for k, v in report.items()
+                  if k.endswith("_steps") and isinstance(v, int) and not isinstance(v, bool)}
+        report.setdefault("steps_per_phase", phases or {"total": int(steps)})
         loud = below_baseline({**summary, **{k: v for k, v in self.reference_scores().items()
                                              if summary.get(k) is None}})
         if loud:

@@ -36,7 +36,7 @@ from .options import coerce_option, option_docs, parse_key_values, type_name
 
 #: Built-in method name -> module that registers it on import.
 BUILTIN: dict[str, str] = {"gs": "gcompiler.methods.gs", "gan-compression": "gcompiler.methods.gan_compression", "agd": "gcompiler.methods.agd",
-                          "self-supervised": "gcompiler.methods.self_supervised"}
+                          "self-supervised": "gcompiler.methods.self_supervised", "ptq": "gcompiler.methods.ptq"}
 
 
 @dataclass(frozen=True)

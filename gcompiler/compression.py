@@ -339,6 +339,7 @@ def run_compress(layers: Sequence[Layer], *, teacher: nn.Module | None = None) -
     :func:`compress` and ``gcompiler compress``."""
     from . import serialize
 
+    from .ioutil import run_lock
     from .methods.dist import agree, rank_prefix
     from .train.distributed import dist_info
 
@@ -350,7 +351,8 @@ def run_compress(layers: Sequence[Layer], *, teacher: nn.Module | None = None) -
         check_run_dir(settings)
         check_world_size(settings)
     try:
-        with run_logging(Path(settings.out), settings.quiet):
+        with (run_lock(settings.out) if dist_info().is_main else contextlib.nullcontext()), \
+                run_logging(Path(settings.out), settings.quiet):  # one run per --out (.lock holds its pid)
             result = run_job(settings, info, options, teacher=teacher)
     except Exception as exc:
         if dist_info().enabled:  # say which rank failed; torchrun then ends the other workers

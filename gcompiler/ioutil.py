@@ -9,7 +9,8 @@ the previous content of the destination, if any, is untouched.
 * :func:`atomic_write_bytes`, :func:`atomic_write_text`, :func:`atomic_write_json` — whole files;
 * :func:`atomic_file` — a context manager yielding a temporary *path* for writers that take a file name
   (``safetensors.torch.save_file``, ``PIL.Image.save``, ``torch.save``);
-* :func:`atomic_dir` — a context manager yielding a temporary *directory* that replaces ``final_dir``.
+* :func:`atomic_dir` — a context manager yielding a temporary *directory* that replaces ``final_dir``;
+* :func:`run_lock` — the lock one run holds on its run directory (pid in ``.lock``; stale locks taken over).
 
 Temporaries start with ``.`` and contain ``.tmp`` so that directory listings skip them.
 """
@@ -25,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_file", "atomic_dir",
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_file", "atomic_dir", "run_lock",
            "json_default", "fsync_dir"]
 
 PathLike = str | os.PathLike
@@ -172,3 +173,65 @@ def atomic_dir(final_dir: PathLike, *, overwrite: bool = True) -> Iterator[Path]
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(final.parent)
+
+
+LOCK_FILE = ".lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: PathLike, *, what: str = "--out") -> Iterator[Path]:
+    """Hold ``run_dir/.lock`` for the duration of a run; a second holder is refused.
+
+    The lock is an ``flock`` on the file (the kernel releases it when the holder dies, ``kill -9``
+    included), and the file records the holder's pid and host. A run that finds the lock held raises
+    :class:`~gcompiler.errors.ConfigError` naming that pid; a lock file left with the pid of a process that
+    is gone (the flock is free) is taken over with a warning naming the dead pid. On a clean exit the file
+    is emptied (never unlinked: unlinking would let two later runs lock two different files).
+    """
+    import fcntl
+    import logging
+    import socket
+
+    from .errors import ConfigError
+
+    root = Path(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+            pid = holder[0] if holder else "?"
+            raise ConfigError(f"{what} {root} is in use by another run (pid {pid}"
+                              f"{' on ' + holder[1] if len(holder) > 1 else ''}; lock file {path}): wait for it to "
+                              f"finish or choose another {what} directory") from None
+        old = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+        if old and old[0].isdigit() and int(old[0]) != os.getpid():
+            host = old[1] if len(old) > 1 else "?"
+            state = "is gone" if host != socket.gethostname() or not _pid_alive(int(old[0])) else "released it"
+            logging.getLogger("gcompiler").warning(
+                f"{what} {root}: taking over the stale lock of pid {old[0]} on {host} (that process {state})")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        os.fsync(fd)
+        try:
+            yield path
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the flock

@@ -16,8 +16,16 @@ provide ``constructor_args()``). Functions called by the graph must come from ``
 time with an error naming the node, so a saved directory always loads.
 
 Safety: loading reads tensors with safetensors and builds modules only from the allow-lists above; it
-never unpickles and never imports code outside ``torch`` and ``gcompiler``. The graph is still a program:
-load models from sources you trust to the same degree as any network you run.
+never unpickles and never imports a module named by the files (the gcompiler modules that define saveable
+module types are a fixed list, :data:`_MODULE_TYPE_PROVIDERS`). Everything from ``architecture.json`` that
+torch.fx would paste into generated Python code is checked first: node names, placeholder / attribute /
+module targets and keyword names must be plain identifiers (dotted paths of ``[A-Za-z0-9_]`` parts), so a
+crafted file cannot inject code into ``forward``; ``getattr`` nodes may not read ``_private`` / dunder
+attributes, and ``gcompiler`` functions are allowed from its compute layers only (``fx``, ``passes``,
+``quant``, ``kernels``, ``nas``). Sizes are checked against the weights file before anything is allocated:
+every module is first built on the ``meta`` device and its parameter and buffer shapes must match the stored
+tensors, and the example inputs are capped at :data:`MAX_EXAMPLE_ELEMENTS` elements. Non-finite values in
+stored parameters are refused with the tensor's name.
 """
 from __future__ import annotations
 
@@ -25,8 +33,10 @@ import importlib
 import inspect
 import json
 import math
+import keyword
 import operator
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,7 +44,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, GCompilerError
 
 FORMAT = "gcompiler-graph"
 VERSION = 1
@@ -64,6 +74,15 @@ _FUNCTION_MODULES = ("torch", "torch.nn.functional", "torch.functional", "torch.
 _DENIED_FUNCTIONS = {"load", "save", "from_file", "set_default_device", "set_default_dtype", "compile",
                      "manual_seed", "seed", "set_num_threads", "use_deterministic_algorithms"}
 _BUILTINS = {"getattr": getattr}
+#: gcompiler sub-packages whose functions a saved graph may call (never I/O, training or CLI code).
+_GCOMPILER_FUNCTION_PACKAGES = ("gcompiler.fx", "gcompiler.passes", "gcompiler.quant", "gcompiler.kernels",
+                                "gcompiler.nas")
+_DENIED_QUALIFIED = {"operator:call", "operator:attrgetter", "operator:methodcaller"}
+#: gcompiler modules that register saveable module types; load imports exactly these (never a name from a file).
+_MODULE_TYPE_PROVIDERS = ("gcompiler.passes.masks", "gcompiler.quant.int_ops", "gcompiler.quant.qmodules")
+#: largest example input (elements, all inputs together) load will allocate for shape propagation.
+MAX_EXAMPLE_ELEMENTS = 1 << 26
+_PATH_PART = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 def register_module_type(cls: type) -> type:
@@ -178,7 +197,8 @@ def _function_ref(fn: Any, node: fx.Node) -> str:
 
 
 def _function_module_allowed(module: str) -> bool:
-    return module in _FUNCTION_MODULES or module == "gcompiler" or module.startswith("gcompiler.")
+    return module in _FUNCTION_MODULES or any(module == p or module.startswith(p + ".")
+                                              for p in _GCOMPILER_FUNCTION_PACKAGES)
 
 
 def _resolve_function(ref: str) -> Callable:
@@ -187,9 +207,11 @@ def _resolve_function(ref: str) -> Callable:
         if name not in _BUILTINS:
             raise CheckpointError(f"architecture.json calls builtins.{name}, which is not allowed")
         return _BUILTINS[name]
-    if not _function_module_allowed(module) or not name or name.startswith("_") or name in _DENIED_FUNCTIONS:
+    if not _function_module_allowed(module) or not name or name.startswith("_") or name in _DENIED_FUNCTIONS \
+            or ref in _DENIED_QUALIFIED:
         raise CheckpointError(f"architecture.json calls {module}.{name}, which is not an allowed function "
-                              f"(allowed: functions of {', '.join(_FUNCTION_MODULES)} and gcompiler)")
+                              f"(allowed: functions of {', '.join(_FUNCTION_MODULES)} and of "
+                              f"{', '.join(_GCOMPILER_FUNCTION_PACKAGES)})")
     try:
         obj = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
@@ -249,10 +271,11 @@ def _build_module(type_name: str, args: dict[str, Any], where: str) -> nn.Module
     else:
         cls = _OWN_MODULES.get(type_name)
         if cls is None and type_name.startswith("gcompiler."):
-            try:  # importing the defining gcompiler module registers the type
-                importlib.import_module(type_name.rsplit(".", 1)[0])
-            except ImportError:
-                pass
+            for provider in _MODULE_TYPE_PROVIDERS:  # a fixed list: never a module named by the file
+                try:
+                    importlib.import_module(provider)
+                except ImportError:
+                    pass
             cls = _OWN_MODULES.get(type_name)
         if cls is None:
             raise CheckpointError(f"{where}: unknown module type {type_name}; it is neither a supported torch.nn "
@@ -463,18 +486,113 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> fx.G
         raise CheckpointError(f"load(): cannot read {weights_path}: {exc}") from exc
     try:
         return _rebuild(arch, stored, str(d), device)
-    except CheckpointError:
+    except GCompilerError:
         raise
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, OverflowError,
+            RecursionError) as exc:
         raise CheckpointError(f"load(): {arch_path} is malformed: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_path(path: Any, what: str, where: str) -> str:
+    """A dotted path of ``[A-Za-z0-9_]`` parts (what torch.fx pastes into generated code), else CheckpointError."""
+    if not isinstance(path, str) or not path or not all(_PATH_PART.match(p) for p in path.split(".")):
+        raise CheckpointError(f"load(): {where}/{ARCH_FILE}: {what} {path!r} is not a dotted path of "
+                              "identifiers; refusing it (torch.fx would paste it into generated code)")
+    return path
+
+
+def _check_arch(arch: dict[str, Any], stored: dict[str, torch.Tensor], where: str) -> None:
+    """Reject everything in ``arch`` that could inject code or allocate more than the weights file holds."""
+    for key, kind in (("modules", dict), ("tensors", dict), ("nodes", list), ("input_specs", list)):
+        if not isinstance(arch.get(key, kind()), kind):
+            raise CheckpointError(f"load(): {where}/{ARCH_FILE}: '{key}' must be a JSON {kind.__name__}")
+    cname = arch.get("class_name", "GraphModule")
+    if not isinstance(cname, str) or not cname.isidentifier():
+        raise CheckpointError(f"load(): {where}/{ARCH_FILE}: class_name {cname!r} is not an identifier")
+    for path in arch["modules"]:
+        _check_path(path, "module path", where)
+    for name, e in arch["tensors"].items():
+        _check_path(name, "tensor name", where)
+        if not isinstance(e, dict):
+            raise CheckpointError(f"load(): {where}/{ARCH_FILE}: entry of tensor '{name}' is not an object")
+        t = stored.get(name)
+        if t is not None and e.get("kind") == "parameter" and t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"load(): {where}/{WEIGHTS_FILE}: parameter '{name}' holds {bad} NaN/Inf "
+                                  f"value(s) of {t.numel()}; the saved model is broken")
+    for spec in arch["nodes"]:
+        if not isinstance(spec, dict):
+            raise CheckpointError(f"load(): {where}/{ARCH_FILE}: a node entry is not an object")
+        name, op, target = spec.get("name"), spec.get("op"), spec.get("target")
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise CheckpointError(f"load(): {where}/{ARCH_FILE}: node name {name!r} is not an identifier")
+        if op == "placeholder":
+            if not isinstance(target, str) or not target.lstrip("*").isidentifier() or keyword.iskeyword(target):
+                raise CheckpointError(f"load(): {where}/{ARCH_FILE}: input name {target!r} of node '{name}' "
+                                      "is not an identifier")
+        elif op in ("get_attr", "call_module"):
+            _check_path(target, f"target of node '{name}'", where)
+        kwargs = spec.get("kwargs", {"dict": []})
+        pairs = kwargs.get("dict") if isinstance(kwargs, dict) else None
+        if not isinstance(pairs, list) or not all(isinstance(kv, list) and len(kv) == 2 for kv in pairs):
+            raise CheckpointError(f"load(): {where}/{ARCH_FILE}: keyword arguments of node '{name}' are malformed")
+        for k, _ in pairs:
+            if not isinstance(k, str) or not k.isidentifier() or keyword.iskeyword(k):
+                raise CheckpointError(f"load(): {where}/{ARCH_FILE}: node '{name}' has keyword {k!r}, which is "
+                                      "not an identifier (torch.fx would paste it into generated code)")
+        if op == "call_function" and target == "builtins:getattr":
+            args = spec.get("args")
+            args = args.get("tuple") if isinstance(args, dict) else None
+            attr = args[1] if isinstance(args, list) and len(args) == 2 else None
+            if not isinstance(attr, str) or attr.startswith("_"):
+                raise CheckpointError(f"load(): {where}/{ARCH_FILE}: node '{name}' reads attribute {attr!r} "
+                                      "with getattr; only public attributes named by a string are allowed")
+    total = 0
+    for s in arch.get("input_specs", []):
+        if not (isinstance(s, list) and len(s) == 2 and isinstance(s[0], list)
+                and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n for n in s[0])):
+            raise CheckpointError(f"load(): {where}/{ARCH_FILE}: malformed input spec {s!r}")
+        if not isinstance(getattr(torch, str(s[1]), None), torch.dtype):
+            raise CheckpointError(f"load(): {where}/{ARCH_FILE}: input spec dtype {s[1]!r} is not a torch dtype")
+        total += math.prod(s[0])
+    if total > MAX_EXAMPLE_ELEMENTS:
+        raise CheckpointError(f"load(): {where}/{ARCH_FILE}: the example inputs hold {total:,} elements, more "
+                              f"than the {MAX_EXAMPLE_ELEMENTS:,} load allocates; refusing")
+
+
+def _check_module_state(mod: nn.Module, path: str, stored: dict[str, torch.Tensor],
+                        entries: dict[str, Any], where: str) -> None:
+    """``mod`` (built on the meta device) must have exactly the shapes of the stored tensors it will hold."""
+    for n, t in list(mod.named_parameters(recurse=True, remove_duplicate=False)) + \
+            list(mod.named_buffers(recurse=True, remove_duplicate=False)):
+        full = f"{path}.{n}"
+        e = entries.get(full)
+        src = e.get("alias_of", full) if isinstance(e, dict) else full
+        s = stored.get(src)
+        if s is None:  # a missing tensor would silently keep the constructor's random init
+            raise CheckpointError(f"load(): {where}: no tensor for '{full}' (module '{path}') in {ARCH_FILE} / "
+                                  f"{WEIGHTS_FILE}")
+        if tuple(s.shape) != tuple(t.shape):
+            raise CheckpointError(f"load(): {where}/{WEIGHTS_FILE}: tensor '{src}' has shape {tuple(s.shape)}, but "
+                                  f"module '{path}' as described in {ARCH_FILE} needs {tuple(t.shape)} for '{n}'")
+        if s.is_floating_point() != t.is_floating_point() or s.is_complex() != t.is_complex():
+            raise CheckpointError(f"load(): {where}/{WEIGHTS_FILE}: tensor '{src}' has dtype {s.dtype}, but "
+                                  f"'{full}' of module '{path}' is {t.dtype}")
 
 
 def _rebuild(arch: dict[str, Any], stored: dict[str, torch.Tensor], where: str,
              device: str | torch.device) -> fx.GraphModule:
+    _check_arch(arch, stored, where)
     root = nn.Module()
     built: dict[str, nn.Module] = {}
     for path, spec in arch["modules"].items():
-        mod = _build_module(spec["type"], _decode_args(spec["args"]), f"{where}: module '{path}'")
+        args = _decode_args(spec["args"])
+        if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+            raise CheckpointError(f"load(): {where}/{ARCH_FILE}: constructor arguments of module '{path}' malformed")
+        with torch.device("meta"):  # sizes checked against the weights file before anything is allocated
+            shell = _build_module(spec["type"], args, f"{where}: module '{path}'")
+        _check_module_state(shell, path, stored, arch["tensors"], where)
+        mod = _build_module(spec["type"], args, f"{where}: module '{path}'")
         mod.to(device)
         mod.train(bool(spec.get("training", False)))
         built[path] = mod

@@ -565,7 +565,11 @@ class _Without(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.keep)
 
-    def __getitem__(self, i: int) -> Any:
+    def __getitem__(self, i: Any) -> Any:
+        from ..data.sampler import SampleKey
+
+        if isinstance(i, SampleKey):  # the resumable sampler's keys carry the augmentation entropy
+            return self.base[SampleKey(self.keep[int(i.index)], i.entropy)]
         return self.base[self.keep[i]]
 
     def __getattr__(self, name: str) -> Any:

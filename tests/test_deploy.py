@@ -86,7 +86,8 @@ def test_each_float_candidate_matches_the_model(make, backend):
     assert float((y - ref).abs().max() / ref.abs().max()) <= TOLERANCE["fp32"]
 
 
-def test_choice_is_the_fastest_measured_and_report_is_complete():
+def test_choice_is_the_argmin_of_the_recorded_timings_and_report_is_complete():
+    # A property of the choice logic on whatever the machine measured; no assumption about which is faster.
     model = _small()
     d = deploy(model, _x(), exclude=["inductor"], rounds=2)
     r = d.report

@@ -210,7 +210,7 @@ def deploy(model_or_gm: nn.Module, *example_inputs: torch.Tensor, device: str = 
                             device=device, budget_s=budget_s, cpu=cpu)
         medians, runs = summarize(times)
         mins = {k: min(v) for k, v in runs.items() if v}
-        cpu_ms = {k: round(min(v) * 1e3, 3) for k, v in cpu.items() if v}
+        cpu_ms = {k: min(v) * 1e3 for k, v in cpu.items() if v}
         decide = {"min": mins, "median": medians, "cpu": cpu_ms}[stat]
         choice = min(decide, key=decide.get)
         report.update(choice=choice, timings_ms=medians, min_ms=mins, stat=stat, runs_ms=runs, cpu_ms=cpu_ms,

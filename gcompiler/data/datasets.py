@@ -416,8 +416,11 @@ class TeacherCachedDataset(CropFlipDataset):
                         raise DataError(f"teacher output on {where} is not a (1, C, H, W) tensor "
                                         f"(got {type(y).__name__} {tuple(getattr(y, 'shape', ()))})")
                     y = y[0].to("cpu", torch.float16).contiguous()
-                    if path is not None:
-                        save_file({"teacher": y}, str(path))
+                    if path is not None:  # atomically: a killed run never leaves a truncated cache entry
+                        from ..ioutil import atomic_file
+
+                        with atomic_file(path) as tmp:
+                            save_file({"teacher": y}, str(tmp))
                 self.teacher_scale = self._check_scale(x_hw=_hw(aligned["input"][0]), y=y, where=where)
                 self.outputs.append(path if path is not None else y)
 

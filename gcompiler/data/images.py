@@ -14,7 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -108,6 +108,12 @@ def probe_image(path: Path) -> tuple[int, int]:
     return size
 
 
+#: unreadable files skipped with a warning before a folder is refused: at most this fraction of the
+#: files (a folder with no more than MAX_UNREADABLE unreadable files is never refused for it).
+MAX_UNREADABLE_FRACTION = 0.5
+MAX_UNREADABLE = 2
+
+
 def scan_images(paths: Sequence[Path], *, strict: bool, report: ScanReport) -> list[tuple[Path, tuple[int, int]]]:
     """Probe each file; unreadable ones raise (``strict``) or are skipped with a warning and recorded."""
     good: list[tuple[Path, tuple[int, int]]] = []
@@ -119,6 +125,12 @@ def scan_images(paths: Sequence[Path], *, strict: bool, report: ScanReport) -> l
                 raise
             report.skipped.append((str(p), str(exc)))
             warnings.warn(f"skipping unreadable image: {exc}", stacklevel=3)
+    bad = len(paths) - len(good)
+    if good and bad > MAX_UNREADABLE and bad > MAX_UNREADABLE_FRACTION * len(paths):
+        first = ", ".join(Path(p).name for p, _ in report.skipped[-bad:][:5])
+        raise DataError(f"{bad} of {len(paths)} images in {str(Path(paths[0]).parent)!r} are unreadable (more than "
+                        f"{MAX_UNREADABLE_FRACTION:.0%}; first: {first}): the data looks damaged; repair or remove "
+                        "them (up to that fraction is skipped with a warning)")
     report.used += len(good)
     return good
 
@@ -137,12 +149,37 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
+            im = _to_8bit(im, path)
             arr = np.asarray(im.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot decode image {str(path)!r}: {exc}") from exc
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return np.ascontiguousarray(arr)
+
+
+def _to_8bit(im: Any, path: Any) -> Any:
+    """PIL's 16/32-bit integer and float modes scaled to 8-bit grayscale ("L"); PIL's own ``convert`` clips
+    them at 255 instead (a 16-bit image would come out nearly white). Integer images whose values all fit
+    in 8 bits stay as they are; float images must hold values in [0, 1] or [0, 255]."""
+    from PIL import Image
+
+    if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
+        return im
+    a = np.asarray(im, dtype=np.float64)
+    hi = float(a.max()) if a.size else 0.0
+    lo = float(a.min()) if a.size else 0.0
+    if im.mode == "F":
+        if not np.isfinite(a).all() or lo < 0 or hi > 255:
+            raise DataError(f"image {str(path)!r} is a floating-point image with values in [{lo:g}, {hi:g}]; "
+                            "only [0, 1] or [0, 255] can be read: convert it to 8 or 16-bit PNG")
+        scale = 255.0 if hi <= 1.0 else 1.0
+    else:
+        if lo < 0 or hi > 65535:
+            raise DataError(f"image {str(path)!r} ({im.mode}) has values in [{lo:g}, {hi:g}], outside 16 bits; "
+                            "convert it to an 8 or 16-bit PNG")
+        scale = 1.0 if hi <= 255 and not im.mode.startswith("I;16") else 255.0 / 65535.0
+    return Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), mode="L")
 
 
 def to_tensor(arr: np.ndarray, value_range: tuple[float, float] = RANGE_GAN) -> torch.Tensor:
@@ -171,8 +208,14 @@ def to_uint8(t: torch.Tensor, value_range: tuple[float, float] = RANGE_GAN) -> n
 
 
 def save_image(t: torch.Tensor, path: str | os.PathLike, value_range: tuple[float, float] = RANGE_GAN) -> None:
-    """Write one image tensor (see :func:`to_uint8`) as a PNG/JPEG chosen by ``path``'s extension."""
+    """Write one image tensor (see :func:`to_uint8`) as a PNG/JPEG chosen by ``path``'s extension, atomically."""
     from PIL import Image
 
+    from ..ioutil import atomic_file
+
     arr = to_uint8(t, value_range)
-    Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(path)
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"save_image: cannot tell the image format of {path} from its extension")
+    with atomic_file(path) as tmp:
+        Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(tmp, format=fmt)

@@ -20,6 +20,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -164,15 +165,18 @@ def parse_target_macs(text: str | float | None, macs_before: int) -> int | None:
     try:
         if s.endswith("x"):
             factor = float(s[:-1])
-            if factor < 1:
-                raise ConfigError(f"--target-macs {text!r}: a reduction factor must be >= 1 (e.g. 8x)")
-            return int(macs_before / factor)
-        value = float(s.rstrip("g")) * (1e9 if s.endswith("g") else 1)
+            if not factor >= 1 or not math.isfinite(factor):  # NaN fails both comparisons
+                raise ConfigError(f"--target-macs {text!r}: a reduction factor must be a finite number >= 1 (e.g. 8x)")
+            value = macs_before / factor
+        else:
+            value = float(s[:-1] if s.endswith("g") else s) * (1e9 if s.endswith("g") else 1)
     except ValueError:
         raise ConfigError(f"--target-macs {text!r}: expected an absolute count like 2e9 (or 2g) or a reduction "
                           "factor like 8x") from None
-    if value <= 0:
-        raise ConfigError(f"--target-macs {text!r}: must be positive")
+    if not math.isfinite(value):
+        raise ConfigError(f"--target-macs {text!r}: must be a finite number")
+    if value < 1:
+        raise ConfigError(f"--target-macs {text!r}: must be at least 1 MAC (it gives {value:.3g})")
     if value >= macs_before:
         raise ConfigError(f"--target-macs {text!r} is not below the teacher's {macs_before:.3g} MACs")
     return int(value)

@@ -6,7 +6,7 @@ EXTRAS ?= dev
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test test-thorough bench clean env
+.PHONY: demo test test-deps test-thorough bench clean env
 
 env: $(STAMP)
 
@@ -17,10 +17,29 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+# `make demo` on a fresh clone installs the CPU set only (torch + gcompiler + onnx/onnxruntime, no triton);
+# a development env (`make env`, EXTRAS=dev) serves it too.
+CORE_STAMP = $(VENV)/.installed-core
+
+$(CORE_STAMP): pyproject.toml
+	if [ ! -f $(STAMP) ]; then \
+	  test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+	  $(PY) -m pip install -q --upgrade pip && \
+	  $(PY) -m pip install -q "$(TORCH)" && \
+	  $(PY) -m pip install -q -e ".[onnx]"; \
+	fi
+	touch $(CORE_STAMP)
+
+demo: $(CORE_STAMP)
 	$(PY) -m gcompiler demo
 
-test: $(STAMP)
+# headless Chromium for tests/test_report.py (the report render check); skipped with a reason when absent
+test-deps:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  ( command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 ) || \
+	  echo "note: chromium not installed; tests/test_report.py skips its browser check"
+
+test: $(STAMP) test-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-thorough: $(STAMP)

@@ -85,7 +85,7 @@ def _read_torch(p: Path) -> Any:
         return torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
+        unsafe = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", msg)  # torch words it two ways
         if unsafe:
             raise CheckpointError(
                 f"checkpoint '{p}' holds a pickled Python object ({unsafe.group(1)}) besides tensors, and "

@@ -8,6 +8,7 @@ teacher's constructor arguments) use :func:`guess_value`.
 """
 from __future__ import annotations
 
+import math
 import re
 import typing
 from typing import Any, Iterable
@@ -110,12 +111,15 @@ def coerce_option(method: str, name: str, value: Any, hint: Any) -> Any:
             if t is float:
                 if isinstance(value, bool):
                     raise ValueError("a boolean is not a number")
-                return float(value)
+                f = float(value)
+                if not math.isfinite(f):  # lr=nan would only surface as a NaN stop much later
+                    raise ValueError(f"{value!r} is not a finite number")
+                return f
             if t is str:
                 return str(value)
             if t is Any:
                 return value
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # int("1e400") overflows
             errors.append(str(exc))
             continue
     want = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)

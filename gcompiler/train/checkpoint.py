@@ -134,8 +134,15 @@ def read_run_checkpoint(path: str | os.PathLike, map_location: str | torch.devic
     try:
         state = torch.load(p / STATE_FILE, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"cannot read {p / STATE_FILE} (it must be loadable with "
-                              f"torch.load(weights_only=True)): {e}") from e
+        unsafe = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", str(e))
+        if unsafe:  # weights_only stopped the unpickler before it built (or called) anything
+            raise CheckpointError(f"{p / STATE_FILE} refused: it holds a pickled Python object ({unsafe.group(1)}) "
+                                  "besides tensors and plain data, and unpickling arbitrary objects can run code; "
+                                  "gcompiler never does (torch.load(weights_only=True)). This file was not written "
+                                  "by gcompiler") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise CheckpointError(f"cannot read {p / STATE_FILE} (corrupt or truncated? it must be loadable with "
+                              f"torch.load(weights_only=True)): {type(e).__name__}: {first}") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{p / STATE_FILE} is not a gcompiler training state (format "
                               f"{state.get('format') if isinstance(state, dict) else '?'}, expected {FORMAT_VERSION})")

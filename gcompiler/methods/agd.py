@@ -51,6 +51,7 @@ from ..train import Distill, DistillConfig, ParamGroup, Phase, Trainer, adam, bu
 from ..train.engine import StepContext
 from . import register_method
 from .base import CompressJob
+from .dist import sync_module
 
 log = logging.getLogger("gcompiler.compress")
 
@@ -328,9 +329,11 @@ def _half_loaders(job: CompressJob) -> tuple[Any, Any]:
     if half < bs:
         raise ConfigError(f"agd: each half of the training data ({half} samples) is smaller than --batch-size {bs}")
     s = job.settings
-    w = make_loader(_Half(job.dataset, 0, half), batch_size=bs, seed=s.seed, num_workers=s.data_workers())
-    a = make_loader(_Half(job.dataset, half, n - half), batch_size=bs, seed=s.seed + 7,
-                    num_workers=s.data_workers())
+    d = job.dist  # under torchrun each rank loads its share of the global batch (start_distributed checked it splits)
+    w = make_loader(_Half(job.dataset, 0, half), batch_size=bs // d.world_size, seed=s.seed,
+                    num_workers=s.data_workers(), rank=d.rank, world_size=d.world_size)
+    a = make_loader(_Half(job.dataset, half, n - half), batch_size=bs // d.world_size, seed=s.seed + 7,
+                    num_workers=s.data_workers(), rank=d.rank, world_size=d.world_size)
     return w, a
 
 
@@ -406,7 +409,7 @@ def run_agd(job: CompressJob, opts: AGDOptions) -> dict[str, Any]:
                       callbacks=[job.state_saver("search")])
     res = trainer.fit()
     search_steps = res.steps
-    supernet = trainer.module("student").cpu().eval()
+    supernet = sync_module(trainer.module("student").cpu().eval(), what="the searched supernet")  # rank 0's alphas
     job.teacher.cpu()
     table = CostTable(supernet)
     searched = architecture(supernet)

@@ -59,6 +59,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..train import DistillConfig, Trainer
 from . import register_method
 from .base import CompressJob, _first_sample
+from .dist import on_rank0, sync_module
 from .gc_recipes import (CandidateScorer, FrozenNormFinetune, OnceForAll, SlicedFeatureLoss, residual_taps,  # noqa: F401
                          search_split)
 
@@ -285,7 +286,7 @@ def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[s
                       config=job.train_config(job.run_dir / "supernet", s.max_steps),
                       callbacks=[job.state_saver("supernet")])
     result = trainer.fit()
-    supernet = trainer.module("student").cpu().eval()
+    supernet = sync_module(trainer.module("student").cpu().eval(), what="the trained supernet")
     if disc is not None:
         disc = trainer.module("disc").cpu()
     job.teacher.cpu()
@@ -295,59 +296,67 @@ def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[s
     train_steps = result.steps
 
     # -- stage 2: search ---------------------------------------------------------------------------------------
-    batches = search_split(job, opts.search_images)
-    against = ("target" if paired else "teacher") if opts.score_against == "auto" else opts.score_against
-    if against == "target" and not paired:
-        raise ConfigError("gan-compression: score_against=target but the data has no ground truth")
-    with torch.no_grad():
-        refs = [b["target"] if against == "target" else job.teacher(b["input"]) for b in batches]
-    fid_features = None
-    if opts.metric == "fid":
-        from ..search.fid import load_inception
+    def run_search() -> dict[str, Any]:
+        """Score sub-networks and choose one (rank 0 only under torchrun: the others receive the choice)."""
+        batches = search_split(job, opts.search_images)
+        against = ("target" if paired else "teacher") if opts.score_against == "auto" else opts.score_against
+        if against == "target" and not paired:
+            raise ConfigError("gan-compression: score_against=target but the data has no ground truth")
+        with torch.no_grad():
+            refs = [b["target"] if against == "target" else job.teacher(b["input"]) for b in batches]
+        fid_features = None
+        if opts.metric == "fid":
+            from ..search.fid import load_inception
 
-        fid_features = load_inception(opts.fid_weights)
-    scorer = CandidateScorer(supernet, space, batches, refs, metric=opts.metric, value_range=job.value_range,
-                             fid_features=fid_features)
+            fid_features = load_inception(opts.fid_weights)
+        scorer = CandidateScorer(supernet, space, batches, refs, metric=opts.metric, value_range=job.value_range,
+                                 fid_features=fid_features)
 
-    def cost(c: tuple) -> float:  # exact MACs of the sub-network (== the profile of its extraction)
-        return float(subnet_cost(supernet, space.to_config(c))["macs"])
+        def cost(c: tuple) -> float:  # exact MACs of the sub-network (== the profile of its extraction)
+            return float(subnet_cost(supernet, space.to_config(c))["macs"])
 
-    budget = float(job.target_macs) if job.target_macs is not None else None
-    t0 = time.perf_counter()
-    res = search(space.choices, cost, scorer, budget=budget, method=opts.search,
-                 brute_force_limit=opts.brute_force_limit, evals=opts.search_evals, population=opts.population,
-                 mutate_prob=opts.mutate_prob, seed=s.seed)
-    search_s = time.perf_counter() - t0
-    chosen = res.best
-    cfg = space.to_config(chosen.candidate)
-    metric_name = {"psnr": "PSNR (dB)", "ssim": "SSIM", "fid": "-FID"}[opts.metric] + f" to the {against}"
-    full_score = scorer(space.largest())
-    teacher_score = scorer.score_model(job.teacher.eval()) if against == "target" else None
-    history = [{"config": space.label(e.candidate), "macs": int(e.cost), "score": e.score} for e in res.history]
-    job.write_json("search.json", {"method": res.method, "budget": budget, "metric": metric_name,
-                                   "evaluations": res.evaluations, "seconds": round(search_s, 1),
-                                   "chosen": space.label(chosen.candidate), "chosen_macs": int(chosen.cost),
-                                   "chosen_score": chosen.score, "largest_score": full_score,
-                                   "teacher_score": teacher_score, "candidates": history})
-    plot_path = None
-    try:
-        from ..search.plot import pareto_plot
+        budget = float(job.target_macs) if job.target_macs is not None else None
+        t0 = time.perf_counter()
+        res = search(space.choices, cost, scorer, budget=budget, method=opts.search,
+                     brute_force_limit=opts.brute_force_limit, evals=opts.search_evals, population=opts.population,
+                     mutate_prob=opts.mutate_prob, seed=s.seed)
+        search_s = time.perf_counter() - t0
+        chosen = res.best
+        cfg = space.to_config(chosen.candidate)
+        metric_name = {"psnr": "PSNR (dB)", "ssim": "SSIM", "fid": "-FID"}[opts.metric] + f" to the {against}"
+        full_score = scorer(space.largest())
+        teacher_score = scorer.score_model(job.teacher.eval()) if against == "target" else None
+        history = [{"config": space.label(e.candidate), "macs": int(e.cost), "score": e.score} for e in res.history]
+        job.write_json("search.json", {"method": res.method, "budget": budget, "metric": metric_name,
+                                       "evaluations": res.evaluations, "seconds": round(search_s, 1),
+                                       "chosen": space.label(chosen.candidate), "chosen_macs": int(chosen.cost),
+                                       "chosen_score": chosen.score, "largest_score": full_score,
+                                       "teacher_score": teacher_score, "candidates": history})
+        plot_path = None
+        try:
+            from ..search.plot import pareto_plot
 
-        plot_path = pareto_plot(res.history, chosen, job.run_dir / "pareto.png", budget=budget, metric=metric_name,
-                                title=f"gan-compression {res.method} search: {res.evaluations} sub-networks",
-                                baselines={"largest sub-network": (cost(space.largest()), full_score),
-                                           "teacher": (float(job.teacher_profile.macs), teacher_score)})
-    except ConfigError as exc:
-        log.warning(f"gan-compression: no Pareto plot ({exc})")
-    report["search"] = {"method": res.method, "evaluations": res.evaluations, "seconds": round(search_s, 1),
-                        "metric": metric_name, "chosen": space.label(chosen.candidate),
-                        "chosen_macs": int(chosen.cost), "chosen_score": chosen.score,
-                        "largest_score": full_score, "pareto_plot": str(plot_path) if plot_path else None,
-                        "split": f"{sum(b['input'].shape[0] for b in batches)} training crops (seed "
-                                 f"{s.seed} + 7919), not the held-out evaluation images"}
-    log.info(f"gan-compression: {res.method} search scored {res.evaluations} sub-networks in {search_s:.1f} s; chose "
-             f"{space.label(chosen.candidate)} at {chosen.cost / 1e9:.4f} G MACs ({metric_name} {chosen.score:.3f}; "
-             f"largest {full_score:.3f})")
+            plot_path = pareto_plot(res.history, chosen, job.run_dir / "pareto.png", budget=budget, metric=metric_name,
+                                    title=f"gan-compression {res.method} search: {res.evaluations} sub-networks",
+                                    baselines={"largest sub-network": (cost(space.largest()), full_score),
+                                               "teacher": (float(job.teacher_profile.macs), teacher_score)})
+        except ConfigError as exc:
+            log.warning(f"gan-compression: no Pareto plot ({exc})")
+        report["search"] = {"method": res.method, "evaluations": res.evaluations, "seconds": round(search_s, 1),
+                            "metric": metric_name, "chosen": space.label(chosen.candidate),
+                            "chosen_macs": int(chosen.cost), "chosen_score": chosen.score,
+                            "largest_score": full_score, "pareto_plot": str(plot_path) if plot_path else None,
+                            "split": f"{sum(b['input'].shape[0] for b in batches)} training crops (seed "
+                                     f"{s.seed} + 7919), not the held-out evaluation images"}
+        log.info(f"gan-compression: {res.method} search scored {res.evaluations} sub-networks in {search_s:.1f} s; chose "
+                 f"{space.label(chosen.candidate)} at {chosen.cost / 1e9:.4f} G MACs ({metric_name} {chosen.score:.3f}; "
+                 f"largest {full_score:.3f})")
+        return {"chosen": list(chosen.candidate), "search": report["search"]}
+
+    found = on_rank0(run_search, what="the sub-network search")
+    chosen_candidate = tuple(found["chosen"])
+    report["search"] = found["search"]
+    cfg = space.to_config(chosen_candidate)
 
     # -- stage 3: extract, fine-tune, export -----------------------------------------------------------------
     slim = extract(supernet, cfg)
@@ -368,7 +377,7 @@ def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[s
         job.teacher.cpu()
         report["finetune_losses"] = r.losses
     slim.meta.pop("supernet", None)
-    report.update(supernet_steps=train_steps, finetune_steps=ft_steps, config=space.label(chosen.candidate))
+    report.update(supernet_steps=train_steps, finetune_steps=ft_steps, config=space.label(chosen_candidate))
     out = job.finish(slim, steps=train_steps + ft_steps, report=report, method="gan-compression", bits=32)
     if job.target_macs is not None and out["summary"]["macs_after"] > job.target_macs:
         raise ConfigError(f"gan-compression: the exported network has {out['summary']['macs_after']} MACs, above "

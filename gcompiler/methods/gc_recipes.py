@@ -205,7 +205,7 @@ def search_split(job: CompressJob, n: int) -> list[dict[str, torch.Tensor]]:
     items: list[dict[str, torch.Tensor]] = []
     try:
         torch.manual_seed(job.settings.seed + 7919)
-        loader = job.make_loader(seed_offset=7919, batch_size=min(8, n))
+        loader = job.make_loader(seed_offset=7919, batch_size=min(8, n), shard=False)  # scored on rank 0
         for batch in loader:
             items.append({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
             if sum(b["input"].shape[0] for b in items) >= n:

@@ -44,6 +44,7 @@ from ..train import ParamGroup, Phase, Recipe, StepContext, Trainer, adam
 from ..train.losses import GANLoss, set_requires_grad
 from . import register_method
 from .base import CompressJob
+from .dist import on_rank0
 
 log = logging.getLogger("gcompiler.compress")
 
@@ -405,7 +406,8 @@ def run_self_supervised(job: CompressJob, opts: SelfSupervisedOptions) -> dict[s
         pruner.apply()
         report["sparsity"] = {"scheduled": pruner.sparsity, "measured_zero_fraction": pruner.zero_fraction()}
         state = {k: v for k, v in student.state_dict().items()}
-        size_after = save_sparse(state, job.run_dir / "sparse.safetensors")
+        size_after = on_rank0(lambda: save_sparse(state, job.run_dir / "sparse.safetensors"),  # rank 0 writes
+                              what="the sparse export")
         report["sparse_export"] = {"file": "sparse.safetensors", "payload_bytes": size_after}
         note = (f"fine-grained sparsity {pruner.zero_fraction():.1%} of conv/linear weights: the dense MACs are "
                 "unchanged; the size is the sparse encoding's (sparse.safetensors)")

@@ -260,6 +260,16 @@ examples:
 
   # the paper's ablations (a gs option): --opt ablation=prune-only | distill-only | ptq | no-gan
 
+  # several GPUs on one machine (--batch-size is the global batch, split across the processes)
+  torchrun --standalone --nproc_per_node=4 -m gcompiler compress --teacher builtin:sr --data builtin:sr \\
+      --batch-size 32 --out runs/gs-4gpu
+
+  # two machines x 8 GPUs: run on each (--node_rank=1 on the second); --out on a shared file system
+  torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 \\
+      -m gcompiler compress --teacher resnet_9blocks:g.pth --data photos/ --batch-size 64 --out /shared/runs/h2z
+  (resume: the same command with --resume and the same total number of processes; rank 0 writes --out,
+  searches and evaluates; a failed process stops the job; GCOMPILER_DIST_TIMEOUT=seconds, default 1800)
+
 data: a folder (single / paired A,B / unpaired), aligned:DIR (side-by-side A|B), or builtin:sr.
 teacher: zoo_name[:ckpt] (see `gcompiler zoo`), pkg.module:Class[:ckpt] (the current directory is importable),
   path/to/file.py:Class[:ckpt], builtin:sr or builtin:cartoon. A teacher without weights is random: a warning.

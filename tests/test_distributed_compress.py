@@ -261,3 +261,13 @@ def test_dist_helpers_on_two_gloo_processes(tmp_path):
     assert r0["weights"] == r1["weights"] == rank0  # rank 0's weights and BatchNorm buffers on both ranks
     for r in (r0, r1):
         assert "rank(s) [1] built a different graph than rank 0" in r["mismatch"]
+
+
+def test_help_shows_the_torchrun_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    out = capsys.readouterr().out
+    assert "torchrun --standalone --nproc_per_node=4 -m gcompiler compress" in out
+    assert "torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=" in out
+    readme = (REPO / "README.md").read_text()
+    assert "torchrun --standalone --nproc_per_node=4 -m gcompiler compress" in readme and "--node_rank=1" in readme

@@ -118,7 +118,9 @@ def _split(source: str, data: Mapping[str, Any], method: str) -> tuple[dict[str,
         if key == "config" or v is None:
             continue
         if key == "options":
-            opts.update({str(a).replace("-", "_"): b for a, b in dict(v or {}).items()})
+            if not isinstance(v, Mapping):  # a config file's "options" must be a table (fuzzing found dict(v) errors)
+                raise ConfigError(f"{source}: 'options' must be a table of method options, got {v!r}")
+            opts.update({str(a).replace("-", "_"): b for a, b in v.items()})
         elif key in fields:
             sets[key] = coerce_setting(key, v, source)
         elif isinstance(v, Mapping):

@@ -3,7 +3,7 @@
 Profiles (choose with the environment variable ``HYPOTHESIS_PROFILE``):
 
 * ``ci`` (default): 20 examples per property, no deadline, fast enough for the < 15 min CI budget.
-* ``thorough``: 500 examples per property (``make test-thorough``).
+* ``thorough``: 1000 examples per property (``make test-thorough``; issue 18).
 
 Tests import the shared strategies as ``from strategies import generator_nets``.
 
@@ -36,7 +36,7 @@ if _TESTS_DIR not in sys.path:
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
                print_blob=True)
 settings.register_profile("ci", max_examples=20, **_COMMON)
-settings.register_profile("thorough", max_examples=500, **_COMMON)
+settings.register_profile("thorough", max_examples=1000, **_COMMON)
 settings.register_profile("dev", max_examples=5, **_COMMON)
 
 _PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")

@@ -65,7 +65,7 @@ def _fmt(v: Any, unit: str = "", digits: int = 2) -> str:
 
 
 def _tables(summary: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, list[list[str]]]:
-    from ..methods.evaluation import describe_bytes
+    from .tables import describe_bytes
 
     def ratio(a: float, b: float) -> str:
         return f"{a / max(b, 1):.1f}x"
@@ -134,7 +134,7 @@ def render(run_dir: str | os.PathLike) -> tuple[Path, Path]:
     """
     from ..errors import ConfigError
     from ..ioutil import atomic_write_bytes, atomic_write_text
-    from ..methods.evaluation import pass_log_table
+    from .tables import pass_log_table
     from . import plots
 
     run = Path(run_dir)

@@ -23,21 +23,21 @@ import logging
 import statistics
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from ..methods.base import CompressJob
+#: a :class:`gcompiler.methods.base.CompressJob` (not imported: the methods layer imports this package)
+CompressJob = Any
 
 log = logging.getLogger("gcompiler.compress")
 
 __all__ = ["collect", "time_interleaved", "kept_widths", "quality_rows", "sample_columns"]
 
 
-def collect(job: "CompressJob", student: torch.fx.GraphModule, *, rounds: int = 5) -> dict[str, Any]:
+def collect(job: CompressJob, student: torch.fx.GraphModule, *, rounds: int = 5) -> dict[str, Any]:
     """All measurements of the module docstring for ``student`` (a CPU, eval-mode GraphModule)."""
     out: dict[str, Any] = {}
     for key, fn in (("quality", lambda: quality_rows(job, student)),
@@ -55,7 +55,7 @@ def collect(job: "CompressJob", student: torch.fx.GraphModule, *, rounds: int = 
 # --------------------------------------------------------------------------------------------- quality
 
 @torch.no_grad()
-def quality_rows(job: "CompressJob", student: nn.Module) -> list[dict[str, Any]]:
+def quality_rows(job: CompressJob, student: nn.Module) -> list[dict[str, Any]]:
     """Baseline, teacher and student rows (PSNR / SSIM to the teacher and to the ground truth)."""
     if job.builtin_task is not None:
         from ..data import tasks
@@ -69,10 +69,10 @@ def quality_rows(job: "CompressJob", student: nn.Module) -> list[dict[str, Any]]
                 {"model": "student", "psnr_to_teacher": s.get("psnr_to_reference"),
                  "ssim_to_teacher": s.get("ssim_to_reference"), "psnr_to_target": s.get("psnr"),
                  "ssim_to_target": s.get("ssim")}]
-    from ..methods.evaluation import _Picked
     from ..metrics import psnr, ssim
 
-    ds = _Picked(job)
+    base, idx, _note = job.eval_dataset()
+    ds = [base[i] for i in idx]
     n = len(ds)
     lo, hi = job.value_range
     acc: dict[str, list[float]] = {}
@@ -144,7 +144,7 @@ def _float_student(student: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 
 @torch.no_grad()
-def latency(job: "CompressJob", student: torch.fx.GraphModule, *, rounds: int = 5) -> dict[str, Any]:
+def latency(job: CompressJob, student: torch.fx.GraphModule, *, rounds: int = 5) -> dict[str, Any]:
     """Eager latency of teacher and (float) student at the reference input: ``{"cpu": {...}, "cuda": {...}}``."""
     x = job.reference_input
     fs = _float_student(student).eval()
@@ -163,7 +163,7 @@ def latency(job: "CompressJob", student: torch.fx.GraphModule, *, rounds: int = 
 
 # --------------------------------------------------------------------------------------------- widths
 
-def kept_widths(job: "CompressJob", student: torch.fx.GraphModule) -> list[dict[str, Any]]:
+def kept_widths(job: CompressJob, student: torch.fx.GraphModule) -> list[dict[str, Any]]:
     """Units per prunable channel group of the teacher's graph and of the student's (matched by group name;
     a teacher group absent from the student graph counts 0 kept)."""
     from .. import trace
@@ -185,7 +185,7 @@ def kept_widths(job: "CompressJob", student: torch.fx.GraphModule) -> list[dict[
 # --------------------------------------------------------------------------------------------- grid
 
 @torch.no_grad()
-def sample_columns(job: "CompressJob", student: nn.Module, rows: int = 3) -> list[tuple[str, torch.Tensor]]:
+def sample_columns(job: CompressJob, student: nn.Module, rows: int = 3) -> list[tuple[str, torch.Tensor]]:
     """The labelled columns of the report's image grid (held-out images)."""
     gt: torch.Tensor | None
     if job.builtin_sr:
@@ -206,9 +206,8 @@ def sample_columns(job: "CompressJob", student: nn.Module, rows: int = 3) -> lis
 
             ds = open_dataset(job.settings.data, split="eval", value_range=job.value_range, seed=0, crop_size=size)
         else:
-            from ..methods.evaluation import _Picked
-
-            ds = _Picked(job, size)
+            base, idx, _note = job.eval_dataset(size)
+            ds = [base[i] for i in idx[:rows]]
         items = [ds[i] for i in range(min(rows, len(ds)))]
         items = [it for it in items if it["input"].shape == items[0]["input"].shape]
         x = torch.stack([it["input"] for it in items])
@@ -229,7 +228,7 @@ def sample_columns(job: "CompressJob", student: nn.Module, rows: int = 3) -> lis
     return cols
 
 
-def write_grid(job: "CompressJob", student: nn.Module) -> Path:
+def write_grid(job: CompressJob, student: nn.Module) -> Path:
     """The labelled grid of :func:`sample_columns` as ``RUN/samples/report_grid.png``."""
     from ..ioutil import atomic_write_bytes
     from .plots import labelled_grid

@@ -79,8 +79,13 @@ def _data(root: Path) -> Path:
     return root
 
 
-def _args(data: Path, bits: str = "8") -> list[str]:
-    return ["--teacher", "gsfix.teachers:TinyGen", "--data", str(data), "--bits", bits, "--max-steps", "12",
+def _args(data: Path, method: str = "gs") -> list[str]:
+    if method == "gan-compression":  # supernet training, evolutionary search, fine-tuning, export
+        return ["--teacher", "resnet_9blocks", "--teacher-kw", "ngf=4", "--teacher-kw", "n_blocks=3",
+                "--macs-size", "16", "--data", str(data), "--method", "gan-compression", "--target-macs", "3x",
+                "--max-steps", "4", "--finetune-steps", "2", "--save-every", "2", "--seed", "1", "--bits", "32",
+                "--opt", "search_evals=6", "--opt", "population=3", "--opt", "search_images=2", *FAST]
+    return ["--teacher", "gsfix.teachers:TinyGen", "--data", str(data), "--bits", "8", "--max-steps", "12",
             "--finetune-steps", "4", "--save-every", "4", "--seed", "1", *FAST]
 
 
@@ -89,13 +94,27 @@ def _env() -> dict[str, str]:
                 OMP_NUM_THREADS="1", GCOMPILER_TEST_THREADS="1")
 
 
+_STRAIGHT: dict[str, tuple[Path, Path]] = {}
+
+
+def _straight(tmp_path_factory, method: str) -> tuple[Path, Path, str]:
+    if method not in _STRAIGHT:
+        root = tmp_path_factory.mktemp(f"straight-{method}")
+        data = _data(root / "data")
+        out = root / "run"
+        assert main(["compress", *_args(data, method), "--out", str(out)]) == 0
+        _STRAIGHT[method] = (data, out)
+    return (*_STRAIGHT[method], method)
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    root = tmp_path_factory.mktemp("straight")
-    data = _data(root / "data")
-    out = root / "run"
-    assert main(["compress", *_args(data), "--out", str(out)]) == 0
-    return data, out
+    return _straight(tmp_path_factory, "gs")
+
+
+@pytest.fixture(scope="module")
+def straight_gc(tmp_path_factory):
+    return _straight(tmp_path_factory, "gan-compression")
 
 
 def _student(out: Path) -> dict[str, torch.Tensor]:
@@ -141,14 +160,14 @@ def check_whole(out: Path) -> int:
 
 
 def _kill_then_resume(tmp_path, capsys, caplog, straight, kill_at: str | None, nth: int = 1, delay: float | None = None):
-    data, ref = straight
+    data, ref, method = straight
     out = tmp_path / "run"
     env = _env()
     if kill_at is not None:
         env.update(RELIAB_KILL_AT=kill_at, RELIAB_KILL_NTH=str(nth))
     else:
         env.update(RELIAB_KILL_AT="^$")  # never matches: killed by the timer below
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, "compress", *_args(data), "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, "compress", *_args(data, method), "--out", str(out)],
                             cwd=str(REPO), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         if delay is not None:
@@ -164,7 +183,7 @@ def _kill_then_resume(tmp_path, capsys, caplog, straight, kill_at: str | None, n
     COUNTS["files_checked_after_kill"] += check_whole(out)
     capsys.readouterr()
     caplog.clear()
-    rc = main(["compress", *_args(data), "--out", str(out), "--resume"])
+    rc = main(["compress", *_args(data, method), "--out", str(out), "--resume"])
     _, err = capsys.readouterr()
     assert rc == 0, err
     assert "stale lock of pid" in caplog.text  # the dead run's lock was taken over, with a warning
@@ -191,3 +210,12 @@ def test_kill9_while_publishing_then_resume(tmp_path, capsys, caplog, straight, 
 
 def test_kill9_at_a_random_time_then_resume(tmp_path, capsys, caplog, straight):
     _kill_then_resume(tmp_path, capsys, caplog, straight, None, delay=random.Random(os.getpid()).uniform(4.0, 9.0))
+
+
+@pytest.mark.parametrize("kill_at", [
+    r"/run/supernet/checkpoints/step_00000002$",  # supernet training checkpoint
+    r"/run/search\.json$",               # the evolutionary search's result
+    r"/run/model\.safetensors$",         # the exported student
+])
+def test_kill9_gan_compression_then_resume(tmp_path, capsys, caplog, straight_gc, kill_at):
+    _kill_then_resume(tmp_path, capsys, caplog, straight_gc, kill_at)

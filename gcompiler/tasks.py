@@ -77,6 +77,9 @@ def tasks_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"  held-out  teacher {r['teacher_psnr']:.2f} dB / SSIM {r['teacher_ssim']:.4f}   "
                      f"{r['baseline']} {r['baseline_psnr']:.2f} dB / SSIM {r['baseline_ssim']:.4f}   "
                      f"gain {r['gain_db']:+.2f} dB")
+        if r["gain_db"] <= 0:
+            lines.append(f"  !! TEACHER BELOW BASELINE: the shipped teacher is worse than {r['baseline']} on the "
+                         f"held-out photos; retrain it (scripts/train_teacher.py / scripts/train_cartoon.py)")
         lines.append(f"  metric    {r['metric']}")
     return "\n".join(lines)
 

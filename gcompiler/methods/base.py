@@ -547,8 +547,9 @@ def _builtin_tasks() -> list[str]:
 
 def heldout_indices(n: int, eval_images: int) -> list[int]:
     """The fixed hold-out of a folder of ``n`` images without ``--eval-data``: every k-th image in file order
-    (k = max(5, n // eval_images)), starting at k - 1, at most ``eval_images``; none when ``n < 5``."""
-    if n < 5 or eval_images <= 0:
+    (k = max(5, n // eval_images)), starting at k - 1, at most ``eval_images``; none when ``n < 8`` (too few
+    to spare any: the evaluation then runs on training images and says so)."""
+    if n < 8 or eval_images <= 0:
         return []
     k = max(5, n // max(eval_images, 1))
     return list(range(k - 1, n, k))[:eval_images]

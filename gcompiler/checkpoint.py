@@ -278,11 +278,30 @@ def load_checkpoint(model: nn.Module, path: PathLike, *, strict: bool = True) ->
     ]
     if conflicts or (strict and (missing or unexpected)):
         raise CheckpointError(_mismatch_message(p, model, sd, own, missing, unexpected, conflicts, notes, strict))
+    _check_loadable_values(p, sd, own)
     if missing or unexpected:
         log.info("load_checkpoint(%s, strict=False): skipped %d missing and %d unexpected keys",
                  p, len(missing), len(unexpected))
     model.load_state_dict({k: v for k, v in sd.items() if k in model_keys}, strict=False)
     return model
+
+
+def _check_loadable_values(p: Path, sd: StateDict, own: Mapping[str, torch.Tensor]) -> None:
+    """Refuse NaN/Inf in floating-point entries and values that cannot be cast to the model's dtype (a float
+    weight from an integer or boolean tensor, a complex tensor), naming the file and the tensor."""
+    for k in sorted(set(sd) & set(own)):
+        t, mine = sd[k], own[k]
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"checkpoint '{p}': entry '{k}' is a {type(t).__name__}, not a tensor")
+        if mine.is_floating_point() and (t.is_complex() or t.dtype == torch.bool):
+            raise CheckpointError(f"checkpoint '{p}': tensor '{k}' has dtype {t.dtype}, the model's is {mine.dtype}")
+        if t.is_floating_point() and mine.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"checkpoint '{p}': tensor '{k}' holds {bad} NaN/Inf value(s) of {t.numel()}; "
+                                  "the checkpoint is damaged (or saved from a diverged run)")
+        if mine.is_floating_point() and not t.is_floating_point() and k.rsplit(".", 1)[-1] in ("weight", "bias"):
+            raise CheckpointError(f"checkpoint '{p}': tensor '{k}' has dtype {t.dtype}, but the model's "
+                                  f"{k} is {mine.dtype}; integer weights would load as nonsense")
 
 
 def _mismatch_message(p: Path, model: nn.Module, sd: StateDict, own: Mapping[str, torch.Tensor],

@@ -476,3 +476,27 @@ def test_budget_below_the_reachable_minimum_and_pruning_keeps_a_minimum_width():
         with pytest.raises(GCompilerError):
             prune_to_budget(gm, zeros, bad)
     COUNTS["bad_inputs_tried"] += 6
+
+
+def test_checkpoint_with_nan_or_wrong_dtype_weights_names_the_file_and_tensor(tmp_path):
+    from gcompiler.checkpoint import load_checkpoint, save_checkpoint
+
+    good = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    cases = {
+        "nan.safetensors": ("0.weight", lambda t: t.clone().index_fill_(0, torch.tensor([1]), float("nan")),
+                            r"'0\.weight' holds 27 NaN/Inf"),
+        "inf.pth": ("1.running_var", lambda t: torch.full_like(t, float("inf")), r"'1\.running_var' holds 4 NaN/Inf"),
+        "int.pth": ("0.weight", lambda t: t.to(torch.int64), r"'0\.weight' has dtype torch\.int64"),
+        "bool.safetensors": ("0.bias", lambda t: t > 0, r"'0\.bias' has dtype torch\.bool"),
+    }
+    for fname, (key, change, msg) in cases.items():
+        sd = {k: v.clone() for k, v in good.state_dict().items()}
+        sd[key] = change(sd[key])
+        path = tmp_path / fname
+        save_checkpoint(sd, path) if fname.endswith(".safetensors") else torch.save(sd, path)
+        target = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        before = {k: v.clone() for k, v in target.state_dict().items()}
+        with pytest.raises(CheckpointError, match=rf"{fname}.*{msg}"):
+            load_checkpoint(target, path)
+        assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())  # left unchanged
+        COUNTS["bad_inputs_tried"] += 1

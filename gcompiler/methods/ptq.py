@@ -68,7 +68,7 @@ def run_ptq(job: CompressJob, opts: PTQOptions) -> dict[str, Any]:
         report["target_macs"] = job.target_macs
     job.rewrite(gm, "fold-norms", stage="fold")
     if bits < 32:
-        loader = job.make_loader(seed_offset=7)
+        loader = job.make_loader(seed_offset=7, shard=False)  # the same calibration data on every rank
         calib: list[torch.Tensor] = []
         for batch in loader:
             calib.append(batch["input"])

@@ -39,8 +39,9 @@ test-deps:
 	  ( command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 ) || \
 	  echo "note: chromium not installed; tests/test_report.py skips its browser check"
 
+# the CI suite (hypothesis profile `ci`); tests marked slow run only in test-thorough
 test: $(STAMP) test-deps
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 test-thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q -p no:cacheprovider

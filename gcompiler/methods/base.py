@@ -331,7 +331,7 @@ class CompressJob:
         from ..report import below_baseline, collect
 
         # measured parts for report.html (never raises; rank 0 writes the run directory)
-        report["report_data"] = collect(self, student) if self.is_main else {}
+        report["report_data"] = collect(self, student, evaluation=ev) if self.is_main else {}
         phases = {k[:-len("_steps")]: v for k, v in report.items()
                   if k.endswith("_steps") and isinstance(v, int) and not isinstance(v, bool)}
         report.setdefault("steps_per_phase", phases or {"total": int(steps)})
@@ -476,6 +476,8 @@ class CompressJob:
         staged = self.run_dir / ".student-export"  # serialize.save writes it atomically; each file then moves
         shutil.rmtree(staged, ignore_errors=True)   # into the run directory with one atomic rename
         serialize.save(student, staged)
+        # no mismatched pair even mid-way: a kill between the renames leaves weights without an architecture
+        (self.run_dir / serialize.ARCH_FILE).unlink(missing_ok=True)  # (load: "missing"; --resume rewrites both)
         for name in (serialize.WEIGHTS_FILE, serialize.ARCH_FILE):
             os.replace(staged / name, self.run_dir / name)
         fsync_dir(self.run_dir)

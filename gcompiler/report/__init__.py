@@ -176,6 +176,9 @@ def render(run_dir: str | os.PathLike) -> tuple[Path, Path]:
     for key in ("quality", "latency", "widths"):
         if isinstance(data.get(key), Mapping) and "error" in data[key]:
             notes.append(f"{key}: {data[key]['error']}")
+    if not data:
+        notes.append("this run recorded no report_data (it finished before reports were measured, or on a rank "
+                     "other than 0): no latency, kept widths, SSIM or labelled grid")
 
     loud = below_baseline(summary)
     plog = report.get("pass_log") or []

@@ -37,10 +37,14 @@ log = logging.getLogger("gcompiler.compress")
 __all__ = ["collect", "time_interleaved", "kept_widths", "quality_rows", "sample_columns"]
 
 
-def collect(job: CompressJob, student: torch.fx.GraphModule, *, rounds: int = 5) -> dict[str, Any]:
-    """All measurements of the module docstring for ``student`` (a CPU, eval-mode GraphModule)."""
+def collect(job: CompressJob, student: torch.fx.GraphModule, *, rounds: int = 5,
+            evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """All measurements of the module docstring for ``student`` (a CPU, eval-mode GraphModule).
+
+    ``evaluation``: the run's :meth:`CompressJob.evaluate` result, whose student numbers are reused (built-in
+    tasks) instead of evaluating the student again."""
     out: dict[str, Any] = {}
-    for key, fn in (("quality", lambda: quality_rows(job, student)),
+    for key, fn in (("quality", lambda: quality_rows(job, student, evaluation)),
                     ("latency", lambda: latency(job, student, rounds=rounds)),
                     ("widths", lambda: kept_widths(job, student)),
                     ("grid", lambda: str(write_grid(job, student)))):
@@ -55,12 +59,15 @@ def collect(job: CompressJob, student: torch.fx.GraphModule, *, rounds: int = 5)
 # --------------------------------------------------------------------------------------------- quality
 
 @torch.no_grad()
-def quality_rows(job: CompressJob, student: nn.Module) -> list[dict[str, Any]]:
+def quality_rows(job: CompressJob, student: nn.Module, evaluation: dict[str, Any] | None = None
+                 ) -> list[dict[str, Any]]:
     """Baseline, teacher and student rows (PSNR / SSIM to the teacher and to the ground truth)."""
     if job.builtin_task is not None:
         from ..data import tasks
 
-        s = tasks.evaluate(job.builtin_task, student, reference=job.teacher)
+        s = ((evaluation or {}).get("details") or {}).get("student")
+        if not isinstance(s, dict) or "ssim" not in s:
+            s = tasks.evaluate(job.builtin_task, student, reference=job.teacher)
         t = tasks.evaluate(job.builtin_task, job.teacher)
         return [{"model": f"baseline ({s['baseline']})", "psnr_to_teacher": None, "ssim_to_teacher": None,
                  "psnr_to_target": s["baseline_psnr"], "ssim_to_target": s["baseline_ssim"]},

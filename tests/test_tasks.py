@@ -226,9 +226,20 @@ def _methods() -> list[str]:
 def test_compress_runs_on_each_builtin_task(tmp_path, capsys, task, crop, method):
     out = tmp_path / method
     rc = main(["compress", "--teacher", f"builtin:{task}", "--data", f"builtin:{task}", "--method", method,
-               "--crop", crop, "--out", str(out), *FAST])
+               "--crop", crop, "--bits", "32", "--out", str(out), *FAST])
     err = capsys.readouterr().err
     assert rc == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["psnr_to_target"] is not None
+    assert summary["baseline"] == T.get_task(task).baseline
+    assert summary["baseline_psnr"] == pytest.approx(T.baseline_metrics(task)["psnr"])
     assert summary["params_before"] == sum(p.numel() for p in T.load_teacher(task).parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the verifier refuses insert-fake-quant on the cartoon teacher (0.529 x max|y| "
+                   "> 0.504): /work/team/bugs/method/gs8-cartoon-fake-quant-contract.md")
+def test_gs8_runs_on_builtin_cartoon(tmp_path, capsys):
+    rc = main(["compress", "--teacher", "builtin:cartoon", "--data", "builtin:cartoon", "--method", "gs",
+               "--crop", "32", "--bits", "8", "--out", str(tmp_path / "gs8"), *FAST])
+    assert rc == 0, capsys.readouterr().err

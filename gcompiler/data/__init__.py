@@ -1,4 +1,4 @@
-"""Data for distillation: image-folder datasets, the built-in ``builtin:sr`` task, resumable loading.
+"""Data for distillation: image-folder datasets, the built-in tasks (sr, cartoon), resumable loading.
 
 Quick use::
 

@@ -67,9 +67,9 @@ def open_dataset(spec: str, *, split: str = "train", crop_size: int | None = Non
 
     ``split="train"`` gives augmented training items (random crops of ``crop_size`` if given,
     horizontal flips unless ``flip=False``); ``split="eval"`` gives whole images (unless ``crop_size``)
-    without flips. For ``builtin:sr`` (``builtin:cartoon``) the eval split is the fixed held-out photos and ``crop_size``
-    defaults to 48 LR pixels (128 pixels) for training; a folder has no split of its own, so ``eval`` reads the same
-    folder (pass another folder to evaluate on held-out images).
+    without flips. For ``builtin:sr`` (``builtin:cartoon``) the eval split is the fixed held-out photos and
+    ``crop_size`` defaults to 48 LR pixels (128 pixels) for training; a folder has no split of its own, so
+    ``eval`` reads the same folder (pass another folder to evaluate on held-out images).
     Folder datasets give tensors in ``value_range`` (default [-1, 1]); ``builtin:sr`` always [0, 1],
     ``builtin:cartoon`` always [-1, 1].
     Extra ``kwargs`` go to the dataset class (e.g. ``direction`` for ``aligned``,

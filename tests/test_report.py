@@ -146,3 +146,18 @@ def test_compress_run_writes_a_report_that_renders(tmp_path: Path) -> None:
     if _chromium():
         imgs = chromium_image_check(res.run_dir / "report.html", tmp_path)
         assert len(imgs) >= 3 and all(i["src"] == "data:" and i["w"] > 0 for i in imgs), imgs
+
+
+def test_kept_widths_match_the_pruned_groups() -> None:
+    from types import SimpleNamespace
+
+    import gcompiler
+    from gcompiler.report.collect import kept_widths
+
+    torch.manual_seed(0)
+    teacher = gcompiler.models.create("resnet_9blocks", ngf=8, n_blocks=2).eval()
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    student = gcompiler.compile(teacher, "insert-masks,prune-by-ratio{ratio=0.5},eliminate-dead-channels", x)
+    rows = kept_widths(SimpleNamespace(teacher=teacher, reference_input=x), student)
+    groups = {g.name: g.channels for g in gcompiler.channel_groups(student)}
+    assert rows and all(r["after"] == groups[r["group"]] and r["after"] < r["before"] for r in rows)

@@ -171,8 +171,9 @@ def latency(job: CompressJob, student: torch.fx.GraphModule, *, rounds: int = 5)
 # --------------------------------------------------------------------------------------------- widths
 
 def kept_widths(job: CompressJob, student: torch.fx.GraphModule) -> list[dict[str, Any]]:
-    """Units per prunable channel group of the teacher's graph and of the student's (matched by group name;
-    a teacher group absent from the student graph counts 0 kept)."""
+    """Units per prunable channel group of the teacher's graph and of the student's, matched by group name
+    (else output channels per conv / linear layer matched by module path; :class:`ValueError` when neither
+    corresponds)."""
     from .. import trace
     from ..analysis import channel_groups
     from ..fx import propagate_shapes
@@ -181,11 +182,26 @@ def kept_widths(job: CompressJob, student: torch.fx.GraphModule) -> list[dict[st
     sgm = copy.deepcopy(student)
     propagate_shapes(sgm, job.reference_input)
     after = {g.name: g.channels for g in channel_groups(sgm)}
-    rows = []
-    for g in channel_groups(tgm):
-        if not g.prunable:
-            continue
-        rows.append({"group": g.name, "before": int(g.channels), "after": int(after.get(g.name, 0))})
+    prunable = [g for g in channel_groups(tgm) if g.prunable]
+    rows = [{"group": g.name, "before": int(g.channels), "after": int(after[g.name])}
+            for g in prunable if g.name in after]
+    if prunable and len(rows) >= len(prunable) / 2:
+        return rows
+    # the student's graph was rebuilt (e.g. extracted from a supernet): match its layers by module path
+    def convs(gm: torch.fx.GraphModule) -> dict[str, int]:
+        out = {}
+        for n in gm.graph.nodes:
+            if n.op == "call_module":
+                m = gm.get_submodule(str(n.target))
+                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                    out[str(n.target)] = int(getattr(m, "out_channels", getattr(m, "out_features", 0)))
+        return out
+
+    t_conv, s_conv = convs(tgm), convs(sgm)
+    rows = [{"group": name, "before": w, "after": s_conv[name]} for name, w in t_conv.items() if name in s_conv]
+    if len(rows) < max(1, len(t_conv) // 2):
+        raise ValueError("the student's channel groups and layers do not correspond by name to the teacher's, "
+                         "so kept widths cannot be shown per group")
     return rows
 
 

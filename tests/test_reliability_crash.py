@@ -85,6 +85,11 @@ def _args(data: Path, method: str = "gs") -> list[str]:
                 "--macs-size", "16", "--data", str(data), "--method", "gan-compression", "--target-macs", "3x",
                 "--max-steps", "4", "--finetune-steps", "2", "--save-every", "2", "--seed", "1", "--bits", "32",
                 "--opt", "search_evals=6", "--opt", "population=3", "--opt", "search_images=2", *FAST]
+    if method == "agd":  # pre-training, differentiable search, training of the found architecture, export
+        return ["--method", "agd", "--teacher", "resnet_6blocks", "--teacher-kw", "ngf=16", "--teacher-kw",
+                "n_blocks=2", "--macs-size", "16", "--data", str(data), "--bits", "32", "--target-macs", "2x",
+                "--max-steps", "6", "--finetune-steps", "3", "--save-every", "2", "--seed", "1",
+                "--opt", "pretrain_steps=3", "--opt", "eval_every=2", *FAST[:-4]]
     return ["--teacher", "gsfix.teachers:TinyGen", "--data", str(data), "--bits", "8", "--max-steps", "12",
             "--finetune-steps", "4", "--save-every", "4", "--seed", "1", *FAST]
 
@@ -110,6 +115,11 @@ def _straight(tmp_path_factory, method: str) -> tuple[Path, Path, str]:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     return _straight(tmp_path_factory, "gs")
+
+
+@pytest.fixture(scope="module")
+def straight_agd(tmp_path_factory):
+    return _straight(tmp_path_factory, "agd")
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +229,11 @@ def test_kill9_at_a_random_time_then_resume(tmp_path, capsys, caplog, straight):
 ])
 def test_kill9_gan_compression_then_resume(tmp_path, capsys, caplog, straight_gc, kill_at):
     _kill_then_resume(tmp_path, capsys, caplog, straight_gc, kill_at)
+
+
+@pytest.mark.parametrize("kill_at", [
+    r"/run/search/checkpoints/step_00000004$",  # the differentiable search's checkpoint
+    r"/run/agd_architecture\.json$",             # the architecture the search found
+])
+def test_kill9_agd_then_resume(tmp_path, capsys, caplog, straight_agd, kill_at):
+    _kill_then_resume(tmp_path, capsys, caplog, straight_agd, kill_at)

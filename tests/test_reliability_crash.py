@@ -237,3 +237,37 @@ def test_kill9_gan_compression_then_resume(tmp_path, capsys, caplog, straight_gc
 ])
 def test_kill9_agd_then_resume(tmp_path, capsys, caplog, straight_agd, kill_at):
     _kill_then_resume(tmp_path, capsys, caplog, straight_agd, kill_at)
+
+
+@pytest.mark.parametrize("fmt,kill_at", [("safetensors", r"/export/safetensors$"), ("pt2", r"/export/model\.pt2$")])
+def test_kill9_during_export_leaves_nothing_partial(tmp_path, straight, fmt, kill_at):
+    """``gcompiler export RUN --format FMT`` killed just before it publishes the file: nothing appears under the
+    final name, the run is untouched, and the next export succeeds and verifies."""
+    import shutil
+
+    _, ref, _ = straight
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    before = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    env = dict(_env(), RELIAB_KILL_AT=kill_at, RELIAB_KILL_NTH="1")
+    proc = subprocess.run([sys.executable, "-c", _CHILD, "export", str(run), "--format", fmt], cwd=str(REPO),
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    COUNTS["kill9"] += 1
+    final = run / "export" / ("safetensors" if fmt == "safetensors" else "model.pt2")
+    assert not final.exists()
+    after = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*")
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(run).parts)}
+    assert after == {k: v for k, v in before.items() if not k.startswith(".")}
+    COUNTS["files_checked_after_kill"] += check_whole(run)
+    assert main(["export", str(run), "--format", fmt]) == 0
+    assert final.exists()
+    if fmt == "pt2":
+        prog = torch.export.load(str(final)).module()
+        student = gcompiler.load(run)
+        x = torch.rand(1, 3, 16, 16) * 2 - 1
+        with torch.no_grad():
+            assert torch.allclose(prog(x), student(x), atol=1e-5)
+    else:
+        gcompiler.load(final)
+    COUNTS["resumed_identical"] += 1

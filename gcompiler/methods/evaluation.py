@@ -77,6 +77,7 @@ def reference_scores(job: "CompressJob", device: str | torch.device = "cpu") -> 
         base = tasks.baseline_metrics(job.builtin_task)
         with torch.no_grad():
             t = tasks.evaluate(job.builtin_task, job.teacher.to(device), device=device)
+        job._teacher_eval = t  # the report's teacher row (SSIM too) reuses it
         scores = {"teacher_psnr": t.get("psnr"), "baseline": base["name"], "baseline_psnr": base["psnr"]}
     else:
         scores = _folder_reference(job, device)

@@ -68,7 +68,7 @@ def quality_rows(job: CompressJob, student: nn.Module, evaluation: dict[str, Any
         s = ((evaluation or {}).get("details") or {}).get("student")
         if not isinstance(s, dict) or "ssim" not in s:
             s = tasks.evaluate(job.builtin_task, student, reference=job.teacher)
-        t = tasks.evaluate(job.builtin_task, job.teacher)
+        t = getattr(job, "_teacher_eval", None) or tasks.evaluate(job.builtin_task, job.teacher)
         return [{"model": f"baseline ({s['baseline']})", "psnr_to_teacher": None, "ssim_to_teacher": None,
                  "psnr_to_target": s["baseline_psnr"], "ssim_to_target": s["baseline_ssim"]},
                 {"model": "teacher", "psnr_to_teacher": None, "ssim_to_teacher": None,

@@ -522,7 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Make GAN generators small and fast: trace a generator to a torch.fx graph, rewrite it with "
                     "compiler passes (channel pruning, quantization), distill it from its teacher, and run it "
                     "with int8 kernels.",
-        epilog="Run `gcompiler COMMAND --help` for the flags of a command. Start with `gcompiler zoo`.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `gcompiler COMMAND --help` for the flags and examples of a command.\n"
+               "Start with `gcompiler demo` (then open the run's report.html), `gcompiler zoo`, `gcompiler passes`.")
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"gcompiler {__version__} (torch {torch.__version__})")

@@ -138,8 +138,9 @@ def test_two_processes_resumed_after_kill_9_match_one_process(data, tmp_path, ca
     a, b = _weights(out), _weights(ref)
     assert a.keys() == b.keys()
     worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
-    print(f"2 processes (killed, resumed) vs 1 process: largest weight difference {worst:.3g}")
-    assert worst <= 1e-6, f"2 processes vs 1: largest weight difference {worst:.3g}"
+    with capsys.disabled():  # shown with pytest -s
+        print(f"\n2 processes (killed, resumed) vs 1 process: largest weight difference {worst:.3g}")
+    assert worst <= 1e-7, f"2 processes vs 1: largest weight difference {worst:.3g}"  # measured 3.7e-09
     one = json.loads((ref / "summary.json").read_text())
     assert abs(one["psnr_to_teacher"] - summary["psnr_to_teacher"]) < 1e-4
     assert one["macs_after"] == summary["macs_after"]

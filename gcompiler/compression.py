@@ -19,6 +19,12 @@ The run directory ``OUT`` receives ``config.json``, ``compress.log``, the method
 ``report.json["pass_log"]``) and the student itself (``model.safetensors`` + ``architecture.json``:
 ``gcompiler.load(OUT)``).
 
+Under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs :func:`run_compress`: :func:`start_distributed`
+joins the process group (nccl on GPUs, gloo otherwise) and checks that ``--batch-size`` (the global batch)
+splits across the processes; :func:`check_world_size` refuses to resume a run on another number of processes;
+only rank 0 writes the run directory and ``compress.log``; how methods split their work is in
+:mod:`gcompiler.methods.dist`. A failing rank prints ``rank R of N: failed: ...`` and exits non-zero.
+
 This module sits below the command line (:mod:`gcompiler.cli` imports it, never the reverse).
 """
 from __future__ import annotations

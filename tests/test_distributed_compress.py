@@ -273,3 +273,40 @@ def test_help_shows_the_torchrun_commands(capsys):
     assert "torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=" in out
     readme = (REPO / "README.md").read_text()
     assert "torchrun --standalone --nproc_per_node=4 -m gcompiler compress" in readme and "--node_rank=1" in readme
+
+
+SCRIPT = """
+import json, sys
+import torch.distributed as dist
+import gcompiler
+
+res = gcompiler.compress("gsfix.teachers:TinyGen", sys.argv[1], "gs", steps=4, out=sys.argv[2], bits=32,
+                         finetune_steps=0, crop=16, batch_size=4, workers=0, threads=1, sample_every=0,
+                         device="cpu", quiet=True, disc_layers=2, disc_ndf=8)
+state = {k: [round(float(v.double().sum()), 12), list(v.shape)] for k, v in res.student.state_dict().items()}
+print("RESULT", json.dumps({"rank": dist.get_rank(), "world": dist.get_world_size(), "summary": res.summary,
+                            "state": state}), flush=True)
+"""
+
+
+def test_compress_from_a_script_under_torchrun_gives_every_rank_the_student(data, tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(data), str(out)]
+    proc = subprocess.Popen(cmd, cwd=str(REPO), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    rc, log = _finish(proc)
+    assert rc == 0, log[-3000:]
+    results = sorted((json.loads(line.split("RESULT ", 1)[1]) for line in log.splitlines() if "RESULT " in line),
+                     key=lambda r: r["rank"])
+    assert [(r["rank"], r["world"]) for r in results] == [(0, 2), (1, 2)]
+    assert results[0]["state"] == results[1]["state"]  # the same student on both ranks
+    assert results[0]["summary"] == results[1]["summary"]  # rank 0's measurements, broadcast
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["macs_after"] == results[1]["summary"]["macs_after"] and saved["steps"] == 4
+    from gcompiler import load
+
+    loaded = {k: [round(float(v.double().sum()), 12), list(v.shape)] for k, v in load(out).state_dict().items()}
+    assert loaded == results[1]["state"]

@@ -392,25 +392,20 @@ def run_agd(job: CompressJob, opts: AGDOptions) -> dict[str, Any]:
     # -- pretraining (sandwich) -----------------------------------------------------------------------------------
     pre_steps = 0
     if opts.pretrain_steps > 0:
-        trainer = Trainer(SupernetPretrain(dcfg), student=supernet, teacher=job.teacher, data=w_loader,
-                          config=job.train_config(job.run_dir / "pretrain", opts.pretrain_steps, amp="off"),
-                          callbacks=[job.state_saver("pretrain")])
-        res = trainer.fit()
+        trainer, res = job.train_stage(SupernetPretrain(dcfg), supernet, stage="pretrain", steps=opts.pretrain_steps,
+                                       data=w_loader, amp="off")
         pre_steps = res.steps
-        supernet = trainer.module("student").cpu()
+        supernet = trainer.module("student")
         report["pretrain_losses"] = res.losses
 
     # -- search ---------------------------------------------------------------------------------------------------
     search = AGDSearch(dataclasses.replace(dcfg, schedule="linear_decay:0.5"), table=table, target=target,
                        band=opts.band, lambda_f=opts.lambda_f, arch_lr=opts.arch_lr, eval_every=opts.eval_every,
                        sandwich=opts.sandwich, tau=opts.tau)
-    trainer = Trainer(search, student=supernet, teacher=job.teacher, data={"train": w_loader, "arch": a_loader},
-                      config=job.train_config(job.run_dir / "search", s.max_steps, amp="off"),
-                      callbacks=[job.state_saver("search")])
-    res = trainer.fit()
+    trainer, res = job.train_stage(search, supernet, stage="search", steps=s.max_steps,
+                                   data={"train": w_loader, "arch": a_loader}, amp="off")
     search_steps = res.steps
-    supernet = sync_module(trainer.module("student").cpu().eval(), what="the searched supernet")  # rank 0's alphas
-    job.teacher.cpu()
+    supernet = sync_module(trainer.module("student").eval(), what="the searched supernet")  # rank 0's alphas
     table = CostTable(supernet)
     searched = architecture(supernet)
     searched_macs = table.exact()
@@ -445,13 +440,10 @@ def run_agd(job: CompressJob, opts: AGDOptions) -> dict[str, Any]:
     if s.finetune_steps > 0:
         tcfg = DistillConfig(pixel=None, distance=distance, distance_note=note, lr=opts.train_lr, betas=(0.5, 0.999),
                              schedule="linear_decay:0.5")
-        trainer = Trainer(Distill(tcfg), student=student, teacher=job.teacher, data=job.make_loader(seed_offset=1),
-                          config=job.train_config(job.run_dir / "train", s.finetune_steps, amp="off"),
-                          callbacks=[job.state_saver("train")])
-        res = trainer.fit()
+        trainer, res = job.train_stage(Distill(tcfg), student, stage="train", steps=s.finetune_steps, seed_offset=1,
+                                       amp="off")
         ft_steps = res.steps
-        student = trainer.module("student").cpu()
-        job.teacher.cpu()
+        student = trainer.module("student")
         report["train_losses"] = res.losses
 
     # -- export ---------------------------------------------------------------------------------------------------

@@ -250,6 +250,31 @@ class CompressJob:
 
         return cb
 
+    def train_stage(self, recipe: Any, student: nn.Module, *, stage: str, steps: int,
+                    out_dir: str | os.PathLike | None = None, data: Any = None, seed_offset: int = 0,
+                    teacher: nn.Module | None = None, **config: Any) -> tuple[Any, Any]:
+        """Run one training stage of this run and return ``(trainer, result)``.
+
+        A :class:`~gcompiler.train.Trainer` of ``recipe`` over ``student`` with the job's teacher (or
+        ``teacher``), data ``data`` (default: :meth:`make_loader` with ``seed_offset``), the shared settings
+        (:meth:`train_config` in ``out_dir``, default ``run_dir/stage``, with ``config`` overrides) and the
+        :meth:`state_saver` of ``stage``. After ``fit`` the student (``trainer.module("student")``) and the
+        teacher are back on the CPU; other trained modules (``"disc"`` ...) are the caller's to move.
+        """
+        from ..train import Trainer
+
+        t = teacher if teacher is not None else self.teacher
+        trainer = Trainer(recipe, student=student, teacher=t,
+                          data=data if data is not None else self.make_loader(seed_offset=seed_offset),
+                          config=self.train_config(out_dir if out_dir is not None else self.run_dir / stage, steps,
+                                                   **config),
+                          callbacks=[self.state_saver(stage)])
+        result = trainer.fit()
+        trainer.module("student").cpu()
+        t.cpu()
+        self.teacher.cpu()
+        return trainer, result
+
     def device(self) -> str:
         """The device of evaluation and export: ``--device``, with ``auto`` resolved."""
         d = self.settings.device

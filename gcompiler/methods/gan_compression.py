@@ -56,7 +56,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..errors import CheckpointError, ConfigError, DataError
-from ..train import DistillConfig, Trainer
+from ..train import DistillConfig
 from . import register_method
 from .base import CompressJob, _first_sample
 from .dist import on_rank0, sync_module
@@ -282,15 +282,10 @@ def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[s
                         feature_weight=opts.lambda_distill, sandwich=opts.sandwich, seed=s.seed,
                         freeze_norm_stats=opts.freeze_norm_stats)
     t0 = time.perf_counter()
-    trainer = Trainer(recipe, student=supernet, teacher=teacher_run, data=job.make_loader(),
-                      config=job.train_config(job.run_dir / "supernet", s.max_steps),
-                      callbacks=[job.state_saver("supernet")])
-    result = trainer.fit()
-    supernet = sync_module(trainer.module("student").cpu().eval(), what="the trained supernet")
+    trainer, result = job.train_stage(recipe, supernet, stage="supernet", steps=s.max_steps, teacher=teacher_run)
+    supernet = sync_module(trainer.module("student").eval(), what="the trained supernet")
     if disc is not None:
         disc = trainer.module("disc").cpu()
-    job.teacher.cpu()
-    teacher_run.cpu()
     report["supernet_training"] = {"steps": result.steps, "losses": result.losses,
                                    "seconds": round(time.perf_counter() - t0, 1)}
     train_steps = result.steps
@@ -368,13 +363,9 @@ def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[s
     if s.finetune_steps > 0:
         fcfg = dataclasses.replace(dcfg, lr=opts.finetune_lr or opts.lr, discriminator=disc)
         ft = FrozenNormFinetune(fcfg)
-        trainer = Trainer(ft, student=slim, teacher=job.teacher, data=job.make_loader(seed_offset=1),
-                          config=job.train_config(job.run_dir / "finetune", s.finetune_steps),
-                          callbacks=[job.state_saver("finetune")])
-        r = trainer.fit()
+        trainer, r = job.train_stage(ft, slim, stage="finetune", steps=s.finetune_steps, seed_offset=1)
         ft_steps = r.steps
-        slim = trainer.module("student").cpu()
-        job.teacher.cpu()
+        slim = trainer.module("student")
         report["finetune_losses"] = r.losses
     slim.meta.pop("supernet", None)
     report.update(supernet_steps=train_steps, finetune_steps=ft_steps, config=space.label(chosen_candidate))

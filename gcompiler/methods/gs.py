@@ -72,7 +72,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..train import Trainer, build_distance
+from ..train import build_distance
 from . import register_method
 from .base import CompressJob
 from .gs_graph import add_fake_quant, export_integer, min_reachable_macs, search_student, slim_student
@@ -248,12 +248,9 @@ def run_gs(job: CompressJob, opts: GSOptions) -> dict[str, Any]:
         report["rho"] = rho
         recipe = GSTraining(distill(opts.lr), rho=rho, gamma_lr=opts.gamma_lr, gamma_momentum=opts.gamma_momentum,
                             freeze_norm_stats=opts.freeze_norm_stats)
-        trainer = Trainer(recipe, student=student, teacher=job.teacher, data=job.make_loader(),
-                          config=job.train_config(job.run_dir, s.max_steps), callbacks=[job.state_saver("search")])
-        result = trainer.fit()
+        trainer, result = job.train_stage(recipe, student, stage="search", steps=s.max_steps, out_dir=job.run_dir)
         search_steps = result.steps
-        student = trainer.module("student").cpu()
-        job.teacher.cpu()
+        student = trainer.module("student")
         if disc is not None:
             disc = trainer.module("disc").cpu()
         slim, prune_info = slim_student(job, student, target_macs=job.target_macs, round_to=opts.round_to)
@@ -278,13 +275,9 @@ def run_gs(job: CompressJob, opts: GSOptions) -> dict[str, Any]:
     ft_steps = 0
     if s.finetune_steps > 0:
         ft = GSFinetune(distill(opts.finetune_lr or opts.lr), freeze_norm_stats=opts.freeze_norm_stats)
-        trainer = Trainer(ft, student=slim, teacher=job.teacher, data=job.make_loader(seed_offset=1),
-                          config=job.train_config(job.run_dir / "finetune", s.finetune_steps),
-                          callbacks=[job.state_saver("finetune")])
-        result = trainer.fit()
+        trainer, result = job.train_stage(ft, slim, stage="finetune", steps=s.finetune_steps, seed_offset=1)
         ft_steps = result.steps
-        slim = trainer.module("student").cpu()
-        job.teacher.cpu()
+        slim = trainer.module("student")
         report["finetune_losses"] = result.losses
 
     # -- stage 3: post-training quantization (ablation / quant=ptq) ----------------------------------------

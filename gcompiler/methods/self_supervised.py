@@ -27,11 +27,9 @@ Every graph rewrite runs through :meth:`CompressJob.rewrite` (verifier, pass log
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import torch
@@ -335,11 +333,9 @@ def _fit_discriminator(job: CompressJob, loss: SelfSupervisedLoss, opts: SelfSup
 
     d = create("patchgan_d", input_nc=job.train_output_shape[0])  # unconditional: scores output images alone
     loss.d0, loss.conditional = d, False
-    trainer = Trainer(FitDiscriminator(loss, opts.d_lr), student=d, teacher=job.teacher,
-                      data=job.make_loader(seed_offset=3), config=job.train_config(job.run_dir / "d0", opts.d0_steps))
-    res = trainer.fit()
-    d = trainer.module("student").cpu().eval()
-    job.teacher.cpu()
+    trainer, res = job.train_stage(FitDiscriminator(loss, opts.d_lr), d, stage="d0", steps=opts.d0_steps,
+                                   seed_offset=3)
+    d = trainer.module("student").eval()
     for p in d.parameters():
         p.requires_grad_(False)
     log.info(f"self-supervised: fitted D0 against the teacher for {res.steps} steps (d0=train)")
@@ -393,12 +389,9 @@ def run_self_supervised(job: CompressJob, opts: SelfSupervisedOptions) -> dict[s
         student = job.rewrite(student, f"insert-masks{{round_to={opts.round_to}}}", stage="masks")
         pruner = ChannelAGP(job, student, opts, total)
     recipe = SelfSupervisedRecipe(loss, opts, pruner=pruner)
-    trainer = Trainer(recipe, student=student, teacher=job.teacher, data=job.make_loader(),
-                      config=job.train_config(job.run_dir, total), callbacks=[job.state_saver("compress")])
-    result = trainer.fit()
+    trainer, result = job.train_stage(recipe, student, stage="compress", steps=total, out_dir=job.run_dir)
     steps = result.steps
-    student = trainer.module("student").cpu().eval()
-    job.teacher.cpu()
+    student = trainer.module("student").eval()
     report["losses"] = result.losses
     size_after = None
     note = None
@@ -418,12 +411,9 @@ def run_self_supervised(job: CompressJob, opts: SelfSupervisedOptions) -> dict[s
             for p in student.parameters():
                 p.requires_grad_(True)
             ft = SelfSupervisedRecipe(loss, dataclasses.replace(opts, finetune_d0=False), pruner=None)
-            trainer = Trainer(ft, student=student, teacher=job.teacher, data=job.make_loader(seed_offset=1),
-                              config=job.train_config(job.run_dir / "finetune", s.finetune_steps),
-                              callbacks=[job.state_saver("finetune")])
-            steps += trainer.fit().steps
-            student = trainer.module("student").cpu().eval()
-            job.teacher.cpu()
+            trainer, res = job.train_stage(ft, student, stage="finetune", steps=s.finetune_steps, seed_offset=1)
+            steps += res.steps
+            student = trainer.module("student").eval()
     for p in student.parameters():
         p.requires_grad_(False)
     log.info(f"self-supervised: {note}" if note else "self-supervised: slim student ready")

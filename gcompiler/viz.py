@@ -114,7 +114,10 @@ def render_png(gm: fx.GraphModule, path: str | os.PathLike, groups: dict[str, tu
         title, shape = _label(gm, n)
         draw.text((x + 5, y + 4), title[:30], fill="black")
         draw.text((x + 5, y + 20), shape + (f" g{gi}" if gi is not None else ""), fill="#333333")
-    img.save(path)
+    from .ioutil import atomic_file
+
+    with atomic_file(path) as tmp:  # the temporary name has no extension: say the format
+        img.save(tmp, format="PNG")
 
 
 def dump(gm: fx.GraphModule, path: str | os.PathLike) -> list[Path]:
@@ -137,9 +140,11 @@ def dump(gm: fx.GraphModule, path: str | os.PathLike) -> list[Path]:
         gi = groups.get(n.name)
         lines.append(f"{title:<48} {shape:<20} {'g%d%s' % (gi[0], '' if gi[1] else ' (pinned)') if gi else ''}")
     lines += ["", "# channel groups", describe_groups(group_list)]
-    text_path.write_text("\n".join(lines) + "\n")
+    from .ioutil import atomic_write_text
+
+    atomic_write_text(text_path, "\n".join(lines) + "\n")
     if picture.suffix.lower() == ".png":
         render_png(gm, picture, groups)
     else:
-        picture.write_text(render_svg(gm, groups))
+        atomic_write_text(picture, render_svg(gm, groups))
     return [text_path, picture]

@@ -605,7 +605,9 @@ def export_onnx(gm: fx.GraphModule, *example_inputs: torch.Tensor, path: str | o
         ranges = conv_output_ranges(gm, batches, percentile=output_percentile)
     model = _Emitter(gm, opset, requantize_outputs, ranges, debug_outputs, min_int8_channels).build(name)
     if path is not None:
-        onnx.save(model, os.fspath(path))
+        from ..ioutil import atomic_write_bytes
+
+        atomic_write_bytes(path, model.SerializeToString())
     return model
 
 

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from .errors import ConfigError, GCompilerError
+from .spec import int_flag as _positive
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
 
@@ -44,18 +45,6 @@ examples:
 """
 
 
-def _positive(flag: str, minimum: int = 1):
-    """An argparse type: an integer >= ``minimum``, the error naming ``flag``."""
-    def conv(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"{flag} must be >= {minimum}, got {v}")
-        return v
-
-    return conv
 
 
 def _configure_profile(p: argparse.ArgumentParser) -> None:

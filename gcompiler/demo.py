@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .spec import int_flag as _steps
+
 #: The demo's schedule per task (also what BENCHMARKS.md quotes as the GS-8 demo runs).
 DEMO_TASKS: dict[str, dict[str, Any]] = {
     "sr": dict(teacher="builtin:sr", data="builtin:sr", method="gs", bits=8, max_steps=300, finetune_steps=200,
@@ -45,17 +47,6 @@ def _threads(text: str) -> int:
     return v
 
 
-def _steps(flag: str, minimum: int):
-    def conv(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"{flag} must be >= {minimum}, got {v}")
-        return v
-
-    return conv
 
 
 def configure(p: argparse.ArgumentParser) -> None:

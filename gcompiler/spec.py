@@ -23,7 +23,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -210,3 +210,19 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: the top level must be a table of options")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def int_flag(flag: str, minimum: int = 1) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer >= ``minimum``; a bad value is an error naming ``flag`` (exit code 2)."""
+    import argparse
+
+    def conv(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= {minimum}, got {v}")
+        return v
+
+    return conv

@@ -189,6 +189,19 @@ def heldout_pairs(images: Sequence[str] = HELDOUT_IMAGES) -> list[tuple[str, tor
     return [(n, to_tensor(load_lr(n), RANGE_UNIT)[None], to_tensor(load_hr(n), RANGE_UNIT)[None]) for n in images]
 
 
+def heldout_center_crops(size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The centre ``size x size`` low-resolution crop of every held-out photo and its high-resolution match,
+    stacked: ``(lr (n, 3, s, s), hr (n, 3, 2s, 2s))`` with ``s = min(size, photo sides)`` (sample grids)."""
+    xs, ys = [], []
+    for _name, lr, hr in heldout_pairs():
+        h, w = lr.shape[-2:]
+        c = min(size, h, w)
+        top, left = (h - c) // 2, (w - c) // 2
+        xs.append(lr[..., top:top + c, left:left + c])
+        ys.append(hr[..., SCALE * top:SCALE * (top + c), SCALE * left:SCALE * (left + c)])
+    return torch.cat(xs), torch.cat(ys)
+
+
 def _measure(out: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
     out = quantize_8bit(out)
     return {"psnr_y": psnr(out, hr, crop_border=SCALE, y_channel=True),

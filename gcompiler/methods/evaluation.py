@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 import torch.nn as nn
@@ -166,16 +166,9 @@ def save_samples(job: "CompressJob", student: nn.Module, path: str | os.PathLike
     student.eval()
     try:
         if job.builtin_sr:
-            from ..data.sr import SCALE, heldout_pairs
+            from ..data.sr import heldout_center_crops
 
-            xs, ys = [], []
-            for _name, lr, hr in heldout_pairs():
-                h, w = lr.shape[-2:]
-                c = min(64, h, w)
-                top, left = (h - c) // 2, (w - c) // 2
-                xs.append(lr[..., top:top + c, left:left + c])
-                ys.append(hr[..., SCALE * top:SCALE * (top + c), SCALE * left:SCALE * (left + c)])
-            x, gt = torch.cat(xs), torch.cat(ys)
+            x, gt = heldout_center_crops(64)
         else:
             ds = _Picked(job, int(job.reference_input.shape[-1]) if job.settings.crop else None)
             items = [ds[i] for i in range(min(rows, len(ds)))]

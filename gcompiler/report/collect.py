@@ -212,16 +212,10 @@ def sample_columns(job: CompressJob, student: nn.Module, rows: int = 3) -> list[
     """The labelled columns of the report's image grid (held-out images)."""
     gt: torch.Tensor | None
     if job.builtin_sr:
-        from ..data.sr import SCALE, heldout_pairs
+        from ..data.sr import heldout_center_crops
 
-        xs, ys = [], []
-        for _name, lr, hr in heldout_pairs():
-            h, w = lr.shape[-2:]
-            c = min(64, h, w)
-            top, left = (h - c) // 2, (w - c) // 2
-            xs.append(lr[..., top:top + c, left:left + c])
-            ys.append(hr[..., SCALE * top:SCALE * (top + c), SCALE * left:SCALE * (left + c)])
-        x, gt = torch.cat(xs)[:rows], torch.cat(ys)[:rows]
+        x, gt = heldout_center_crops(64)
+        x, gt = x[:rows], gt[:rows]
     else:
         size = min(128, int(job.reference_input.shape[-1]))
         if job.builtin_task is not None:

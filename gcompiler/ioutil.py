@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -152,7 +153,7 @@ def atomic_dir(final_dir: PathLike, *, overwrite: bool = True) -> Iterator[Path]
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
         _fsync_tree(tmp)
@@ -188,6 +189,24 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+_TMP_PID = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-z_]{8}$")  # _tmp_name and atomic_dir's mkdtemp names
+
+
+def remove_stale_temps(root: PathLike) -> list[Path]:
+    """Remove the temporary files / directories of :func:`atomic_file` / :func:`atomic_dir` under ``root`` whose
+    writer process is gone (a ``kill -9`` between writing and renaming leaves them; they were never visible under
+    a final name). Returns what was removed."""
+    removed = []
+    for p in sorted(Path(root).rglob(".*.tmp-*"), key=lambda q: len(q.parts)):
+        m = _TMP_PID.match(p.name)
+        if m is None or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))) or not os.path.lexists(p):
+            continue
+        with contextlib.suppress(OSError):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            removed.append(p)
+    return removed
 
 
 @contextlib.contextmanager
@@ -228,6 +247,10 @@ def run_lock(run_dir: PathLike, *, what: str = "--out") -> Iterator[Path]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         os.fsync(fd)
+        stale = remove_stale_temps(root)  # only this run may write here now: a dead writer's temporaries go
+        if stale:
+            logging.getLogger("gcompiler").info(f"{what} {root}: removed {len(stale)} temporary file(s) left by a "
+                                                f"killed run ({', '.join(p.name for p in stale[:3])}...)")
         try:
             yield path
         finally:

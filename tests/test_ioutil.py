@@ -73,3 +73,33 @@ def test_atomic_dir_new_replace_and_error(tmp_path: Path) -> None:
         with atomic_dir(final, overwrite=False):
             pass
     assert _listing(tmp_path) == ["model"]
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_when_a_run_takes_the_lock(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from gcompiler.ioutil import atomic_dir, remove_stale_temps, run_lock
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    pid = int(dead.stdout)
+    (tmp_path / "sub").mkdir()
+    stale_file = tmp_path / f".run_state.json.tmp-{pid}-0a1b2c3d"
+    stale_dir = tmp_path / "sub" / f".model.tmp-{pid}-x_9yz012"
+    mine = tmp_path / f".summary.json.tmp-{os.getpid()}-0a1b2c3d"
+    other = tmp_path / ".notes.tmp"
+    stale_file.write_text("half")
+    stale_dir.mkdir()
+    (stale_dir / "w.bin").write_bytes(b"x")
+    mine.write_text("in progress")
+    other.write_text("not ours")
+    with run_lock(tmp_path):
+        pass
+    assert not stale_file.exists() and not stale_dir.exists()
+    assert mine.exists() and other.exists()
+    assert remove_stale_temps(tmp_path) == []
+    with atomic_dir(tmp_path / "out") as d:  # atomic_dir's temporaries carry the writer's pid too
+        assert f".tmp-{os.getpid()}-" in d.name
+        (d / "f").write_text("1")

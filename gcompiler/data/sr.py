@@ -246,31 +246,9 @@ def load_teacher(device: str | torch.device = "cpu", *, weights: str | Path | No
     built with ``gcompiler.models.create``). Raises :class:`DataError` if the asset is missing (train
     it with ``python scripts/train_teacher.py``) or does not match the architecture.
     """
-    wpath = Path(weights) if weights is not None else TEACHER_WEIGHTS
-    mpath = wpath.with_suffix(".json")
-    if not wpath.is_file() or not mpath.is_file():
-        raise DataError(f"the builtin:sr teacher is missing ({str(wpath)!r} and its .json): "
-                        f"train it with `python scripts/train_teacher.py` (about 20 minutes on one CPU core)")
-    try:
-        meta = json.loads(mpath.read_text())
-        arch, kwargs = meta["arch"], dict(meta["kwargs"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"teacher metadata {str(mpath)!r} is unreadable or lacks 'arch'/'kwargs': {exc}") from exc
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from .tasks import load_asset_model
 
-    from .. import models
-
-    model = models.create(arch, **kwargs)
-    try:
-        state = load_file(str(wpath))
-    except (SafetensorError, OSError) as exc:
-        raise DataError(f"teacher weights {str(wpath)!r} are unreadable: {exc}") from exc
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise DataError(f"teacher weights {str(wpath)!r} do not match {arch}({kwargs}): missing "
-                        f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}; retrain with scripts/train_teacher.py")
-    return model.to(device).eval()
+    return load_asset_model(Path(weights) if weights is not None else TEACHER_WEIGHTS, device)
 
 
 def teacher_meta() -> dict[str, Any]:

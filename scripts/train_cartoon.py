@@ -50,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("architecture")
     g.add_argument("--ngf", type=int, default=32, help="generator base width (resnet_9blocks)")
     g.add_argument("--ndf", type=int, default=32, help="discriminator base width (patchgan_d, 3 layers)")
+    g.add_argument("--norm", choices=("batch", "instance"), default="batch",
+                   help="generator norm layers. pix2pix's own default is batch; instance (CycleGAN's) "
+                        "normalizes the first conv's output per image, which makes the generator blind to "
+                        "an image's mean colour and contrast (G(a*x + c) == G(x)), so it cannot reproduce "
+                        "a target that keeps the photo's colours (see the module docstring)")
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=4000, help="G/D steps (ignored with --time-budget)")
     g.add_argument("--time-budget", type=float, default=0.0,
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python scripts/train_cartoon.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    gkw = {"ngf": args.ngf, "n_blocks": 9, "norm": "instance", "dropout": False, "padding_type": "reflect"}
+    gkw = {"ngf": args.ngf, "n_blocks": 9, "norm": args.norm, "dropout": False, "padding_type": "reflect"}
     dkw = {"input_nc": 3, "ndf": args.ndf, "n_layers": 3, "norm": "instance"}
     G = models.create("resnet_9blocks", **gkw).to(args.device)
     D = models.create("patchgan_d", **dkw).to(args.device)

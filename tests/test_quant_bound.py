@@ -1,9 +1,10 @@
 """insert-fake-quant: the bits-dependent bound of its contract, act_range=auto, the image-input rule, and the
 strip-fake-quant / calibrate-activations passes.
 
-The bound (gcompiler.quant.insert.fake_quant_bound) is checked, not assumed: with covering clips (the
-default ``act_clip=None``) the end-of-pipeline check of ``compile`` must pass on generated graphs and on the
-zoo at every bit width, and the error measured here must stay under the bound.
+The bound (gcompiler.quant.insert.fake_quant_bound, a per-input noise-model bound, see
+gcompiler.quant.error_bound) is checked, not assumed: the end-of-pipeline check of ``compile`` must pass on
+generated graphs and on the zoo at every bit width and clip setting, the error measured here must stay under
+the bound, and the bound must stay within two orders of magnitude of the error (not a vacuous worst case).
 """
 import copy
 
@@ -32,51 +33,97 @@ def _run(gm, xs):
         return gm.eval()(*xs)
 
 
-def _error_at(gm, text):
+def _error_at(gm, text, *, finite=True):
+    """(measured error, its bound, the quantized graph) on the verifier's check inputs."""
     q = gcompiler.compile(gm, text)  # raises VerificationError if the end check breaks the contract
     xs, _ = check_inputs(gm)
-    return _rel(_run(q, xs), _run(gm, xs)), q
+    bound, why = fake_quant_bound(q, *xs)
+    assert why is None or not finite, why
+    return _rel(_run(q, xs), _run(gm, xs)), bound, q
 
 
-def test_bound_values_and_option_dependence():
-    assert fake_quant_bound(8, 8) == pytest.approx(64 / 127)
-    assert fake_quant_bound(16, 16) < fake_quant_bound(12, 12) < fake_quant_bound(8, 8) < fake_quant_bound(4, 4)
-    assert fake_quant_bound(8, 8, "model_1:w4") == fake_quant_bound(4, 8)  # an override lowers the bound
-    assert fake_quant_bound(8, 8, "model_1:float") == fake_quant_bound(8, 8)
+def _small_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.LeakyReLU(0.2),
+                         nn.Conv2d(8, 3, 3, padding=1), nn.Tanh())
+
+
+def test_the_contract_is_a_per_input_bound_that_depends_on_bits_overrides_and_clips():
+    net, x = _small_net(), torch.randn(1, 3, 16, 16)
+    gm = gcompiler.trace(net, x)
+    bounds = {b: _error_at(gm, f"insert-fake-quant{{weight_bits={b},act_bits={b}}}")[1] for b in (6, 8, 12, 16)}
+    assert bounds[16] < bounds[12] < bounds[8] < bounds[6]
+    assert 10 < bounds[8] / bounds[12] < 30  # about 2^4 per 4 bits: half a step per value
+    _, low, q = _error_at(gm, "insert-fake-quant{weight_bits=8,act_bits=8,overrides=4:w6}")
+    assert low > bounds[8]  # one layer at 6 bits raises it
     info = gcompiler.passes.get_pass("insert-fake-quant")
-    assert info.contract_for({"weight_bits": 12, "act_bits": 12}).tol == fake_quant_bound(12, 12)
-    assert not info.contract_for({"act_clip": 4.0}).numeric  # a fixed clip cuts by choice
-    assert not info.contract_for({"learn_clip": True}).numeric
+    for opts in ({}, {"act_clip": 4.0}, {"learn_clip": True}):
+        c = info.contract_for(opts)
+        assert c.kind == "approximate" and c.per_input is not None
+    record = q.meta["pass_log"].records[0]
+    assert "approximate (tol" in record.contract and "checked inputs" in record.contract
 
 
-@pytest.mark.slow  # ~20 s on the shared 2-core machine
-@given(net=generator_nets(allow_unknown=False), bits=st.sampled_from([6, 8, 12, 16]))
-def test_bound_holds_on_generated_graphs(net, bits):
+@pytest.mark.slow  # ~40 s on the shared 2-core machine
+@given(net=generator_nets(allow_unknown=False), bits=st.sampled_from([4, 6, 8, 12, 16]),
+       clip=st.sampled_from([None, None, 0.5, 4.0]))
+def test_bound_holds_on_generated_graphs(net, bits, clip):
     module, x = net
     gm = gcompiler.trace(module, x)
-    err, q = _error_at(gm, f"insert-fake-quant{{weight_bits={bits},act_bits={bits}}}")
-    # measured: err * 2^bits up to 66 (a 20-layer net at 6 bits); the bound is ~128 in these units
-    assert err <= fake_quant_bound(bits, bits)
+    clip_opt = "" if clip is None else f",act_clip={clip}"
+    err, bound, _ = _error_at(gm, f"insert-fake-quant{{weight_bits={bits},act_bits={bits}{clip_opt}}}",
+                              finite=False)
+    assert err <= bound  # inf where the bound is void (said in the pass log)
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_bound_holds_on_the_zoo(name):
     gm, _ = _zoo_graph(name)
-    for bits in (8, 16):
-        err, _ = _error_at(gm, f"insert-fake-quant{{weight_bits={bits},act_bits={bits}}}")
-        assert err <= fake_quant_bound(bits, bits)
+    for bits in (4, 8, 12, 16):
+        err, bound, _ = _error_at(gm, f"insert-fake-quant{{weight_bits={bits},act_bits={bits}}}", finite=bits >= 12)
+        assert err <= bound  # inf where the noise is too large for its model (4 bits; 8 on some random nets)
+        # A model, not a worst case: 2.2x to 4.6x the measured error on the zoo's generators (interval
+        # arithmetic gives 1e13 to 1e39x on these). The largest of a few output values (a discriminator's
+        # score) is a small sample of the noise, so tightness is asserted on image-sized outputs only.
+        if bound < float("inf") and _run(gm, check_inputs(gm)[0]).numel() >= 1000:
+            assert bound <= 8 * err + 1e-4
 
 
-def test_a_fixed_clip_that_cuts_is_not_checked_against_the_bound_but_the_default_is():
+def test_a_clip_that_cuts_is_part_of_the_bound():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
-    with torch.no_grad():
-        net[0].weight.mul_(50)  # activations far beyond 0.1
     x = torch.randn(1, 3, 16, 16)
-    gm = gcompiler.compile(net, "insert-fake-quant{act_clip=0.1}", x)
-    assert gm.meta["pass_log"].records[0].contract == "changes-semantics"
-    gm = gcompiler.compile(net, "insert-fake-quant", x)  # covering clips: bounded
-    assert "approximate" in gm.meta["pass_log"].records[0].contract
+    gm = gcompiler.trace(net, x)
+    err_cover, bound_cover, _ = _error_at(gm, "insert-fake-quant")
+    xs, _ = check_inputs(gm)
+    peak = float(net[1](net[0](xs[0])).max())
+    err_cut, bound_cut, _ = _error_at(gm, f"insert-fake-quant{{act_clip={0.5 * peak}}}")
+    assert err_cover < err_cut <= bound_cut and bound_cut > 2 * bound_cover
+    with torch.no_grad():
+        net[0].weight.mul_(50)  # activations far beyond 0.1: the clip changes the function ...
+    gm = gcompiler.trace(net, x)
+    err, bound, _ = _error_at(gm, "insert-fake-quant{act_clip=0.1}")
+    assert err > 0.5 and err <= bound <= err + 0.01  # ... and the contract says by how much: it is run exactly
+
+
+def test_noise_reaching_an_op_without_a_rule_makes_no_promise_and_says_so():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 3, 1)
+
+        def forward(self, x):
+            return self.c(torch.erf(self.b(torch.relu(self.a(x)))))
+
+    x = torch.randn(1, 3, 8, 8)
+    q = gcompiler.compile(Odd(), "insert-fake-quant", x)
+    bound, why = fake_quant_bound(q, x)
+    assert bound == float("inf") and "erf" in why
+    checks = " ".join(q.meta["pass_log"].checks)
+    assert "no finite bound" in checks and "erf" in checks
+    # where only the systematic part (weights of the image-input conv) reaches it, erf is simply run
+    q = gcompiler.compile(Odd(), "insert-fake-quant{overrides=b:w8af;c:w8af}", x)
+    assert fake_quant_bound(q, x)[0] < 0.1
 
 
 # ------------------------------------------------------------------------------------- act_range=auto
@@ -183,6 +230,6 @@ def test_calibrate_activations_from_meta_or_data_and_errors():
     q16 = gcompiler.compile(gm, "insert-fake-quant{weight_bits=16,act_bits=16,act_clip=4}")
     q16.meta["calibration_inputs"] = batches
     gcompiler.run_pipeline(q16, "calibrate-activations{method=minmax}")
-    assert _rel(_run(q16, batches[0]), _run(gm, batches[0])) <= fake_quant_bound(16, 16)
+    assert _rel(_run(q16, batches[0]), _run(gm, batches[0])) <= fake_quant_bound(q16, *batches[0])[0] < 1e-3
     with pytest.raises(PassError, match="batches"):
         gcompiler.run_pipeline(a, "calibrate-activations{batches=-1}")

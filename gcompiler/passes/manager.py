@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -51,6 +52,8 @@ from ..errors import GCompilerError, PassError, TraceError, VerificationError
 from ..fx.trace import propagate_shapes, trace
 from ..fx.utils import input_specs, random_inputs
 from .registry import Contract, PassInfo, get_pass
+
+logger = logging.getLogger("gcompiler.passes")
 
 PipelineItem = Union[str, PassInfo, Callable[..., fx.GraphModule], tuple]
 VERIFY_LEVELS = ("none", "lint", "shapes", "numeric")
@@ -283,6 +286,20 @@ def _check_inputs(gm: fx.GraphModule, *, seed: int) -> tuple[tuple[torch.Tensor,
     return make([tuple(s) for s, _ in specs]), False, None
 
 
+def _resolve_contract(contract: Contract, gm: fx.GraphModule, inputs: Sequence[torch.Tensor], name: str,
+                      log: "PassLog") -> Contract:
+    """A per-input contract evaluated on ``inputs``; an infinite bound is said in the log, never hidden."""
+    try:
+        resolved = contract.resolve(gm, inputs)
+    except Exception as exc:  # noqa: BLE001 - the bound's own failure must not pass for a kept contract
+        raise VerificationError(f"after pass '{name}': its contract bound could not be evaluated on inputs "
+                                f"{[tuple(x.shape) for x in inputs]}: {type(exc).__name__}: {exc}") from exc
+    if not math.isfinite(resolved.tol):
+        logger.warning("pass '%s' makes no numeric promise on these inputs: %s", name, resolved.note)
+        log.checks.append(f"{name}: no finite bound ({resolved.note})")
+    return resolved
+
+
 def _combined(contracts: Sequence[Contract | None]) -> Contract | None:
     tols = [c.tol for c in contracts if c is not None]
     if not tols:
@@ -417,6 +434,10 @@ def run_pipeline(gm: fx.GraphModule, pipeline: str | Iterable[PipelineItem], *, 
         t0 = time.perf_counter()
         gm = _apply(gm, step)
         seconds = time.perf_counter() - t0
+        contract0 = step.contract
+        per_input = contract0 is not None and contract0.per_input is not None
+        if per_input and end_check:  # the segment and its replay compare on check_x: the bound on check_x
+            step.contract = _resolve_contract(contract0, gm, check_x, step.name, log)
         contract = step.contract
         if end_check and numeric:
             segment.append(step)
@@ -434,6 +455,9 @@ def run_pipeline(gm: fx.GraphModule, pipeline: str | Iterable[PipelineItem], *, 
             if level == "numeric" and before is not None:
                 after = _measure(gm, inputs)
                 c = contract or Contract.changes_semantics()
+                if per_input:
+                    c = _resolve_contract(contract0, gm, inputs, step.name, log)
+                    contract = contract if end_check else c
                 if c.numeric:
                     if after.shape != before.shape:
                         raise VerificationError(f"after pass '{step.name}': output shape {tuple(after.shape)} != "

@@ -39,10 +39,17 @@ class Contract:
     * ``approximate``: the same check with a pass-chosen ``tol`` (e.g. quantization).
     * ``changes-semantics``: no numeric promise (e.g. a pass that zeroes channels on purpose);
       only lint and shapes are verified.
+
+    An ``approximate`` contract may be *per input* (:meth:`bounded`): its tolerance is a bound the pass can
+    compute for given inputs from the graph it produced (``per_input(gm, *inputs) -> (tol, reason)``), e.g. a
+    sound propagation of quantization error. The verifier evaluates it on the inputs it checks with
+    (:meth:`resolve`) and compares against that number.
     """
 
     kind: ContractKind
     tol: float = 1e-5
+    per_input: Callable[..., tuple[float, str | None]] | None = None
+    note: str | None = None
 
     @staticmethod
     def exact(tol: float = 1e-5) -> "Contract":
@@ -51,6 +58,19 @@ class Contract:
     @staticmethod
     def approximate(tol: float) -> "Contract":
         return Contract("approximate", tol)
+
+    @staticmethod
+    def bounded(per_input: Callable[..., tuple[float, str | None]], note: str) -> "Contract":
+        """An approximate contract whose tolerance ``per_input(gm_after, *inputs)`` computes per input."""
+        return Contract("approximate", float("inf"), per_input, note)
+
+    def resolve(self, gm: Any, inputs: Any) -> "Contract":
+        """This contract with its tolerance evaluated on ``inputs`` (itself unless it is per input)."""
+        if self.per_input is None:
+            return self
+        tol, why = self.per_input(gm, *inputs)
+        note = f"{self.note} on the checked inputs" + (f"; no bound: {why}" if why else "")
+        return Contract(self.kind, float(tol), None, note)
 
     @staticmethod
     def changes_semantics() -> "Contract":
@@ -77,7 +97,9 @@ class Contract:
     def __str__(self) -> str:
         if self.kind == "changes-semantics":
             return "changes-semantics"
-        return f"{self.kind} (tol {self.tol:g} x max|y|)"
+        if self.per_input is not None:
+            return f"{self.kind} ({self.note}, per input)"
+        return f"{self.kind} (tol {self.tol:g} x max|y|" + (f"; {self.note})" if self.note else ")")
 
 
 @dataclasses.dataclass(frozen=True)

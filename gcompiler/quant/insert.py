@@ -25,7 +25,7 @@ through value-preserving ops only (:func:`image_input_convs`) stays float unless
 set, whatever the overrides say.
 
 Ranges and contract: :func:`nonnegative_input` (the sign analysis behind ``act_range=auto``) and
-:func:`fake_quant_bound` (the bits-dependent bound, with its derivation).
+:func:`fake_quant_bound` (the per-input, bits- and clip-dependent bound of :mod:`gcompiler.quant.error_bound`).
 """
 from __future__ import annotations
 
@@ -110,41 +110,18 @@ def parse_overrides(text: str) -> list[OverrideRule]:
     return rules
 
 
-def fake_quant_bound(weight_bits: int, act_bits: int, overrides: str = "") -> float:
-    """Tolerance of ``insert-fake-quant`` (relative to ``max|y|``) for the given bit widths.
+def fake_quant_bound(gm: fx.GraphModule, *inputs: torch.Tensor) -> tuple[float, str | None]:
+    """The contract of ``insert-fake-quant``: a bound, on ``inputs``, of how far the fake-quantized
+    graph ``gm`` is from the float graph it was made from, relative to ``max|y|`` (``(bound, reason)``;
+    ``inf`` with the reason where an op without an error rule is reached).
 
-    Derivation. Without saturation, a weight quantizer moves every weight by at most half a step,
-    ``|q_w(w) - w| <= max|w| / (2 L_w)`` with ``L_w = 2^(b_w - 1) - 1``, and an activation quantizer moves every
-    input value by at most ``s_a / 2 = p / (2 L_a)`` (``L_a = 2^(b_a-1) - 1`` signed, ``2^b_a - 1``
-    unsigned; the signed one is the coarser, used here). One conv therefore changes its output, relative
-    to the scale of its output, by at most ``e = 1 / (2 L_w) + r / (2 L_a)`` per unit of ``|W| |x|``, where
-    ``r = p / max|x|`` is how much of the clip range the layer's input uses. These relative errors add
-    along the network (to first order, ``(1 + e)^depth - 1``), each amplified by how much the later layers
-    cancel (``sum |W| |x| / max|y|``). The bound takes ``e`` at the coarsest quantizer and a total factor
-    ``K = 64`` for depth x clip headroom x cancellation:
-
-        bound = K * (1 / (2 L_w) + 1 / (2 L_a))        L from the smallest bit widths in use
-
-    i.e. 9.1 (w4a4: no useful promise), 0.50 (w8a8), 0.031 (w12a12), 2.0e-3 (w16a16). ``K`` is
-    checked, not assumed: ``tests/test_quant_bound.py`` measures the error with covering clips
-    (``act_clip=None``) on generated graphs and the zoo at 6-16 bits and asserts it stays below the bound.
-    Measured (error x 2^bits, the bound is ~2K = 128 in these units): up to 66 on generated graphs (a 20-layer
-    net at 6 bits; 37 over a first 450) and 83 on the small zoo (``patchgan_d``; generators <= 61), i.e. a
-    margin of 1.5x or more.
-    Per-layer ``overrides`` count with their own widths (``float`` parts do not lower the bound).
+    The quantized weights and the clips are run exactly (the systematic network); the rounding of activations
+    to their grids is carried as noise, 8 standard deviations allowed. It depends on the bits, the clips and
+    the network on these inputs; derivation, rules and measured tightness: :mod:`gcompiler.quant.error_bound`.
     """
-    ws, acts = [weight_bits], [act_bits]
-    for r in parse_overrides(overrides):
-        if isinstance(r.weight_bits, int):
-            ws.append(r.weight_bits)
-        if isinstance(r.act_bits, int):
-            acts.append(r.act_bits)
-    lw = 2 ** (max(2, min(ws)) - 1) - 1
-    la = 2 ** (max(2, min(acts)) - 1) - 1
-    return FAKE_QUANT_K * (1 / (2 * lw) + 1 / (2 * la))
+    from .error_bound import quantization_error_bound
 
-
-FAKE_QUANT_K = 64.0
+    return quantization_error_bound(gm, *inputs)
 
 
 def _decide(node: fx.Node, rules: list[OverrideRule], default: LayerSpec) -> LayerSpec:
@@ -159,11 +136,9 @@ def _decide(node: fx.Node, rules: list[OverrideRule], default: LayerSpec) -> Lay
 
 
 def _contract(opts: dict) -> Contract:
-    """The contract of ``insert-fake-quant`` for its options: :func:`fake_quant_bound` when the clips cover
-    the activations (``act_clip=None``); a fixed or learned clip cuts them by the user's choice."""
-    if opts["act_clip"] is not None or opts["learn_clip"]:
-        return Contract.changes_semantics()
-    return Contract.approximate(fake_quant_bound(opts["weight_bits"], opts["act_bits"], opts["overrides"]))
+    """The contract of ``insert-fake-quant``, whatever the options: :func:`fake_quant_bound` evaluated on the
+    inputs the verifier checks with (clips that cut activations are part of that bound)."""
+    return Contract.bounded(fake_quant_bound, "bound of the quantization error: weights and clips run exactly, rounding noise at 8 sigma")
 
 
 COVER_HEADROOM = 2.0  # act_clip=None: clip = this x the largest |input| seen on random example inputs
@@ -192,11 +167,10 @@ def insert_fake_quant(gm: fx.GraphModule, *, weight_bits: int = 8, act_bits: int
     The result trains (straight-through gradients) and is the input of ``convert-to-int``. The chosen ranges are in
     ``gm.meta["quant_config"]``.
 
-    Contract: approximate within :func:`fake_quant_bound` of the bit widths (derivation there), for inputs
-    whose activations lie inside the clip ranges; a clip that cuts the activations (e.g. GS's fixed
-    ``[0, 4]`` on a network whose activations reach beyond 4) changes the function by design, and the
-    verifier reports it as a broken contract: calibrate the clips (``calibrate-activations``) or raise
-    ``act_clip``.
+    Contract: approximate, per input: the output moves by at most :func:`fake_quant_bound` x ``max|y|``, which
+    the verifier evaluates on the inputs it checks with (weights and clips run exactly, activation rounding
+    as noise). It holds for every clip setting; a clip that cuts the activations (GS's fixed ``[0, 4]`` on a
+    network whose activations reach beyond 4) raises the bound, it does not void it.
     """
     rules = parse_overrides(overrides)
     check_range = "signed" if act_range == "auto" else act_range

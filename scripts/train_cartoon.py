@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from teacher_common import TimeSchedule, export_model, load_ckpt, save_ckpt  # noqa: E402
@@ -50,6 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("architecture")
     g.add_argument("--ngf", type=int, default=32, help="generator base width (resnet_9blocks)")
     g.add_argument("--ndf", type=int, default=32, help="discriminator base width (patchgan_d, 3 layers)")
+    g.add_argument("--init", choices=("pix2pix", "identity"), default="identity",
+                   help="pix2pix: N(0, 0.02) weights; identity: the generator starts as the identity map "
+                        "(identity_init; needs --norm batch), and its BatchNorm layers stay frozen affine maps "
+                        "(eval mode) while training, so the training and the shipped network compute the same")
     g.add_argument("--norm", choices=("batch", "instance"), default="batch",
                    help="generator norm layers. pix2pix's own default is batch; instance (CycleGAN's) "
                         "normalizes the first conv's output per image, which makes the generator blind to "
@@ -88,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--out must end in .safetensors")
     if args.ckpt_dir is None:
         args.ckpt_dir = args.out.with_suffix(".ckpt")
+    if args.init == "identity" and args.norm != "batch":
+        p.error("--init identity needs --norm batch")
     return args
 
 
@@ -99,6 +106,86 @@ def pix2pix_init(model: torch.nn.Module) -> None:
             torch.nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 torch.nn.init.zeros_(m.bias)
+
+
+# knots of the piecewise-linear atanh that undoes the final tanh (u = |x|, capped at atanh(0.995) at u = 1)
+KNOTS = (0.5, 0.75, 0.9, 0.97)
+_CAP = math.atanh(0.995)
+
+
+def _pl_atanh_slopes() -> list[float]:
+    pts = [0.0, *KNOTS, 1.0]
+    vals = [math.atanh(u) for u in pts[:-1]] + [_CAP]
+    seg = [(vals[i + 1] - vals[i]) / (pts[i + 1] - pts[i]) for i in range(len(pts) - 1)]
+    return [seg[0]] + [seg[i] - seg[i - 1] for i in range(1, len(seg))]
+
+
+@torch.no_grad()
+def identity_init(G: nn.Module) -> None:
+    """Make a ``resnet_9blocks`` (``norm='batch'``, ngf >= 30) compute the identity, to 44 dB, with BatchNorm in
+    eval mode (running mean 0, variance 1: each BN is the affine map ``gamma x + beta``).
+
+    The photo's channels go through as ``relu(x_c)`` and ``relu(-x_c)`` (6 channels); each stride-2 conv
+    stacks 2x2 neighbourhoods into channels (space to depth: 24, then 96 channels), each residual block
+    starts with its last BN at 0 (adds nothing), each transposed conv undoes one stacking (depth to space),
+    and the last stage adds copies ``relu(|x| - t)`` at the :data:`KNOTS` so that the last conv can apply a
+    piecewise-linear ``atanh`` that the final ``tanh`` undoes. Weights of the identity channels are set;
+    every other weight keeps its random initialization, and the last conv reads only the identity channels,
+    so the other channels start without effect and are learned.
+    """
+    m = G.model
+    ngf = m[1].out_channels
+    T = len(KNOTS)
+    if m[4].out_channels < 24 or m[7].out_channels < 96 or ngf < 6 + 6 * T:
+        raise SystemExit(f"identity init needs ngf >= {6 + 6 * T}")
+    bns = [mod for mod in G.modules() if isinstance(mod, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.running_mean.zero_(); bn.running_var.fill_(1.0 - bn.eps)  # eval-mode BN = gamma * x + beta exactly
+    # stage 0: channel 2c + s = relu((+/-) x_c)
+    w = m[1].weight
+    for k in range(6):
+        w[k].zero_()
+        w[k, k // 2, 3, 3] = 1.0 if k % 2 == 0 else -1.0
+        m[2].weight[k] = 1.0; m[2].bias[k] = 0.0
+    # stage 1 and 2: space to depth, channel 4k + 2a + b <- channel k at (2i + a, 2j + b)
+    for conv, bn, n_in in ((m[4], m[5], 6), (m[7], m[8], 24)):
+        for k in range(n_in):
+            for a in range(2):
+                for b in range(2):
+                    o = 4 * k + 2 * a + b
+                    conv.weight[o].zero_()
+                    conv.weight[o, k, 1 + a, 1 + b] = 1.0
+                    bn.weight[o] = 1.0; bn.bias[o] = 0.0
+    # residual blocks: the last BN's scale and shift at 0, so each block adds nothing
+    for blk in m[10:19]:
+        blk.conv_block[6].weight.zero_(); blk.conv_block[6].bias.zero_()
+    # up 1: depth to space, channel k (of 24) <- channels 4k + 2a + b
+    up1, bn1 = m[19], m[20]
+    for k in range(24):
+        up1.weight[:, k].zero_()
+        for a in range(2):
+            for b in range(2):
+                up1.weight[4 * k + 2 * a + b, k, 1 + a, 1 + b] = 1.0
+        bn1.weight[k] = 1.0; bn1.bias[k] = 0.0
+    # up 2: channel k (of 6) <- channels 4k + 2a + b; and T shifted copies relu(u - t)
+    up2, bn2 = m[22], m[23]
+    for t in range(T + 1):
+        for k in range(6):
+            o = 6 * t + k
+            up2.weight[:, o].zero_()
+            for a in range(2):
+                for b in range(2):
+                    up2.weight[4 * k + 2 * a + b, o, 1 + a, 1 + b] = 1.0
+            bn2.weight[o] = 1.0
+            bn2.bias[o] = 0.0 if t == 0 else -KNOTS[t - 1]
+    # last conv: pre-tanh = f(relu(x)) - f(relu(-x)) with f the piecewise-linear atanh
+    last = m[26]
+    last.weight.zero_(); last.bias.zero_()
+    slopes = _pl_atanh_slopes()
+    for c in range(3):
+        for t in range(T + 1):
+            last.weight[c, 6 * t + 2 * c, 3, 3] = slopes[t]
+            last.weight[c, 6 * t + 2 * c + 1, 3, 3] = -slopes[t]
 
 
 @torch.no_grad()
@@ -130,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     D = models.create("patchgan_d", **dkw).to(args.device)
     pix2pix_init(G)
     pix2pix_init(D)
+    frozen_bn = args.init == "identity"
+    if frozen_bn:
+        identity_init(G)
     if args.init_from is not None:
         ck0 = load_ckpt(args.init_from)
         G.load_state_dict(ck0["G"])
@@ -173,7 +263,15 @@ def main(argv: list[str] | None = None) -> int:
           + f" of {args.batch_size} {args.crop}x{args.crop} crops ({args.threads} thread(s)); photos: "
           + ", ".join(TRAIN_IMAGES), flush=True)
     t_start = time.time()
-    G.train()
+
+    def train_mode() -> None:
+        G.train()
+        if frozen_bn:
+            for mod in G.modules():
+                if isinstance(mod, torch.nn.BatchNorm2d):
+                    mod.eval()
+
+    train_mode()
     D.train()
     ema = None
     mse = torch.nn.functional.mse_loss
@@ -211,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.eval_every and step % args.eval_every == 0:
             G.eval()
             m = evaluate_cartoon(G, device=args.device)["mean"]
-            G.train()
+            train_mode()
             log.append({"step": step, "elapsed_s": round(sched.elapsed(), 1), "psnr": m["model"]["psnr"],
                         "identity_psnr": m["identity"]["psnr"]})
             print(f"step {step}: held-out PSNR {m['model']['psnr']:.3f} dB / SSIM {m['model']['ssim']:.4f} "
@@ -246,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed, "steps": step, "time_budget_s": args.time_budget, "batch_size": args.batch_size,
         "crop": args.crop, "lr": args.lr, "d_lr": args.d_lr, "l1_weight": args.l1_weight,
         "warmup": args.warmup,
-        "init": f"warm start from {args.init_from}" if args.init_from else "N(0, 0.02) (pix2pix)",
+        "init": f"warm start from {args.init_from}" if args.init_from else (
+            "identity_init (BatchNorm frozen as affine maps)" if frozen_bn else "N(0, 0.02) (pix2pix)"),
+        "norm": args.norm,
         "loss": f"{args.l1_weight:g} * L1 + LSGAN against the unconditional PatchGAN",
         "optimizer": "Adam(0.5, 0.999) for G and D; cosine to 1% over "
                      + ("wall time (--time-budget)" if args.time_budget > 0 else "steps"),

@@ -194,6 +194,7 @@ def resolve(layers: Sequence[Layer]) -> tuple[Any, Any, Any]:
     opts_obj = info.make_options(options)
     settings.options = dataclasses.asdict(opts_obj)
     settings.validate()
+    info.check_bits(settings.bits)
     return settings, info, opts_obj
 
 

@@ -43,3 +43,4 @@ _PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 if _PROFILE not in ("ci", "thorough", "dev"):
     raise RuntimeError(f"HYPOTHESIS_PROFILE={_PROFILE!r} is not a registered profile; use ci, thorough or dev")
 settings.load_profile(_PROFILE)
+

@@ -378,3 +378,15 @@ def generator_nets(draw: Any, *, allow_unknown: bool = True, max_blocks: int = 3
     _randomize(net, seed)
     x = torch.randn(batch, in_channels, height, width, generator=torch.Generator().manual_seed(seed + 1))
     return net, x
+
+
+def examples(ci: int) -> int:
+    """``max_examples`` for a property too slow for the default count in CI: ``ci`` there (and under ``dev``),
+    the profile's 1000 under ``thorough`` (every pass property runs 1000 examples in ``make test-thorough``)."""
+    import os
+
+    from hypothesis import settings
+
+    if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "thorough":
+        return settings().max_examples
+    return min(ci, settings().max_examples)

@@ -112,3 +112,32 @@ def test_methods_command_lists_typed_options(capsys):
     out = capsys.readouterr().out
     for name in gcompiler.methods.available_methods():
         assert f"method {name}:" in out
+
+
+def test_a_method_declares_the_bits_it_supports_and_is_refused_before_anything_runs(tmp_path):
+    import dataclasses
+
+    from gcompiler.compression import resolve
+    from gcompiler.methods import _METHODS, register_method
+
+    ran = []
+
+    @dataclasses.dataclass
+    class NoOptions:
+        pass
+
+    @register_method("float-only-test", options=NoOptions, summary="test", bits=(32, 16), bits_reason="floats only")
+    def run(job, opts):  # pragma: no cover - must never run
+        ran.append(job)
+        return {}
+
+    try:
+        with pytest.raises(ConfigError, match=r"--method float-only-test takes --bits 32 or 16 \(got 8\): floats only"):
+            resolve([("test", {"method": "float-only-test", "bits": 8})])
+        settings, _, _ = resolve([("test", {"method": "float-only-test", "bits": 16})])
+        assert settings.bits == 16 and not ran
+        for name in ("gan-compression", "self-supervised"):  # the built-in float methods use the same check
+            with pytest.raises(ConfigError, match=f"--method {name} takes --bits 32"):
+                resolve([("test", {"method": name, "bits": 8})])
+    finally:
+        _METHODS.pop("float-only-test", None)

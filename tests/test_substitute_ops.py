@@ -16,7 +16,7 @@ from gcompiler.nas import MixedOp, WidthOp, agd_widths, cells, make_divisible
 from gcompiler.nas.cost import CostTable
 from gcompiler.nas.derive import architecture, build_student
 from gcompiler.passes.manager import run_pipeline
-from strategies import generator_nets
+from strategies import examples, generator_nets
 
 
 def _zoo(name: str) -> tuple[nn.Module, torch.Tensor]:
@@ -219,7 +219,7 @@ def test_layers_on_a_plain_conv_stack():
 
 
 @pytest.mark.slow
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(10), deadline=None, suppress_health_check=list(HealthCheck))
 @given(generator_nets(allow_unknown=True))
 def test_contracts_on_generated_graphs(sample):
     net, x = sample

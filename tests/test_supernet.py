@@ -15,7 +15,7 @@ from gcompiler.checkpoint import load_checkpoint
 from gcompiler.errors import ConfigError, PassError
 from gcompiler.supernet import (config_to_widths, decode_config, encode_config, extract, make_supernet,
                                 resnet_slots, search_space, set_config, subnet_cost, widths_to_config)
-from strategies import generator_nets
+from strategies import examples, generator_nets
 
 
 def _random_widths(sn, rng: random.Random) -> dict[str, int]:
@@ -130,7 +130,7 @@ def mobile_supernet():
     return make_supernet(m, torch.randn(1, 3, 32, 32))
 
 
-@settings(deadline=None, max_examples=6)
+@settings(deadline=None, max_examples=examples(6))
 @given(st.lists(st.sampled_from([2, 4, 6, 8]), min_size=8, max_size=8))
 def test_resnet_config_maps_to_the_layer_widths(mobile_supernet, c):
     from gcompiler.models.mobile_resnet import config_widths
@@ -230,7 +230,7 @@ def test_batchnorm_training_updates_only_the_active_channels():
     assert not torch.equal(after[:4], before[:4]) and torch.equal(after[4:], before[4:])
 
 
-@settings(deadline=None, max_examples=6)
+@settings(deadline=None, max_examples=examples(6))
 @given(net=generator_nets(allow_unknown=True), seed=st.integers(0, 10_000))
 def test_l1_order_is_a_function_preserving_permutation(net, seed):
     model, x = net
@@ -291,7 +291,7 @@ def test_sub_network_prices_agree_with_the_shared_cost_model(name, kw, size):
     _check_cost_model(models.create(name, **kw).eval(), torch.randn(1, 3, size, size), seed=2, trials=3)
 
 
-@settings(deadline=None, max_examples=8)
+@settings(deadline=None, max_examples=examples(8))
 @given(net=generator_nets(allow_unknown=False), seed=st.integers(0, 10_000))
 def test_sub_network_prices_agree_with_the_cost_model_on_generated_graphs(net, seed):
     model, x = net

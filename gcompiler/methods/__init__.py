@@ -48,6 +48,14 @@ class MethodInfo:
     options: type
     summary: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    bits: tuple[int, ...] | None = None
+    bits_reason: str = ""
+
+    def check_bits(self, bits: int) -> None:
+        """:class:`ConfigError` (before anything runs) when the method cannot produce ``bits``-bit students."""
+        if self.bits is not None and bits not in self.bits:
+            allowed = " or ".join(str(b) for b in self.bits)
+            raise ConfigError(f"--method {self.name} takes --bits {allowed} (got {bits}): {self.bits_reason}")
 
     def option_fields(self) -> list[dataclasses.Field]:
         return list(dataclasses.fields(self.options))
@@ -89,17 +97,20 @@ _METHODS: dict[str, MethodInfo] = {}
 
 
 def register_method(name: str, *, options: type, summary: str,
-                    defaults: Mapping[str, Any] | None = None) -> Callable:
+                    defaults: Mapping[str, Any] | None = None, bits: tuple[int, ...] | None = None,
+                    bits_reason: str = "") -> Callable:
     """Register ``run(job, opts) -> summary dict`` as compression method ``name``.
 
     ``options`` is a dataclass whose fields are the method's own options; ``defaults`` overrides the
     shared settings' defaults for this method (``max_steps``, ``finetune_steps``, ``batch_size``, ...).
+    ``bits``: the ``--bits`` values the method supports (``None``: any), checked when the settings are
+    resolved, with ``bits_reason`` in the error.
     """
     if not dataclasses.is_dataclass(options):
         raise TypeError(f"register_method({name!r}): options must be a dataclass type")
 
     def deco(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-        _METHODS[name] = MethodInfo(name, fn, options, summary, dict(defaults or {}))
+        _METHODS[name] = MethodInfo(name, fn, options, summary, dict(defaults or {}), bits, bits_reason)
         return fn
 
     return deco

@@ -221,16 +221,15 @@ def _build_student(job: CompressJob, opts: GANCompressionOptions) -> tuple[fx.Gr
 @register_method("gan-compression", options=GANCompressionOptions,
                  summary="GAN Compression: once-for-all supernet trained by distillation (features + L1 + GAN), "
                          "brute-force / evolutionary search under --target-macs, fine-tune, export",
-                 defaults={"max_steps": 300, "finetune_steps": 100, "batch_size": 8, "bits": 32})
+                 defaults={"max_steps": 300, "finetune_steps": 100, "batch_size": 8, "bits": 32}, bits=(32,),
+                 bits_reason="gan-compression trains and exports float networks (quantize the result with GS-8 "
+                             "or the quantization passes)")
 def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[str, Any]:
     """Run GAN Compression on ``job`` (see the module docstring); returns ``{"summary", "report"}``."""
     from ..search.evolution import search
     from ..supernet import extract, search_space, subnet_cost
 
     s = job.settings
-    if s.bits != 32:
-        raise ConfigError("gan-compression trains and exports float networks: use --bits 32 (quantize the result "
-                          "with GS-8 or the quantization passes)")
     sample = _first_sample(job.dataset)
     paired = isinstance(sample.get("target"), torch.Tensor) and \
         tuple(sample["target"].shape) == tuple(job.train_output_shape)

@@ -345,7 +345,8 @@ def _fit_discriminator(job: CompressJob, loss: SelfSupervisedLoss, opts: SelfSup
 @register_method("self-supervised", options=SelfSupervisedOptions,
                  summary="the teacher's discriminator D0 supervises a pruned student (L_GC + λ·L_DC); "
                          "fine-grained AGP with a sparse export, or channel pruning with exact elimination",
-                 defaults={"max_steps": 300, "finetune_steps": 50, "batch_size": 8, "bits": 32})
+                 defaults={"max_steps": 300, "finetune_steps": 50, "batch_size": 8, "bits": 32}, bits=(32,),
+                 bits_reason="self-supervised prunes without quantizing; use --method gs for a quantized student")
 def run_self_supervised(job: CompressJob, opts: SelfSupervisedOptions) -> dict[str, Any]:
     """Run the method on ``job`` (see the module docstring)."""
     from .. import trace
@@ -353,9 +354,6 @@ def run_self_supervised(job: CompressJob, opts: SelfSupervisedOptions) -> dict[s
     from ..sparse import save_sparse
 
     s = job.settings
-    if s.bits != 32:
-        raise ConfigError(f"--method self-supervised prunes without quantizing; --bits must be 32 (got {s.bits}); "
-                          "use --method gs for a quantized student")
     if opts.granularity == "weight" and job.target_macs is not None:
         raise ConfigError("--target-macs needs --opt granularity=channel: fine-grained (weight) sparsity leaves the "
                           "dense MACs unchanged")

@@ -102,29 +102,40 @@ def model_and_input(spec_text: str, kw: dict[str, object], size: int | None, bat
     return model, _check_size(model, x, size)
 
 
-def _check_size(model: torch.nn.Module, x: torch.Tensor, size: int | None) -> torch.Tensor:
-    def ok(inp: torch.Tensor) -> bool:
-        try:
-            with torch.no_grad():
-                y = model(inp)
-        except Exception:
-            return False
-        if not isinstance(y, torch.Tensor) or y.dim() != 4:
-            return True  # not an image-to-image model: any size that runs is fine
-        h, oh = inp.shape[-1], y.shape[-1]
-        return oh % h == 0 or h % oh == 0
+def _size_problem(model: torch.nn.Module, inp: torch.Tensor) -> str | None:
+    """Why ``model`` cannot take ``inp`` as an image-to-image input (``None`` when it can)."""
+    try:
+        with torch.no_grad():
+            y = model(inp)
+    except Exception as exc:  # noqa: BLE001 - reported to the user, with its first line
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return f"it fails ({type(exc).__name__}: {first})"
+    if not isinstance(y, torch.Tensor) or y.dim() != 4:
+        return None  # not an image-to-image model: any size that runs is fine
+    h, oh = inp.shape[-1], y.shape[-1]
+    if oh % h == 0 or h % oh == 0:
+        return None
+    return f"its output is {oh} pixels wide, not a whole multiple or fraction of {h}"
 
-    if ok(x):
+
+def _check_size(model: torch.nn.Module, x: torch.Tensor, size: int | None) -> torch.Tensor:
+    problem = _size_problem(model, x)
+    if problem is None:
         return x
     what = f"--size {size}" if size is not None else f"the input {tuple(x.shape)}"
+    h = int(x.shape[-1])
     hint = ""
-    for m in (2, 4, 8, 16, 32, 64):
-        s = -(-int(x.shape[-1]) // m) * m
-        if ok(torch.zeros(*x.shape[:-2], s, s)):
-            hint = f"; the network downsamples {m}x: use a multiple of {m}, e.g. --size {s}"
+    for m in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):  # the smallest step that works twice in a row
+        start = max(m, -(-h // m) * m)
+        for s in range(start, min(start + 6 * m, 4096) + 1, m):
+            if all(_size_problem(model, torch.zeros(*x.shape[:-2], t, t)) is None for t in (s, s + m)):
+                hint = (f"; it takes multiples of {m} from {s} pixels, e.g. --size {s}" if m > 1
+                        else f"; it takes sizes from {s} pixels, e.g. --size {s}")
+                break
+        if hint:
             break
-    raise ConfigError(f"{what}: the model cannot map a {x.shape[-2]}x{x.shape[-1]} input to an image of a "
-                      f"matching size (it fails, or its output size is not a whole multiple of the input's){hint}")
+    raise ConfigError(f"{what}: the model cannot map a {x.shape[-2]}x{x.shape[-1]} input to an image: "
+                      f"{problem}{hint}")
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

@@ -68,7 +68,11 @@ class CompileReport:
 
 
 def _kernels():
-    from . import _triton
+    try:
+        from . import _triton
+    except ImportError as exc:
+        raise KernelError(f"gcompiler.kernels.aot compiles the Triton kernels ahead of time and needs the triton "
+                          f"package ({exc}); install it with `pip install triton`") from None
     if _triton.INTERPRET:
         raise KernelError("gcompiler.kernels.aot: the kernels were created for the Triton interpreter "
                           "(TRITON_INTERPRET=1 at import); run this in a process without it")
@@ -84,11 +88,11 @@ def compile_kernel(name: str, kernel: str, constexprs: dict, *, x_dtype: str = "
     as multiples of 16 (Triton specializes on both; without it the int8 loads cannot be vectorized and the
     K loop is not pipelined).
     """
+    mod = _kernels()  # first: a clear KernelError when triton is missing
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    mod = _kernels()
     fn = getattr(mod, kernel)
     ptrs = _PTRS[kernel]
     subst = {"X": x_dtype, "O": out_dtype, "R": res_dtype}

@@ -48,7 +48,7 @@ from ..nas.cost import CostTable
 from ..nas.derive import architecture, build_student
 from ..nas.mixed import MixedOp, arch_parameters, cells, set_mode, weight_parameters
 from ..train import Distill, DistillConfig, ParamGroup, Phase, Trainer, adam, build_distance
-from ..train.engine import StepContext
+from ..train.recipe import StepContext
 from . import register_method
 from .base import CompressJob
 from .dist import sync_module

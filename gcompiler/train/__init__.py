@@ -8,15 +8,16 @@ Minimal use::
     result = trainer.fit()
 
 A training recipe (the GAN Slimming search, AGD, ...) subclasses :class:`Recipe` (or :class:`Distill`) and
-supplies parameter groups, phases and hooks; see :mod:`gcompiler.train.engine`.
+supplies parameter groups, phases and hooks; see :mod:`gcompiler.train.recipe` (the types) and
+:mod:`gcompiler.train.engine` (the trainer).
 """
 from __future__ import annotations
 
 from .checkpoint import latest_checkpoint, list_checkpoints, read_run_checkpoint, write_run_checkpoint
 from .distill import Distill, DistillConfig
 from .distributed import DistInfo, dist_info
-from .engine import (Recipe, NonFiniteError, ParamGroup, Phase, StepContext, TrainConfig, Trainer, TrainResult,
-                     adam, sgd)
+from .engine import NonFiniteError, Trainer
+from .recipe import ParamGroup, Phase, Recipe, StepContext, TrainConfig, TrainResult, adam, sgd
 from .losses import (FeatureDistillLoss, GANLoss, PerceptualLoss, PixelDistance, build_distance, gram_matrix,
                      pixel_loss)
 from .runlog import ScalarLogger, make_grid, read_scalars, save_grid

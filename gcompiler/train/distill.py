@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError, DataError
-from .engine import Recipe, ParamGroup, Phase, StepContext, Trainer, adam
+from .engine import Trainer
+from .recipe import ParamGroup, Phase, Recipe, StepContext, adam
 from .losses import GAN_MODES, PIXEL_LOSSES, FeatureDistillLoss, GANLoss, pixel_loss, set_requires_grad
 from .schedules import Schedule
 from .taps import TappedModel

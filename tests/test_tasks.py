@@ -249,8 +249,6 @@ def test_compress_runs_on_each_builtin_task(tmp_path, capsys, task, crop, method
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the verifier refuses insert-fake-quant on the cartoon teacher (0.529 x max|y| "
-                   "> 0.504): /work/team/bugs/method/gs8-cartoon-fake-quant-contract.md")
 def test_gs8_runs_on_builtin_cartoon(tmp_path, capsys):
     rc = main(["compress", "--teacher", "builtin:cartoon", "--data", "builtin:cartoon", "--method", "gs",
                "--crop", "32", "--bits", "8", "--out", str(tmp_path / "gs8"), *FAST, *_small_disc("gs")])

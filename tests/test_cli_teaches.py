@@ -54,7 +54,7 @@ def test_bad_flags_exit_2_naming_the_flag(argv: list[str], flag: str, capsys, tm
 
 def test_profile_size_the_net_cannot_take(capsys) -> None:
     rc, _, err = _exit(["profile", "resnet_9blocks", "--size", "7", "--kw", "ngf=8", "--kw", "n_blocks=1"], capsys)
-    assert rc == 2 and "--size 7" in err and "multiple of" in err and "Traceback" not in err
+    assert rc == 2 and "--size 7" in err and "multiples of 4 from 8 pixels" in err and "Traceback" not in err
 
 
 def test_passes_is_plain_text_with_the_pipeline_syntax(capsys) -> None:

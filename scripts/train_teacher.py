@@ -272,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     sched = TimeSchedule(steps=args.steps, warmup=args.warmup, budget_s=args.time_budget)
     ckpt_path = args.ckpt_dir / "latest.pt"
     step, dstep, log, history = 0, 0, [], []
+    if args.init_from is not None:  # the warm-start source's own training commands come first in the record
+        src = Path(args.init_from).with_suffix(".json")
+        if src.is_file():
+            meta = json.loads(src.read_text())
+            history = [f"{c}  (warm-start source {src.name})" for c in meta.get("commands", [meta.get("command", "?")])]
     if args.resume or args.export_only:
         if not ckpt_path.is_file():
             print(f"no checkpoint {ckpt_path} to resume/export", file=sys.stderr)

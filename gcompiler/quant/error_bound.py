@@ -45,6 +45,7 @@ from torch import nn
 
 from ..errors import VerificationError
 from ..fx.utils import not_plain_reason
+from ..passes.masks import ChannelMask
 from .qmodules import QUANT_CONV_TYPES
 
 #: Standard deviations of rounding noise allowed at every output element (see the module docstring).
@@ -58,7 +59,12 @@ _SQRT12 = math.sqrt(12.0)
 
 
 class Unbounded(Exception):
-    """Noise reached an op that has no rule (the message names the node)."""
+    """Noise reached an op that has no rule (``reason`` names the node; torch.fx appends its own notes to the
+    message of an exception raised inside an interpreter)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Err:
@@ -288,6 +294,8 @@ class _Propagator(fx.Interpreter):
             return self._linear(sd, lambda u, w: F.linear(u, w), mod.weight)
         if t is nn.Dropout and not mod.training or t in _STRUCTURAL_MODULES:
             return mod(sd)
+        if isinstance(mod, ChannelMask):  # y[:, c] = x[:, c] * scale: a diagonal linear map
+            return mod(sd).abs()
         if t in (nn.MaxPool2d, nn.AdaptiveMaxPool2d):  # the max moves by at most the largest noise in a window
             return mod(sd)
         if t is nn.ReLU:
@@ -450,7 +458,7 @@ def quantization_error_bound(gm: fx.GraphModule, *inputs: torch.Tensor) -> tuple
     try:
         out = prop.run(*inputs)
     except Unbounded as exc:
-        return math.inf, str(exc)
+        return math.inf, exc.reason
     values = [t for t in _leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     e = prop.err.get(out_node.name)

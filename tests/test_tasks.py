@@ -239,9 +239,16 @@ def test_tasks_json_measures_the_teachers_and_they_reproduce_their_records(capsy
     assert rc == 2 and "unknown built-in task" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped builtin:cartoon teacher is undertrained (1,300 steps on a "
-                   "CPU-starved machine; BENCHMARKS.md 'Built-in tasks'): below identity; retrain with "
-                   "scripts/train_cartoon.py and drop this mark")
+def test_cartoon_teacher_is_above_identity_and_sr_teacher_above_bicubic():
+    """What the shipped teachers do reach (the issue's targets are the two strict xfails below)."""
+    assert T.evaluate("cartoon", T.load_teacher("cartoon"))["gain_over_baseline_db"] > 1.0  # measured +1.11
+    meta = T.teacher_meta("sr")
+    assert meta["heldout"]["mean"]["model"]["psnr_y"] - meta["heldout"]["mean"]["bicubic"]["psnr_y"] > 1.3  # +1.41
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped builtin:cartoon teacher is +1.1 dB over identity (issue 15 asks "
+                   ">= +3; 2,261 steps in one CPU hour, BENCHMARKS.md 'Built-in tasks'); train longer with "
+                   "scripts/train_cartoon.py --init-from and drop this mark")
 def test_cartoon_teacher_beats_identity_by_3db():
     r = T.evaluate("cartoon", T.load_teacher("cartoon"))
     assert r["gain_over_baseline_db"] >= 3.0

@@ -283,9 +283,23 @@ def test_resume_after_the_search_continues_the_fine_tuning(tmp_path, capsys):
     assert stages.count("slim") == 3 and stages.count("search-student") == 3 and stages.count("finetune-quant") == 2
 
 
-def test_demo_runs_gs8_on_builtin_sr_and_prints_the_table(tmp_path, capsys):
+def test_demo_defaults_to_gs8_of_the_cartoon_teacher(tmp_path, capsys):
     out = tmp_path / "demo"
     rc = main(["demo", "--out", str(out), "--max-steps", "2", "--finetune-steps", "1", "--quiet"])
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["teacher"] == "builtin:cartoon" and config["data"] == "builtin:cartoon" and config["bits"] == 8
+    assert summary["method"] == "gs" and summary["steps"] == 3 and summary["input_shape"] == [1, 3, 256, 256]
+    assert summary["macs_after"] <= summary["macs_before"] / 7.9  # --target-macs 8x
+    assert summary["baseline"] == "identity" and summary["psnr_to_target"] is not None
+    assert "baseline (identity)" in stdout
+
+
+def test_demo_runs_gs8_on_builtin_sr_and_prints_the_table(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["demo", "--task", "sr", "--out", str(out), "--max-steps", "2", "--finetune-steps", "1", "--quiet"])
     stdout = capsys.readouterr().out
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -102,12 +102,17 @@ def _env() -> dict[str, str]:
 _STRAIGHT: dict[str, tuple[Path, Path]] = {}
 
 
+_SECONDS: dict[str, float] = {}  # wall time of each uninterrupted in-process run
+
+
 def _straight(tmp_path_factory, method: str) -> tuple[Path, Path, str]:
     if method not in _STRAIGHT:
         root = tmp_path_factory.mktemp(f"straight-{method}")
         data = _data(root / "data")
         out = root / "run"
+        t0 = time.perf_counter()
         assert main(["compress", *_args(data, method), "--out", str(out)]) == 0
+        _SECONDS[method] = time.perf_counter() - t0
         _STRAIGHT[method] = (data, out)
     return (*_STRAIGHT[method], method)
 
@@ -180,7 +185,10 @@ def _kill_then_resume(tmp_path, capsys, caplog, straight, kill_at: str | None, n
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, "compress", *_args(data, method), "--out", str(out)],
                             cwd=str(REPO), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        if delay is not None:
+        if delay is not None:  # counted from the first training step (scalars.csv), not from the spawn
+            deadline = time.monotonic() + 300
+            while not (out / "scalars.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
             time.sleep(delay)
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=300)
@@ -219,7 +227,10 @@ def test_kill9_while_publishing_then_resume(tmp_path, capsys, caplog, straight, 
 
 
 def test_kill9_at_a_random_time_then_resume(tmp_path, capsys, caplog, straight):
-    _kill_then_resume(tmp_path, capsys, caplog, straight, None, delay=random.Random(os.getpid()).uniform(4.0, 9.0))
+    # a random moment in the first half of the run's training (the whole in-process run, setup and evaluation
+    # included, took _SECONDS; a fixed 4-9 s once outlasted a run on a fast, idle machine)
+    delay = random.Random(os.getpid()).uniform(0.05, 0.5) * _SECONDS["gs"]
+    _kill_then_resume(tmp_path, capsys, caplog, straight, None, delay=delay)
 
 
 @pytest.mark.parametrize("kill_at", [

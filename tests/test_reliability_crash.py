@@ -250,7 +250,8 @@ def test_kill9_agd_then_resume(tmp_path, capsys, caplog, straight_agd, kill_at):
     _kill_then_resume(tmp_path, capsys, caplog, straight_agd, kill_at)
 
 
-@pytest.mark.parametrize("fmt,kill_at", [("safetensors", r"/export/safetensors$"), ("pt2", r"/export/model\.pt2$")])
+@pytest.mark.parametrize("fmt,kill_at", [("safetensors", r"/export/safetensors$"), ("pt2", r"/export/model\.pt2$"),
+                                         ("onnx", r"/export/model\.onnx$")])
 def test_kill9_during_export_leaves_nothing_partial(tmp_path, straight, fmt, kill_at):
     """``gcompiler export RUN --format FMT`` killed just before it publishes the file: nothing appears under the
     final name, the run is untouched, and the next export succeeds and verifies."""
@@ -265,7 +266,7 @@ def test_kill9_during_export_leaves_nothing_partial(tmp_path, straight, fmt, kil
                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     COUNTS["kill9"] += 1
-    final = run / "export" / ("safetensors" if fmt == "safetensors" else "model.pt2")
+    final = run / "export" / {"safetensors": "safetensors", "pt2": "model.pt2", "onnx": "model.onnx"}[fmt]
     assert not final.exists()
     after = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*")
              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(run).parts)}
@@ -279,6 +280,15 @@ def test_kill9_during_export_leaves_nothing_partial(tmp_path, straight, fmt, kil
         x = torch.rand(1, 3, 16, 16) * 2 - 1
         with torch.no_grad():
             assert torch.allclose(prog(x), student(x), atol=1e-5)
+    elif fmt == "onnx":
+        from gcompiler.quant.onnx_export import ort_session, run_onnx
+
+        student = gcompiler.load(run)
+        x = torch.rand(1, 3, 16, 16) * 2 - 1
+        with torch.no_grad():
+            y = student(x)
+        got = torch.as_tensor(run_onnx(ort_session(str(final)), x)[0])
+        assert (got - y).abs().max() <= 0.1 * y.abs().max()  # fake-quant as Q/DQ: the export's own tolerance
     else:
         gcompiler.load(final)
     COUNTS["resumed_identical"] += 1

@@ -107,6 +107,28 @@ def test_a_clip_that_cuts_is_part_of_the_bound():
     assert err > 0.5 and err <= bound <= err + 0.01  # ... and the contract says by how much: it is run exactly
 
 
+def test_bound_covers_every_output_of_a_multi_output_graph():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 3, 3, padding=1), nn.Conv2d(8, 1, 1)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            return self.b(h), {"score": self.c(h)}
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16)
+    net = TwoHeads().eval()
+    q = gcompiler.compile(net, "insert-fake-quant{weight_bits=6,act_bits=6}", x)
+    bound, why = fake_quant_bound(q, x)
+    with torch.no_grad():
+        (y0, d0), (y1, d1) = net(x), q(x)
+    err = max(float((y1 - y0).abs().max()), float((d1["score"] - d0["score"]).abs().max()))
+    scale = max(float(y0.abs().max()), float(d0["score"].abs().max()))
+    assert why is None and 1e-3 < err / scale <= bound < 1.0
+
+
 def test_noise_reaching_an_op_without_a_rule_makes_no_promise_and_says_so():
     class Odd(nn.Module):
         def __init__(self):

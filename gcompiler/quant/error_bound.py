@@ -171,8 +171,8 @@ class _Propagator(fx.Interpreter):
             value, self.err[n.name] = self._qconv(n, self.module.get_submodule(str(n.target)), args[0], e)
             return value
         value = super().run_node(n)
-        if n.op == "output":
-            self.err[n.name] = ea[0] if ea and isinstance(ea[0], Err) else None
+        if n.op == "output":  # an Err, or a list / tuple / dict of them (and None) for several outputs
+            self.err[n.name] = ea[0] if ea else None
         elif any(isinstance(e, Err) for e in _leaves((ea, ek))):
             self.err[n.name] = self._propagate(n, args, kwargs, ea, ek, value)
         else:
@@ -446,6 +446,22 @@ class _Propagator(fx.Interpreter):
         raise self._fail(n, f"method .{name}()")
 
 
+def _output_rows(value: Any, err: Any) -> list[tuple[Any, Any, Any]]:
+    """``(float value, systematic value, noise or None)`` for every leaf of a graph output (a tensor, or lists /
+    tuples / dicts of them), walking the value and its error structure together."""
+    if isinstance(err, Err):
+        sds = _leaves(err.sd) if err.sd is not None else None
+        vals, syss = _leaves(value), _leaves(err.sys)
+        return [(v, ys, None if sds is None else sds[i]) for i, (v, ys) in enumerate(zip(vals, syss))]
+    if isinstance(value, (list, tuple)):
+        errs = err if isinstance(err, (list, tuple)) else [None] * len(value)
+        return [row for v, e in zip(value, errs) for row in _output_rows(v, e)]
+    if isinstance(value, dict):
+        errs = err if isinstance(err, dict) else {}
+        return [row for k, v in value.items() for row in _output_rows(v, errs.get(k))]
+    return [(value, value, None)]  # untouched by quantization
+
+
 @torch.no_grad()
 def quantization_error_bound(gm: fx.GraphModule, *inputs: torch.Tensor) -> tuple[float, str | None]:
     """``(bound, reason)``: on ``inputs``, ``max|gm(x) - float(gm)(x)| <= bound * max|float(gm)(x)|`` under the
@@ -459,18 +475,14 @@ def quantization_error_bound(gm: fx.GraphModule, *inputs: torch.Tensor) -> tuple
         out = prop.run(*inputs)
     except Unbounded as exc:
         return math.inf, exc.reason
-    values = [t for t in _leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
-    e = prop.err.get(out_node.name)
-    if not values or not any(t.numel() for t in values) or e is None:
+    rows = [(y, ys, sd) for y, ys, sd in _output_rows(out, prop.err.get(out_node.name))
+            if isinstance(y, torch.Tensor) and y.is_floating_point() and y.numel()]
+    if not rows:
         return ROUNDING_SLACK, None
-    sys_leaves = [t for t in _leaves(e.sys) if isinstance(t, torch.Tensor) and t.is_floating_point()]
-    sd_leaves = _leaves(e.sd) if e.sd is not None else [None] * len(sys_leaves)
-    scale = max(float(t.abs().max()) for t in values if t.numel())
+    scale = max(float(y.abs().max()) for y, _, _ in rows)
     worst, noise = 0.0, 0.0
-    for y, ys, sd in zip(values, sys_leaves, sd_leaves):
-        if not y.numel():
-            continue
+    for y, ys, sd in rows:
         band = (ys - y).abs()
         if isinstance(sd, torch.Tensor):
             band = band + NOISE_SIGMAS * sd

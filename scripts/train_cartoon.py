@@ -77,6 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--lr", type=float, default=4e-4, help="peak generator learning rate")
     g.add_argument("--d-lr", type=float, default=2e-4, help="peak discriminator learning rate")
     g.add_argument("--l1-weight", type=float, default=100.0, help="weight of the L1 term (pix2pix: 100)")
+    g.add_argument("--mse-weight", type=float, default=0.0,
+                   help="weight of an added squared-error term. PSNR is a squared-error metric: where the "
+                        "target is uncertain (an edge pixel or a colour level near a rounding boundary), L1 "
+                        "picks one side (the median) and squared error their mean, which scores higher "
+                        "(pix2pix: 0)")
+    g.add_argument("--gan-weight", type=float, default=1.0, help="weight of the LSGAN term (pix2pix: 1)")
     g.add_argument("--warmup", type=int, default=50)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=1)
@@ -301,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         # G step
         pg = D(fake)
         l1 = torch.nn.functional.l1_loss(fake, y)
-        g_loss = args.l1_weight * l1 + mse(pg, torch.ones_like(pg))
+        g_loss = args.l1_weight * l1 + args.gan_weight * mse(pg, torch.ones_like(pg))
+        if args.mse_weight:
+            g_loss = g_loss + args.mse_weight * mse(fake, y)
         gopt.zero_grad(set_to_none=True)
         g_loss.backward()
         gopt.step()
@@ -351,11 +359,14 @@ def main(argv: list[str] | None = None) -> int:
         "commands": history,
         "seed": args.seed, "steps": step, "time_budget_s": args.time_budget, "batch_size": args.batch_size,
         "crop": args.crop, "lr": args.lr, "d_lr": args.d_lr, "l1_weight": args.l1_weight,
+        "mse_weight": args.mse_weight, "gan_weight": args.gan_weight,
         "warmup": args.warmup,
         "init": f"warm start from {args.init_from}" if args.init_from else (
             "identity_init (BatchNorm frozen as affine maps)" if frozen_bn else "N(0, 0.02) (pix2pix)"),
         "norm": args.norm,
-        "loss": f"{args.l1_weight:g} * L1 + LSGAN against the unconditional PatchGAN",
+        "loss": f"{args.l1_weight:g} * L1 + "
+                + (f"{args.mse_weight:g} * squared error + " if args.mse_weight else "")
+                + f"{args.gan_weight:g} * LSGAN against the unconditional PatchGAN",
         "optimizer": "Adam(0.5, 0.999) for G and D; cosine to 1% over "
                      + ("wall time (--time-budget)" if args.time_budget > 0 else "steps"),
         "augment": "random crop + horizontal flip", "threads": args.threads, "device": str(args.device),

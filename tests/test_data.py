@@ -422,3 +422,60 @@ def test_loader_refuses_a_batch_larger_than_the_data(five_images):
         make_loader(ds, batch_size=8, num_workers=0)
     loader = make_loader(ds, batch_size=8, num_workers=0, drop_last=False)
     assert [len(b["index"]) for b in loader] == [5]
+
+
+# ---------------------------------------------------------------- source subsets (validation splits)
+def _constant_folder(path: Path, n: int, size: int = 12) -> Path:
+    """``n`` images, image ``i`` filled with the grey level ``20 * i + 10`` (a crop tells its source)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((size, size, 3), 20 * i + 10, np.uint8)).save(path / f"img{i}.png")
+    return path
+
+
+class _RandomPick(SingleFolderDataset):
+    """A base that draws its source at random for every item (as builtin:sr and builtin:cartoon do)."""
+
+    random_sources = True
+
+    def __len__(self) -> int:
+        return 64
+
+    def num_sources(self) -> int:
+        return len(self.files)
+
+    def source_of(self, index, rng):
+        return int(rng.integers(0, len(self.files)))
+
+
+def _source_levels(ds) -> set[int]:
+    levels = set()
+    for i in range(len(ds)):
+        x = ds[SampleKey(i, (7, i))]["input"]
+        assert torch.equal(x, x.flatten()[0].expand_as(x))  # one source per crop
+        levels.add(round((float(x.flatten()[0]) + 1) / 2 * 255))
+    return levels
+
+
+@pytest.mark.parametrize("base_cls", [SingleFolderDataset, _RandomPick])
+def test_source_subsets_never_share_a_source(tmp_path, base_cls):
+    from gcompiler.data import SourceSubset
+
+    base = base_cls(_constant_folder(tmp_path / "d", 6), crop_size=8, seed=0)
+    held, rest = SourceSubset(base, [1, 4]), SourceSubset(base, [0, 2, 3, 5])
+    assert held.num_sources() == 2 and rest.num_sources() == 4
+    assert held.names == [base.names[1], base.names[4]]
+    assert _source_levels(held) == {30, 90}  # images 1 and 4, and every crop from one of them
+    assert _source_levels(rest) == {10, 50, 70, 110}
+    assert len(held) == (64 if base.random_sources else 2)
+    assert held.value_range == base.value_range and held.crop_size == 8
+
+
+def test_source_subset_rejects_bad_sources(tmp_path):
+    from gcompiler.data import SourceSubset
+
+    base = SingleFolderDataset(_constant_folder(tmp_path / "d", 3), crop_size=8)
+    with pytest.raises(DataError, match=r"out of range for a dataset of 3 sources"):
+        SourceSubset(base, [0, 3])
+    with pytest.raises(DataError, match="at least one source"):
+        SourceSubset(base, [])

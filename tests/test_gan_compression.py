@@ -109,6 +109,9 @@ def test_end_to_end_under_a_macs_budget(tmp_path, capsys):
     assert report["recon_target"] == "teacher" and report["d_real"] == "teacher"  # a single folder is unpaired
     assert len(report["feature_taps"]) == 4 and [r["pass"] for r in report["pass_log"]] == ["insert-masks", "make-supernet"]
     assert (out / "pareto.png").stat().st_size > 5000
+    # 6 images (too few to hold any out for evaluation): one is held out of training for the search
+    assert report["search_split"].startswith("1 of the 6 training images held out")
+    assert report["search"]["split"].startswith("4 crops") and "1 of the 6" in report["search"]["split"]
     student = gcompiler.load(out)
     assert gcompiler.profile(student).macs == summary["macs_after"]
     assert student(torch.rand(1, 3, 16, 16) * 2 - 1).shape == (1, 3, 16, 16)
@@ -153,3 +156,41 @@ def test_mappings_undo_the_l1_channel_order():
         assert float(loss(sf, tf)) > 1e-3  # identity mappings on permuted channels
         init_permuted_mappings(loss, sn.meta["supernet"]["channel_order"])
         assert float(loss(sf, tf)) < 1e-9
+
+
+def test_search_split_holds_whole_training_images_out_of_training(tmp_path):
+    import types
+
+    from gcompiler.data import SampleKey, SingleFolderDataset
+    from gcompiler.methods.gan_compression import _search_split_data
+    from test_data import _constant_folder, _source_levels
+
+    base = SingleFolderDataset(_constant_folder(tmp_path / "d", 9), crop_size=8, seed=0)
+    all_levels = _source_levels(base)
+    job = types.SimpleNamespace(dataset=base, settings=types.SimpleNamespace(seed=3, batch_size=2))
+    val, note = _search_split_data(job, GANCompressionOptions())
+    assert val.num_sources() == 1 and job.dataset.num_sources() == 8  # one in eight
+    assert note.startswith("1 of the 9 training images held out") and val.names[0] in note
+    train_levels, val_levels = _source_levels(job.dataset), _source_levels(val)
+    assert not train_levels & val_levels and train_levels | val_levels == all_levels
+    job2 = types.SimpleNamespace(dataset=base, settings=types.SimpleNamespace(seed=3, batch_size=2))
+    assert _search_split_data(job2, GANCompressionOptions(search_sources=3))[0].num_sources() == 3
+    # the same seed holds out the same image (resume, every torchrun rank)
+    job3 = types.SimpleNamespace(dataset=base, settings=types.SimpleNamespace(seed=3, batch_size=2))
+    assert _search_split_data(job3, GANCompressionOptions())[0].sources == val.sources
+    job4 = types.SimpleNamespace(dataset=base, settings=types.SimpleNamespace(seed=3, batch_size=2))
+    val4, note4 = _search_split_data(job4, GANCompressionOptions(search_split="crops"))
+    assert val4 is base and job4.dataset is base and "supernet trains on them too" in note4
+    with pytest.raises(ConfigError, match="search_sources=9 must leave at least one"):
+        _search_split_data(types.SimpleNamespace(dataset=base, settings=job.settings),
+                           GANCompressionOptions(search_sources=9))
+    big_batch = types.SimpleNamespace(seed=3, batch_size=9)  # 8 images left cannot fill a batch of 9
+    job5 = types.SimpleNamespace(dataset=base, settings=big_batch)
+    assert _search_split_data(job5, GANCompressionOptions())[0] is base  # auto falls back to crops
+    with pytest.raises(ConfigError, match="leaves 8, fewer than --batch-size 9"):
+        _search_split_data(types.SimpleNamespace(dataset=base, settings=big_batch),
+                           GANCompressionOptions(search_split="sources"))
+    one = SingleFolderDataset(_constant_folder(tmp_path / "e", 1), crop_size=8)
+    with pytest.raises(ConfigError, match="needs at least 2 training images"):
+        _search_split_data(types.SimpleNamespace(dataset=one, settings=job.settings),
+                           GANCompressionOptions(search_split="sources"))

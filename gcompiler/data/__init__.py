@@ -15,7 +15,7 @@ default, [0, 1] for ``builtin:sr``. See :mod:`gcompiler.data.datasets` for augme
 happens to unreadable images (skipped with a warning and counted in ``dataset.report`` unless
 ``strict=True``).
 """
-from .datasets import (AlignedDataset, CropFlipDataset, PairedFolderDataset, SingleFolderDataset,
+from .datasets import (AlignedDataset, CropFlipDataset, PairedFolderDataset, SingleFolderDataset, SourceSubset,
                        TeacherCachedDataset, UnpairedFolderDataset, crop_and_flip)
 from .images import (IMAGE_EXTENSIONS, RANGE_GAN, RANGE_UNIT, ScanReport, list_images, load_image, save_image,
                      to_tensor, to_uint8)
@@ -25,7 +25,7 @@ from .spec import open_dataset, parse_spec
 
 __all__ = [
     "AlignedDataset", "CropFlipDataset", "IMAGE_EXTENSIONS", "PairedFolderDataset", "RANGE_GAN", "RANGE_UNIT",
-    "ResumableLoader", "ResumableSampler", "SampleKey", "ScanReport", "SingleFolderDataset",
+    "ResumableLoader", "ResumableSampler", "SampleKey", "ScanReport", "SingleFolderDataset", "SourceSubset",
     "TeacherCachedDataset", "UnpairedFolderDataset", "crop_and_flip", "default_num_workers", "list_images",
     "load_image", "make_loader", "open_dataset", "parse_spec", "save_image", "to_tensor", "to_uint8",
 ]

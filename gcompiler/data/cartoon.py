@@ -112,6 +112,8 @@ class CartoonTrainDataset(CropFlipDataset):
     horizontal flip with probability 1/2 (``flip``). The epoch has ``patches_per_epoch`` items.
     """
 
+    random_sources = True
+
     def __init__(self, *, crop_size: int = 128, patches_per_epoch: int = 1000, flip: bool = True,
                  images: Sequence[str] = TRAIN_IMAGES, seed: int | None = None) -> None:
         if patches_per_epoch < 1:

@@ -117,6 +117,9 @@ class CropFlipDataset(Dataset):
     seed: int | None = None
     #: Ratio between the size of ``"target"`` (if any) and of ``"input"``.
     scale: int = 1
+    #: True when :meth:`source_of` draws the source at random (every item may come from any source, e.g.
+    #: ``builtin:sr``), False when it is a fixed function of the index (one item per file).
+    random_sources: bool = False
     report: ScanReport
     names: list[str]
 
@@ -197,6 +200,59 @@ class SingleFolderDataset(CropFlipDataset):
     def load_views(self, index, rng):
         p = self.files[index]
         return {"input": (load_image(p, self.channels), 1)}, {}, f"image {str(p)!r}"
+
+
+class SourceSubset(CropFlipDataset):
+    """The items of ``base`` cut only from some of its sources (whole images or pairs).
+
+    Two subsets with disjoint ``sources`` never share a pixel: this is how a method keeps a validation
+    split of whole training images apart from what it trains on (``gan-compression``'s search split).
+    For a base that draws its source at random (:attr:`CropFlipDataset.random_sources`) the subset has the
+    base's length and draws uniformly from ``sources``; otherwise it keeps the base's items whose source is
+    in ``sources``, in order. Crops, flips, value range and scale are the base's own; other attributes are
+    read through to the base.
+    """
+
+    def __init__(self, base: CropFlipDataset, sources: Sequence[int]) -> None:
+        n = base.num_sources()
+        self.base = base
+        self.sources = tuple(int(i) for i in sources)
+        if not self.sources:
+            raise DataError("a source subset needs at least one source")
+        bad = [i for i in self.sources if not 0 <= i < n]
+        if bad:
+            raise DataError(f"source(s) {bad} out of range for a dataset of {n} sources")
+        self.random_sources = base.random_sources
+        if base.random_sources:
+            self.items: list[int] | None = None
+        else:
+            keep, rng = set(self.sources), np.random.default_rng(0)
+            self.items = [i for i in range(len(base)) if base.source_of(i, rng) in keep]
+        self.value_range, self.crop_size, self.flip, self.seed = base.value_range, base.crop_size, base.flip, base.seed
+        self.scale, self.report = base.scale, base.report
+        self.names = [base.names[i] for i in self.sources] if len(base.names) == n else list(base.names)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "base":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def __len__(self) -> int:
+        return len(self.base) if self.items is None else len(self.items)
+
+    def num_sources(self) -> int:
+        return len(self.sources)
+
+    def source_of(self, index: int, rng: np.random.Generator) -> int:
+        if self.items is None:
+            return self.sources[int(rng.integers(0, len(self.sources)))]
+        return self.base.source_of(self.items[index], rng)
+
+    def load_views(self, source, rng):
+        return self.base.load_views(source, rng)
+
+    def finish(self, index, aligned, unaligned, where, rng):
+        return self.base.finish(index, aligned, unaligned, where, rng)
 
 
 class AlignedDataset(CropFlipDataset):

@@ -107,6 +107,8 @@ class SRTrainDataset(CropFlipDataset):
     probability 1/2 or (``augment="dihedral"``) one of the 8 flips/rotations.
     """
 
+    random_sources = True
+
     scale = SCALE
 
     def __init__(self, *, crop_size: int = 48, patches_per_epoch: int = 1000, augment: str = "flip",

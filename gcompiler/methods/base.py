@@ -433,14 +433,16 @@ class CompressJob:
         return ds, idx, (f"no --eval-data and too few images to hold any out: evaluated on {len(idx)} TRAINING "
                          f"images of --data {s.data} (pass --eval-data FOLDER)")
 
-    def make_loader(self, *, seed_offset: int = 0, batch_size: int | None = None, shard: bool = True):
+    def make_loader(self, *, seed_offset: int = 0, batch_size: int | None = None, shard: bool = True,
+                    dataset=None):
         """A resumable loader over the training data (drop_last, seeded by ``--seed`` + ``seed_offset``).
 
         ``batch_size`` (default ``--batch-size``) is the *global* batch: under ``torchrun`` with ``shard``
         each rank loads ``batch_size / world_size`` samples of it (rank ``r`` takes positions ``r, r + N, ...``
         of the shared order, so the ranks together see exactly the batches of a one-process run). A loader
         for work done on one rank (calibration batches, a search split) passes ``shard=False``: every rank
-        then loads the same full batches."""
+        then loads the same full batches. ``dataset`` (default: the job's training data) loads another split
+        with the same settings."""
         from ..data import make_loader
 
         bs = batch_size or self.settings.batch_size
@@ -450,7 +452,7 @@ class CompressJob:
 
             raise DistributedError(f"the global batch of {bs} samples cannot be split evenly across {world} "
                                    f"processes: choose a --batch-size divisible by {world}")
-        return make_loader(self.dataset, batch_size=bs // world, seed=self.settings.seed + seed_offset,
+        return make_loader(self.dataset if dataset is None else dataset, batch_size=bs // world, seed=self.settings.seed + seed_offset,
                            num_workers=self.settings.data_workers(), rank=self.dist.rank if shard else 0,
                            world_size=world)
 

@@ -29,8 +29,9 @@ Stages (BRIEF section 1):
    leave no constant behind; where they would -- a norm bias before a zero-padded conv -- ``estimate`` prices
    the *elimination* of zeroed units, which keeps a carrier for the constant, while a sub-network simply does
    not compute those units; the report lists all three counts for the chosen one) and scored
-   on a fixed search split (``search_images`` training crops drawn with their own seed, never the
-   held-out evaluation photos) by PSNR or SSIM to the teacher or the ground truth, or by FID when
+   on a fixed search split (``search_images`` crops drawn with their own seed from whole training images
+   held out of supernet training and fine-tuning -- one in eight, ``search_split=sources``, the default
+   when the data has enough images -- and never from the held-out evaluation photos) by PSNR or SSIM to the teacher or the ground truth, or by FID when
    Inception weights are given (``fid_weights``). Every candidate goes into ``search.json`` and the
    Pareto plot ``pareto.png`` in the run directory.
 4. **Fine-tuning** of the extracted sub-network (a plain slim GraphModule) with the reconstruction and
@@ -122,6 +123,13 @@ class GANCompressionOptions:
     "Reference of the search score: auto = the ground truth when the data has it, else the teacher."
     search_images: int = 16
     "Crops in the search split."
+    search_split: Literal["auto", "sources", "crops"] = "auto"
+    ("Where the search crops come from. sources: whole training images (search_sources of them, seeded) are held "
+     "out of supernet training and fine-tuning and scored on; crops: seeded crops of the training images; auto: "
+     "sources when the data has at least 4 source images and the others still fill a batch (or search_sources is "
+     "set), else crops.")
+    search_sources: int = 0
+    "Training images held out for the search with search_split=sources (0: one in eight, at least 1)."
     fid_weights: str | None = None
     "Path to pytorch-fid's Inception weights (pt_inception-2015-12-05-6726825d.pth) for metric=fid."
     freeze_norm_stats: bool = True
@@ -218,6 +226,42 @@ def _build_student(job: CompressJob, opts: GANCompressionOptions) -> tuple[fx.Gr
     return job.rewrite(gm, f"make-supernet{{order={opts.order}}}", stage="supernet"), priced
 
 
+def _search_split_data(job: CompressJob, opts: GANCompressionOptions):
+    """``(dataset the search crops come from, description)``; with ``search_split=sources`` it also narrows
+    ``job.dataset`` (what every training stage loads) to the other training images."""
+    from ..data import CropFlipDataset, SourceSubset
+
+    ds = job.dataset
+    n = ds.num_sources() if isinstance(ds, CropFlipDataset) else 0
+    k = opts.search_sources or max(1, n // 8)
+    # one item per image (a folder): the images left must still fill a training batch
+    need = 1 if isinstance(ds, CropFlipDataset) and ds.random_sources else job.settings.batch_size
+    mode = opts.search_split
+    if mode == "auto":
+        mode = "sources" if opts.search_sources or (n >= 4 and n - k >= need) else "crops"
+    if mode == "crops":
+        return ds, "the training images (the supernet trains on them too)"
+    if n < 2:
+        raise ConfigError(f"gan-compression: search_split=sources needs at least 2 training images to hold one out "
+                          f"for the search; the data has {n}. Use --opt search_split=crops")
+    if not 1 <= k < n:
+        raise ConfigError(f"gan-compression: search_sources={k} must leave at least one of the {n} training images "
+                          f"for training (1 .. {n - 1})")
+    if n - k < need:
+        raise ConfigError(f"gan-compression: holding {k} of the {n} training images out for the search leaves "
+                          f"{n - k}, fewer than --batch-size {need}: lower search_sources or the batch size, or use "
+                          f"--opt search_split=crops")
+    import numpy as np
+
+    held = sorted(int(i) for i in np.random.default_rng(job.settings.seed + 7919).choice(n, size=k, replace=False))
+    job.dataset = SourceSubset(ds, [i for i in range(n) if i not in held])
+    val = SourceSubset(ds, held)
+    names = ", ".join(str(x) for x in val.names) if len(val.names) == k else f"{k} images"
+    note = (f"{k} of the {n} training images held out of supernet training and fine-tuning ({names})")
+    log.info(f"gan-compression: search split: {note}")
+    return val, note
+
+
 @register_method("gan-compression", options=GANCompressionOptions,
                  summary="GAN Compression: once-for-all supernet trained by distillation (features + L1 + GAN), "
                          "brute-force / evolutionary search under --target-macs, fine-tune, export",
@@ -241,6 +285,9 @@ def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[s
     report: dict[str, Any] = {"method": "gan-compression", "options": dataclasses.asdict(opts),
                               "teacher": job.teacher_info, "target_macs": job.target_macs, "paired": paired,
                               "recon_target": recon_target, "d_real": d_real}
+
+    search_data, split_note = _search_split_data(job, opts)
+    report["search_split"] = split_note
 
     # -- stage 1: the supernet ---------------------------------------------------------------------------------
     supernet, priced = _build_student(job, opts)
@@ -292,7 +339,7 @@ def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[s
     # -- stage 2: search ---------------------------------------------------------------------------------------
     def run_search() -> dict[str, Any]:
         """Score sub-networks and choose one (rank 0 only under torchrun: the others receive the choice)."""
-        batches = search_split(job, opts.search_images)
+        batches = search_split(job, opts.search_images, dataset=search_data)
         against = ("target" if paired else "teacher") if opts.score_against == "auto" else opts.score_against
         if against == "target" and not paired:
             raise ConfigError("gan-compression: score_against=target but the data has no ground truth")
@@ -340,8 +387,8 @@ def run_gan_compression(job: CompressJob, opts: GANCompressionOptions) -> dict[s
                             "metric": metric_name, "chosen": space.label(chosen.candidate),
                             "chosen_macs": int(chosen.cost), "chosen_score": chosen.score,
                             "largest_score": full_score, "pareto_plot": str(plot_path) if plot_path else None,
-                            "split": f"{sum(b['input'].shape[0] for b in batches)} training crops (seed "
-                                     f"{s.seed} + 7919), not the held-out evaluation images"}
+                            "split": f"{sum(b['input'].shape[0] for b in batches)} crops (seed {s.seed} + 7919) "
+                                     f"of {split_note}; never the held-out evaluation images"}
         log.info(f"gan-compression: {res.method} search scored {res.evaluations} sub-networks in {search_s:.1f} s; chose "
                  f"{space.label(chosen.candidate)} at {chosen.cost / 1e9:.4f} G MACs ({metric_name} {chosen.score:.3f}; "
                  f"largest {full_score:.3f})")

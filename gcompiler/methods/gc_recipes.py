@@ -197,19 +197,23 @@ class FrozenNormFinetune(Distill):
 # ------------------------------------------------------------------------------------------------
 # search split and scoring
 
-def search_split(job: CompressJob, n: int) -> list[dict[str, torch.Tensor]]:
-    """``n`` fixed training crops drawn with their own seed (batches of up to 8), the same in every session."""
+def search_split(job: CompressJob, n: int, dataset=None) -> list[dict[str, torch.Tensor]]:
+    """``n`` fixed crops of ``dataset`` (default: the job's training data) drawn with their own seed (batches of
+    up to 8), the same in every session."""
     from ..train import checkpoint as ckpt
 
     state = ckpt.capture_rng_state()
     items: list[dict[str, torch.Tensor]] = []
     try:
         torch.manual_seed(job.settings.seed + 7919)
-        loader = job.make_loader(seed_offset=7919, batch_size=min(8, n), shard=False)  # scored on rank 0
-        for batch in loader:
-            items.append({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
-            if sum(b["input"].shape[0] for b in items) >= n:
-                break
+        ds = job.dataset if dataset is None else dataset
+        loader = job.make_loader(seed_offset=7919, batch_size=min(8, n, len(ds)), shard=False,  # scored on rank 0
+                                 dataset=dataset)
+        while sum(b["input"].shape[0] for b in items) < n:  # several epochs when the split has few images
+            for batch in loader:
+                items.append({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
+                if sum(b["input"].shape[0] for b in items) >= n:
+                    break
     finally:
         ckpt.restore_rng_state(state)
     return items

@@ -424,20 +424,30 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = ("examples:\n  gcompiler export runs/demo --format safetensors   # gcompiler.load(runs/demo/export/"
                 "safetensors)\n  gcompiler export runs/demo --format pt2           # torch.export program\n"
-                "  gcompiler export runs/demo --format onnx --int8    # ONNX fp32 and int8 QDQ (onnxruntime)\n\n"
+                "  gcompiler export runs/demo --format onnx --int8    # ONNX fp32 and int8 QDQ (onnxruntime)\n"
+                "  gcompiler export runs/demo --format onnx --int8 --latency   # ... and the fastest back end's ms\n\n"
                 "Each file is written atomically, then loaded, run and compared with the PyTorch student; the "
                 "maximum error is printed.")
     p.add_argument("run", metavar="RUN", help="a finished run directory (or any gcompiler.save directory)")
     p.add_argument("--format", required=True, choices=["safetensors", "pt2", "onnx"], help="what to write")
     p.add_argument("--int8", action="store_true", help="with --format onnx: also an int8 QDQ model")
     p.add_argument("--out", metavar="DIR", default=None, help="where to write (default RUN/export)")
-    p.add_argument("--threads", type=_positive("--threads"), default=1, help="ONNX Runtime threads for the check")
+    p.add_argument("--threads", type=_positive("--threads"), default=1,
+                   help="ONNX Runtime (and, with --latency, torch) threads for the check")
+    p.add_argument("--latency", action="store_true",
+                   help="also time the student through gcompiler.deploy at its example input: fp32, and int8 with "
+                        "--int8 or for a quantized student (each on the back end deploy measures fastest)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_run, print_rows
+    from .export import export_latency, export_run, print_latency, print_rows
 
     print_rows(export_run(args.run, args.format, int8=args.int8, out=args.out, threads=args.threads))
+    if args.latency:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print_latency(export_latency(args.run, int8=args.int8))
     return 0
 
 

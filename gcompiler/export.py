@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import torch
 import torch.fx as fx
 
 from .errors import ConfigError, VerificationError
+from .quant import is_quantized
 
 __all__ = ["export_run", "FORMATS", "example_input"]
 
@@ -153,7 +153,7 @@ def export_run(run_dir: str | os.PathLike, fmt: str, *, int8: bool = False, out:
         with atomic_file(target) as tmp:
             Path(tmp).write_bytes(proto.SerializeToString())
         err = _err(run_onnx(ort_session(str(target), threads=threads), x)[0], y)
-        quantized = _is_quantized(student)
+        quantized = is_quantized(student)
         # a quantized student: ONNX Runtime rounds ties to even where torch may not, so a value on a rounding
         # boundary moves by one quantization step; bound as convert-to-int's contract (0.1 x max|y|)
         tol = QUANT_TOL if quantized else 1e-3
@@ -167,11 +167,6 @@ def export_run(run_dir: str | os.PathLike, fmt: str, *, int8: bool = False, out:
     return rows
 
 
-def _is_quantized(gm: fx.GraphModule) -> bool:
-    return any(type(m).__name__ in ("QConv2d", "QConvTranspose2d", "IntConv2d", "IntConvTranspose2d")
-               for m in gm.modules())
-
-
 def _export_int8(student: fx.GraphModule, x: torch.Tensor, y: torch.Tensor, dest: Path, meta: dict[str, Any],
                  threads: int) -> dict[str, Any]:
     from .ioutil import atomic_file
@@ -181,7 +176,7 @@ def _export_int8(student: fx.GraphModule, x: torch.Tensor, y: torch.Tensor, dest
 
     gm = copy.deepcopy(student).eval()
     how = "convert-to-int of the quantized student"
-    if not _is_quantized(gm):
+    if not is_quantized(gm):
         gm, _ = run_pipeline(gm, "fold-norms,insert-fake-quant", verify="lint", check=False)
         calibrate(gm, _calibration(meta, x), method="percentile", percentile=99.99)
         how = "post-training int8 (fold-norms, insert-fake-quant, percentile calibration) + convert-to-int"
@@ -201,6 +196,38 @@ def _export_int8(student: fx.GraphModule, x: torch.Tensor, y: torch.Tensor, dest
     _check("onnx int8", target, err, y, QUANT_TOL)
     return {"format": "ONNX int8 QDQ", "path": str(target), "bytes": target.stat().st_size, "max_abs_err": err,
             "max_abs_err_to_integer_graph": err_ref, "how": how, "loaded_with": "onnxruntime.InferenceSession(path)"}
+
+
+def export_latency(run_dir: str | os.PathLike, *, int8: bool = False, rounds: int = 5) -> dict[str, Any]:
+    """Latency of the run's student at its example input through :func:`gcompiler.deploy` (the back end deploy
+    measures fastest; :func:`gcompiler.deploy.latency.compare`): fp32 (a quantized student with its fake
+    quantizers stripped) and, with ``int8`` or for a quantized student, ``deploy(precision="int8")``."""
+    from .deploy.latency import compare
+    from .passes.manager import run_pipeline
+
+    student, meta = _load_run(Path(run_dir))
+    x = example_input(student, meta)
+    fp32 = copy.deepcopy(student).eval()
+    if is_quantized(fp32):
+        run_pipeline(fp32, "strip-fake-quant", check=False)
+    models = {"student": (fp32, "fp32")}
+    if int8 or is_quantized(student):
+        models["student int8"] = (student.eval(), "int8")
+    res = compare(models, x, rounds=rounds)
+    res["input_shape"] = list(x.shape)
+    return res
+
+
+def print_latency(res: dict[str, Any]) -> None:
+    print(f"latency through gcompiler.deploy at input {res['input_shape']} ({res['device']}, {res['threads']} "
+          f"thread(s), median / min of {res['rounds']} interleaved runs):")
+    for name, r in res["deployed"].items():
+        print(f"    {name:<13} {r['precision']:<5} {r['backend']:<24} {r['median_ms']:9.2f} / {r['min_ms']:.2f} ms  "
+              f"(error {r['error']:.2g} x max|y|)")
+    for name, r in res["eager"].items():
+        print(f"    {name:<13} fp32  {'eager (for reference)':<24} {r['median_ms']:9.2f} / {r['min_ms']:.2f} ms")
+    for name, why in res["failed"].items():
+        print(f"    {name:<13} not deployed: {why}")
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:

@@ -70,3 +70,21 @@ def test_bad_requests(saved: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--format"):
         export_run(saved, "tflite", out=tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_latency_goes_through_deploy(saved: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from gcompiler.deploy import candidates
+    from gcompiler.export import export_latency
+
+    res = export_latency(saved, int8=True, rounds=2)
+    assert set(res["deployed"]) == {"student", "student int8"}, res["failed"]
+    assert res["deployed"]["student"]["backend"] in candidates("cpu", "fp32")
+    assert res["deployed"]["student int8"]["backend"] in candidates("cpu", "int8") + ["int-reference"]
+    assert res["deployed"]["student"]["error"] <= 1e-3 and res["deployed"]["student int8"]["error"] <= 0.1
+    assert set(res["eager"]) == {"student"} and res["input_shape"] == [1, 3, 32, 32]
+    assert all(0 < r["min_ms"] <= r["median_ms"] for r in [*res["deployed"].values(), *res["eager"].values()])
+    rc = main(["export", str(saved), "--format", "safetensors", "--out", str(tmp_path), "--latency"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "latency through gcompiler.deploy" in out
+    assert "student       fp32  " in out and "eager (for reference)" in out

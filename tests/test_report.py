@@ -137,12 +137,20 @@ def test_compress_run_writes_a_report_that_renders(tmp_path: Path) -> None:
                              threads=1, out=tmp_path / "run")
     data = json.loads((res.run_dir / "report.json").read_text())["report_data"]
     assert [r["model"] for r in data["quality"]] == ["baseline (bicubic)", "teacher", "student"]
-    assert data["latency"]["cpu"]["teacher"]["median_ms"] > 0
+    lat = data["latency"]
+    assert lat["cpu"]["teacher"]["median_ms"] > 0
+    # through deploy: each network on a back end deploy chose, timed beside its eager run; the GS-8 student in int8
+    from gcompiler.deploy import candidates
+    assert set(lat["backends"]) == {"teacher", "student", "student int8"}, lat.get("failed")
+    assert lat["backends"]["teacher"] in candidates("cpu", "fp32") and lat["int8"]["error"] <= 0.1
+    assert set(lat["eager"]) == {"teacher", "student"}
+    assert lat["cpu"]["student"]["min_ms"] <= lat["cpu"]["student"]["median_ms"]
     assert data["widths"] and all(0 <= w["after"] <= w["before"] for w in data["widths"])
     assert sum(w["after"] for w in data["widths"]) < sum(w["before"] for w in data["widths"])
     assert Path(data["grid"]).is_file()
     html = (res.run_dir / "report.html").read_text()
     assert (res.run_dir / "report.md").is_file() and "Pass log" in html
+    assert "cpu fp32 via deploy" in html and "cpu int8 student via deploy" in html
     if _chromium():
         imgs = chromium_image_check(res.run_dir / "report.html", tmp_path)
         assert len(imgs) >= 3 and all(i["src"] == "data:" and i["w"] > 0 for i in imgs), imgs

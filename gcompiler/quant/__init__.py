@@ -19,9 +19,16 @@ from .onnx_export import export_onnx, layerwise_onnx_check, op_counts, ort_sessi
 from .qmodules import QConv2d, QConvTranspose2d
 from .quantizers import ActFakeQuant, WeightFakeQuant, fake_quant_act, fake_quant_weight
 
+
+def is_quantized(model) -> bool:
+    """True when ``model`` holds quantized layers: fake-quant convolutions (``insert-fake-quant``) or integer
+    ones (``convert-to-int``), i.e. something ``deploy(precision="int8")`` and ``export --int8`` take as is."""
+    return any(isinstance(m, (QConv2d, QConvTranspose2d, IntConv2d, IntConvTranspose2d)) for m in model.modules())
+
+
 __all__ = [
     "ActFakeQuant", "WeightFakeQuant", "fake_quant_act", "fake_quant_weight", "QConv2d", "QConvTranspose2d",
     "calibrate", "act_quantizers", "IntConv2d", "IntConvTranspose2d", "QuantizeActivation",
     "subpixel_decomposition", "layerwise_errors", "export_onnx", "ort_session", "run_onnx", "op_counts",
-    "layerwise_onnx_check",
+    "layerwise_onnx_check", "is_quantized",
 ]

@@ -92,15 +92,30 @@ def _tables(summary: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, li
                           ["student", _fmt(s.get("psnr_to_teacher"), " dB"), _fmt(s.get("psnr_to_target"), " dB")]]
     lat = data.get("latency")
     if isinstance(lat, Mapping) and "cpu" in lat:
-        rows = [["device", "teacher (median / min)", "student (median / min)", "speed-up (median)"]]
-        for dev in ("cpu", "cuda"):
-            d = lat.get(dev)
-            if not d:
-                continue
-            t, st = d["teacher"], d["student"]
-            rows.append([dev + (f" ({lat.get('threads')} thread(s))" if dev == "cpu" else ""),
-                         f"{t['median_ms']:.2f} / {t['min_ms']:.2f} ms", f"{st['median_ms']:.2f} / {st['min_ms']:.2f} ms",
-                         f"{t['median_ms'] / max(st['median_ms'], 1e-9):.2f}x"])
+        rows = [["run", "teacher (median / min)", "student (median / min)", "speed-up (median)"]]
+
+        def ms(r: Mapping[str, float]) -> str:
+            return f"{r['median_ms']:.2f} / {r['min_ms']:.2f} ms"
+
+        def add(label: str, t: Mapping[str, float], st: Mapping[str, float]) -> None:
+            rows.append([label, ms(t), ms(st), f"{t['median_ms'] / max(st['median_ms'], 1e-9):.2f}x"])
+
+        threads = f"{lat.get('threads')} thread(s)"
+        b = lat.get("backends") or {}
+        cpu = lat["cpu"]
+        if b:
+            add(f"cpu fp32 via deploy ({threads}; teacher: {b.get('teacher', 'eager')}, student: "
+                f"{b.get('student', 'eager')})", cpu["teacher"], cpu["student"])
+            e = lat.get("eager") or {}
+            if "teacher" in e and "student" in e:
+                add("cpu fp32 eager (same rounds)", e["teacher"], e["student"])
+            if lat.get("int8"):
+                add(f"cpu int8 student via deploy ({lat['int8']['backend']}) vs fp32 teacher", cpu["teacher"],
+                    lat["int8"])
+        else:  # reports written before latencies went through deploy
+            add(f"cpu ({threads})", cpu["teacher"], cpu["student"])
+        if lat.get("cuda"):
+            add("cuda eager", lat["cuda"]["teacher"], lat["cuda"]["student"])
         out["latency"] = rows
     w = data.get("widths")
     if isinstance(w, list) and w:
@@ -199,6 +214,8 @@ def render(run_dir: str | os.PathLike) -> tuple[Path, Path]:
             lines_meta.append(str(report[key]))
     lat = data.get("latency")
     lat_note = lat.get("what") if isinstance(lat, Mapping) else None
+    if lat_note and lat.get("failed"):
+        lat_note += "; deploy refused " + "; ".join(f"{k} ({v})" for k, v in lat["failed"].items())
 
     # ---- html
     css = ("body{font-family:sans-serif;max-width:980px;margin:1em auto;color:#222}"

@@ -6,9 +6,10 @@ the student and the data are at hand, and stored in ``report.json["report_data"]
 * ``quality``: rows ``{"model", "psnr_to_teacher", "ssim_to_teacher", "psnr_to_target", "ssim_to_target"}``
   for the baseline, the teacher and the student on the held-out images of the run's evaluation (built-in
   tasks: the task's own protocol, :func:`gcompiler.data.tasks.evaluate`; folders: the eval split, RGB);
-* ``latency``: interleaved eager timing of teacher and student at the reference input (the student with its
-  fake quantizers stripped: the float network of the same shape; int8 speed is ``gcompiler.deploy``'s job),
-  on the CPU at the run's thread count, and on the GPU when one is present;
+* ``latency``: teacher and student at the reference input, each on the CPU back end ``gcompiler.deploy``
+  chose for it, timed side by side (with their eager runs) at the run's thread count; a quantized student
+  also through ``deploy(precision="int8")`` and as a float network (fake quantizers stripped); eager on the
+  GPU when one is present;
 * ``widths``: ``[{"group", "before", "after"}]`` per prunable channel group of the teacher's graph;
 * ``grid``: the path of a labelled PNG, input | baseline | teacher | student | |student - teacher| x 10
   (| ground truth).
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import statistics
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -122,49 +121,62 @@ def quality_rows(job: CompressJob, student: nn.Module, evaluation: dict[str, Any
 
 # --------------------------------------------------------------------------------------------- latency
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, rounds: int = 5,
-                     sync: Callable[[], None] = lambda: None) -> dict[str, dict[str, float]]:
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, rounds: int = 5, device: str = "cpu"
+                     ) -> dict[str, dict[str, float]]:
     """Run every function once (warm-up), then ``rounds`` rounds of one call each, interleaved (load changes on
-    a shared machine hit all alike); ``{name: {"median_ms", "min_ms"}}``."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()
-    sync()
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
+    a shared machine hit all alike; :func:`gcompiler.deploy.measure.round_robin`); ``{name: {"median_ms",
+    "min_ms"}}``."""
+    from ..deploy.measure import round_robin, summarize
+
+    with torch.no_grad():
+        for fn in fns.values():
             fn()
-            sync()
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: {"median_ms": round(statistics.median(v), 3), "min_ms": round(min(v), 3)} for k, v in times.items()}
+    medians, runs = summarize(round_robin(fns, rounds=rounds, device=device))
+    return {k: {"median_ms": round(medians[k], 3), "min_ms": round(min(v), 3)} for k, v in runs.items()}
 
 
 def _float_student(student: torch.fx.GraphModule) -> torch.fx.GraphModule:
     from ..passes.manager import run_pipeline
+    from ..quant import is_quantized
 
     gm = copy.deepcopy(student)
-    has_fq = any(n.op == "call_module" and "FakeQuant" in type(gm.get_submodule(str(n.target))).__name__
-                 for n in gm.graph.nodes)
-    if has_fq:
+    if is_quantized(gm):
         run_pipeline(gm, "strip-fake-quant", check=False)
     return gm
 
 
 @torch.no_grad()
 def latency(job: CompressJob, student: torch.fx.GraphModule, *, rounds: int = 5) -> dict[str, Any]:
-    """Eager latency of teacher and (float) student at the reference input: ``{"cpu": {...}, "cuda": {...}}``."""
-    x = job.reference_input
+    """Latency of teacher and student at the reference input, each on the CPU back end ``gcompiler.deploy``
+    chose for it (:func:`gcompiler.deploy.latency.compare`), timed side by side with their eager runs; a
+    quantized student also through ``deploy(precision="int8")``. ``{"cpu": {"teacher", "student"}, "backends",
+    "eager", "int8", "failed", "cuda"}``; ``cuda``: eager, when a GPU is present."""
+    from ..deploy.latency import compare
+    from ..quant import is_quantized
+
+    x = job.reference_input.cpu()
     fs = _float_student(student).eval()
     teacher = job.teacher.eval()
-    out: dict[str, Any] = {"input_shape": list(x.shape), "threads": torch.get_num_threads(),
-                           "what": "eager fp32; student with fake quantizers stripped; interleaved rounds"}
-    cpu = time_interleaved({"teacher": lambda: teacher.cpu()(x), "student": lambda: fs.cpu()(x)}, rounds=rounds)
-    out["cpu"] = cpu
+    models: dict[str, tuple[torch.nn.Module, str]] = {"teacher": (teacher, "fp32"), "student": (fs, "fp32")}
+    if is_quantized(student):
+        models["student int8"] = (student, "int8")
+    res = compare(models, x, rounds=rounds)
+    dep = res["deployed"]
+    out: dict[str, Any] = {
+        "input_shape": list(x.shape), "threads": res["threads"],
+        "what": "through gcompiler.deploy: each network on the CPU back end deploy measured fastest for it "
+                "(torch.compile not tried: it takes minutes to build); eager fp32 timed in the same interleaved "
+                "rounds; the float student is the quantized one with its fake quantizers stripped",
+        "backends": {k: v["backend"] for k, v in dep.items()}, "eager": res["eager"], "failed": res["failed"]}
+    out["cpu"] = {k: {"median_ms": dep[k]["median_ms"], "min_ms": dep[k]["min_ms"]} if k in dep else res["eager"][k]
+                  for k in ("teacher", "student")}
+    if "student int8" in dep:
+        out["int8"] = dep["student int8"]
     if torch.cuda.is_available():
         xc = x.cuda()
         tc, sc = copy.deepcopy(teacher).cuda(), copy.deepcopy(fs).cuda()
         out["cuda"] = time_interleaved({"teacher": lambda: tc(xc), "student": lambda: sc(xc)},
-                                       rounds=max(rounds, 10), sync=torch.cuda.synchronize)
+                                       rounds=max(rounds, 10), device="cuda")
     return out
 
 

@@ -116,7 +116,8 @@ def test_requantized_export_uses_int8_kernels(tmp_path, act_range):
     counts = op_counts(opt)
     # every conv with a quantized input runs as QLinearConv, transposed ones via conv + DepthToSpace
     assert counts.get("QLinearConv", 0) == len(quantized) and "ConvTranspose" not in counts
-    assert counts.get("DepthToSpace", 0) == sum(m.transposed for m in quantized)
+    # (one more DepthToSpace per float head split into pixel phases, which starts with a SpaceToDepth)
+    assert counts.get("DepthToSpace", 0) == sum(m.transposed for m in quantized) + counts.get("SpaceToDepth", 0)
     # one more 8-bit rounding per conv: close to the reference, not equal
     y_ref = _run(gi, x)
     # measured: mean 0.013 / 0.017, max 0.068 / 0.079 (unsigned / signed)
@@ -125,6 +126,34 @@ def test_requantized_export_uses_int8_kernels(tmp_path, act_range):
     model = export_onnx(gi, x, requantize_outputs=True)
     run_onnx(ort_session(model, threads=1, optimized_model_path=opt), x)
     assert op_counts(opt).get("QLinearConv", 0) == sum(m.out_channels >= 16 for m in quantized)
+
+
+def test_float_rgb_head_of_an_int8_export_runs_as_pixel_phases():
+    """The RGB head stays float in a requantized export; it is written as SpaceToDepth -> Conv (12 outputs, 4x4)
+    -> DepthToSpace, which computes the same sums as the 7x7 conv with 3 outputs."""
+    from gcompiler.quant import onnx_export
+
+    gi, x = _int_resnet()
+    head = [n for n in gi.graph.nodes if n.op == "call_module" and type(gi.get_submodule(str(n.target))).__name__
+            == "IntConv2d" and gi.get_submodule(str(n.target)).out_channels == 3]
+    assert len(head) == 1 and gi.get_submodule(str(head[0].target)).kernel_size == (7, 7)
+    split = export_onnx(gi, x, requantize_outputs=True)
+    y = run_onnx(ort_session(split, threads=1), x)[0]
+    convs = [n for n in split.graph.node if n.op_type == "Conv"]
+    weights = {i.name: i for i in split.graph.initializer}
+    counts = op_counts(split)  # the head, and here (ngf 4) also the stem conv with 4 outputs
+    assert counts.get("SpaceToDepth", 0) == 2 and counts.get("DepthToSpace", 0) >= 2
+    shapes = [tuple(weights[c.input[1]].dims) for c in convs if c.input[1] in weights]
+    assert (12, 16, 4, 4) in shapes and (16, 12, 4, 4) in shapes  # 4 phases x (3 or 4 outputs), 4x4 kernels
+    assert not any(s[0] <= 4 for s in shapes)  # no conv with 3 or 4 outputs is left
+    orig = onnx_export._Emitter.phase_split
+    try:
+        onnx_export._Emitter.phase_split = lambda self, *a, **k: None
+        plain = export_onnx(gi, x, requantize_outputs=True)
+    finally:
+        onnx_export._Emitter.phase_split = orig
+    y_plain = run_onnx(ort_session(plain, threads=1), x)[0]
+    assert float((y - y_plain).abs().max()) <= 1e-5 * float(y_plain.abs().max())  # re-associated sums only
 
 
 def test_export_errors_name_the_node():

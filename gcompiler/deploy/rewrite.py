@@ -33,6 +33,7 @@ from torch import nn
 
 from ..fx.trace import propagate_shapes
 from ..fx.utils import get_module
+from ..quant.int_ops import phase_weight
 
 _INPLACE_ACT = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_}
 _FN_ACT = {F.relu: "relu", torch.relu: "relu", torch.tanh: "tanh", F.leaky_relu: "leaky_relu"}
@@ -294,31 +295,6 @@ def pad_channels(gm: fx.GraphModule, multiple: int, *example_inputs: torch.Tenso
 
 
 # ------------------------------------------------------------------------------------------ phase split
-
-def phase_weight(w: torch.Tensor, r: int = 2) -> torch.Tensor:
-    """The weight of the ``r x r`` phase decomposition of a stride-1 conv with weight ``w`` ``[O, I, k, k]``.
-
-    With ``x_rs = x[:, :, rr::r, s::r]`` concatenated in ``(rr, s)`` order along channels, ``conv(x, w)`` equals
-    ``pixel_shuffle(conv(cat(x_rs), W), r)`` where ``W[(o, p, q), (rr, s, i), du, dv] = w[o, i, r*du + rr - p,
-    r*dv + s - q]`` (zero outside the kernel): the same sums, each output phase ``(p, q)`` its own channel.
-    """
-    o, i, kh, kw = w.shape
-    kh2, kw2 = (kh - 1) // r + 1, (kw - 1) // r + 1
-    out = w.new_zeros(o, r, r, r, r, i, kh2, kw2)
-    for p in range(r):
-        for q in range(r):
-            for rr in range(r):
-                for s in range(r):
-                    for du in range(kh2):
-                        a = r * du + rr - p
-                        if not 0 <= a < kh:
-                            continue
-                        for dv in range(kw2):
-                            b = r * dv + s - q
-                            if 0 <= b < kw:
-                                out[:, p, q, rr, s, :, du, dv] = w[:, :, a, b]
-    return out.reshape(o * r * r, r * r * i, kh2, kw2)
-
 
 def split_phases(gm: fx.GraphModule, *example_inputs: torch.Tensor, max_out: int = 4, r: int = 2
                  ) -> tuple[fx.GraphModule, list[str]]:

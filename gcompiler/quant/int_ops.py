@@ -446,3 +446,28 @@ def subpixel_decomposition(weight: torch.Tensor, stride: Any, padding: Any, outp
                         sub[:, a, b, :, u, v] = weight[:, :, ka, kb].t()
     return {"weight": sub.reshape(c_out * sh * sw, c_in, lh, lw), "pads": (left, right, top, bottom),
             "stride": (sh, sw), "out_size": (out_h, out_w)}
+
+
+def phase_weight(w: torch.Tensor, r: int = 2) -> torch.Tensor:
+    """The weight of the ``r x r`` phase decomposition of a stride-1 conv with weight ``w`` ``[O, I, k, k]``.
+
+    With ``x_rs = x[:, :, rr::r, s::r]`` concatenated in ``(rr, s)`` order along channels, ``conv(x, w)`` equals
+    ``pixel_shuffle(conv(cat(x_rs), W), r)`` where ``W[(o, p, q), (rr, s, i), du, dv] = w[o, i, r*du + rr - p,
+    r*dv + s - q]`` (zero outside the kernel): the same sums, each output phase ``(p, q)`` its own channel.
+    """
+    o, i, kh, kw = w.shape
+    kh2, kw2 = (kh - 1) // r + 1, (kw - 1) // r + 1
+    out = w.new_zeros(o, r, r, r, r, i, kh2, kw2)
+    for p in range(r):
+        for q in range(r):
+            for rr in range(r):
+                for s in range(r):
+                    for du in range(kh2):
+                        a = r * du + rr - p
+                        if not 0 <= a < kh:
+                            continue
+                        for dv in range(kw2):
+                            b = r * dv + s - q
+                            if 0 <= b < kw:
+                                out[:, p, q, rr, s, :, du, dv] = w[:, :, a, b]
+    return out.reshape(o * r * r, r * r * i, kh2, kw2)

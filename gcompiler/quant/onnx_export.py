@@ -44,7 +44,7 @@ from torch import nn
 
 from ..errors import ConfigError, GCompilerError
 from ..fx.utils import input_specs, node_shape, not_plain_reason
-from .int_ops import IntConv2d, IntConvTranspose2d, QuantizeActivation, subpixel_decomposition
+from .int_ops import IntConv2d, IntConvTranspose2d, QuantizeActivation, phase_weight, subpixel_decomposition
 from .qmodules import QConv2d, QConvTranspose2d
 from .quantizers import ActFakeQuant
 
@@ -225,6 +225,9 @@ class _Emitter:
         elif self.requantize and not requant:
             # A layer ORT runs in float anyway (weight-only, or too few channels for int8): store the exactly
             # dequantized weight as a constant so ORT's layout optimizer (NCHWc) can pre-pack it.
+            phased = self.phase_split(node, m, x, attrs, bias)
+            if phased is not None:
+                return phased
             w = self.const(f"{base}.weight", _np(m.dequantized_weight()))
         else:
             w = self.int_weight(m, base)
@@ -262,6 +265,31 @@ class _Emitter:
                                       self.const(f"{base}.crop_ends", np.array([out_h, out_w], np.int64)),
                                       self.const(f"{base}.crop_axes", np.array([2, 3], np.int64))], f"{base}.cropped")
         return y
+
+    def phase_split(self, node: fx.Node, m: IntConv2d | IntConvTranspose2d, x: str, attrs: dict[str, Any],
+                    bias: torch.Tensor | None, r: int = 2) -> str | None:
+        """A float conv with few outputs (an RGB head ORT runs in float) as its ``r x r`` pixel-phase
+        decomposition: ``SpaceToDepth`` -> ``Conv`` (r*r times the outputs, kernel ``ceil(k / r)``)
+        -> ``DepthToSpace``. The same products re-associated; a conv with 3 outputs fills 3 of the 16 lanes
+        ORT's NCHWc kernels block output channels by, the split one 12. ``None`` where it does not apply
+        (``x`` is the already padded, dequantized input)."""
+        k = m.kernel_size
+        shape = node_shape(node.args[0])
+        if (m.transposed or m.out_channels > 4 or m.groups != 1 or m.stride != (1, 1) or m.dilation != (1, 1)
+                or k[0] != k[1] or k[0] < 3 or k[0] % 2 == 0 or "pads" in attrs or shape is None):
+            return None
+        left, right, top, bottom = m.padding
+        h, w = int(shape[2]) + top + bottom, int(shape[3]) + left + right
+        if h % r or w % r:
+            return None
+        base = node.name
+        # SpaceToDepth puts input phase (a, b) at channels (a * r + b) * C ..: the phases concatenated in order
+        cat = self.op("SpaceToDepth", [x], f"{base}.phases", blocksize=r)
+        inputs = [cat, self.const(f"{base}.phase_weight", _np(phase_weight(m.dequantized_weight(), r)))]
+        if bias is not None:
+            inputs.append(self.const(f"{base}.phase_bias", _np(bias.repeat_interleave(r * r))))
+        y = self.op("Conv", inputs, f"{base}.conv", strides=[1, 1], dilations=[1, 1], group=1)
+        return self.op("DepthToSpace", [y], f"{base}.shuffled", blocksize=r, mode="CRD")
 
     def depth_to_space(self, y: str, shuffle: dict[str, Any], base: str) -> str:
         sh, sw = shuffle["stride"]

@@ -309,3 +309,19 @@ def test_demo_runs_gs8_on_builtin_sr_and_prints_the_table(tmp_path, capsys):
     for row in ("MACs", "params", "size", "PSNR to teacher", "PSNR to target", str(out), "gcompiler zoo"):
         assert row in stdout, row
     assert json.loads((out / "config.json").read_text())["bits"] == 8
+
+
+def test_images_smaller_than_the_reference_input_still_get_a_sample_grid(tmp_path, capsys):
+    """A zoo teacher's reference input is 256 pixels; images of 24 px used to let every stage train and then kill
+    the run while drawing the held-out sample grid (crop 256 > 24), on --resume too."""
+    data = make_folder(tmp_path / "data", n=8, size=24)
+    out = tmp_path / "run"
+    rc, _, err = run(capsys, "--teacher", "resnet_6blocks", "--teacher-kw", "ngf=4", "--teacher-kw", "n_blocks=1",
+                     "--data", str(data), "--method", "gs", "--bits", "32", "--target-macs", "1.5x",
+                     "--max-steps", "2", "--finetune-steps", "1", "--crop", "16", "--batch-size", "2",
+                     "--workers", "0", "--threads", "1", "--quiet", "--sample-every", "0", "--out", str(out))
+    assert rc == 0, err
+    grid = out / "samples" / "heldout.png"
+    assert grid.is_file() and grid.stat().st_size > 0
+    report = json.loads((out / "report.json").read_text())["report_data"]
+    assert isinstance(report["grid"], str) and Path(report["grid"]).is_file(), report["grid"]

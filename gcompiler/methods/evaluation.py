@@ -85,6 +85,22 @@ def reference_scores(job: "CompressJob", device: str | torch.device = "cpu") -> 
     return dict(scores)
 
 
+def _grid_images(job: "CompressJob") -> "_Picked":
+    """The evaluation images cut at the reference input's size, or at the training crop when some image is
+    smaller than that (a zoo teacher's reference is 256 pixels; the images may be smaller)."""
+    from ..errors import DataError
+
+    if not job.settings.crop:
+        return _Picked(job, None)
+    sizes = dict.fromkeys([int(job.reference_input.shape[-1]), int(job.settings.crop)])
+    for size in sizes:
+        try:
+            return _Picked(job, size)
+        except DataError as exc:
+            err = exc
+    raise ValueError(f"no crop size fits the evaluation images: {err}")
+
+
 class _Picked:
     """The evaluation images of a folder run (:meth:`CompressJob.eval_dataset`) as a sequence."""
 
@@ -170,7 +186,7 @@ def save_samples(job: "CompressJob", student: nn.Module, path: str | os.PathLike
 
             x, gt = heldout_center_crops(64)
         else:
-            ds = _Picked(job, int(job.reference_input.shape[-1]) if job.settings.crop else None)
+            ds = _grid_images(job)
             items = [ds[i] for i in range(min(rows, len(ds)))]
             if not items or any(it["input"].shape != items[0]["input"].shape for it in items):
                 return None

@@ -235,7 +235,12 @@ def sample_columns(job: CompressJob, student: nn.Module, rows: int = 3) -> list[
 
             ds = open_dataset(job.settings.data, split="eval", value_range=job.value_range, seed=0, crop_size=size)
         else:
-            base, idx, _note = job.eval_dataset(size)
+            from ..errors import DataError
+
+            try:
+                base, idx, _note = job.eval_dataset(size)
+            except DataError:  # images smaller than the reference input: cut them at the training crop
+                base, idx, _note = job.eval_dataset(min(size, int(job.settings.crop or size)))
             ds = [base[i] for i in idx[:rows]]
         items = [ds[i] for i in range(min(rows, len(ds)))]
         items = [it for it in items if it["input"].shape == items[0]["input"].shape]

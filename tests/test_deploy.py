@@ -2,6 +2,8 @@
 reason, bad arguments give clear errors, and the exact rewrites (fusion, SIMD padding) keep the function."""
 from __future__ import annotations
 
+import copy
+
 import time
 
 import pytest
@@ -286,6 +288,32 @@ def test_phase_split_of_the_rgb_head_is_exact():
     with torch.no_grad():
         ref, y = gm(_x(seed=4)), split(_x(seed=4))
     assert float((y - ref).abs().max() / ref.abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("kernel,padding,mode", [(9, 4, "zeros"), (3, 1, "reflect"), (5, 2, "replicate")])
+def test_phase_split_of_a_padded_head_is_exact_in_torch_and_onnx(kernel, padding, mode):
+    """An SRResNet-style head (64 -> 3, 9x9, zero padding 4) and padded variants: the conv's padding becomes
+    an explicit pad, then the phases; the same in the exported ONNX graph."""
+    from gcompiler.deploy.rewrite import split_phases
+    from gcompiler.quant.onnx_export import export_onnx, op_counts, ort_session, run_onnx
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(8, 3, kernel, padding=padding, padding_mode=mode)).eval()
+    x = _x()
+    gm = gcompiler.trace(net, x)
+    split, notes = split_phases(gm, x)
+    assert len(notes) == 1 and f"8->3 k{kernel} as 2x2 phases" in notes[0], notes
+    assert not any(isinstance(m, nn.Conv2d) and m.out_channels == 3 for m in split.modules())
+    x2 = _x(seed=4)
+    with torch.no_grad():
+        ref, y = gm(x2), split(x2)
+    assert float((y - ref).abs().max() / ref.abs().max()) <= 1e-5
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    model = export_onnx(copy.deepcopy(split), x2)
+    assert op_counts(model).get("Pad", 0) == 1
+    y_ort = run_onnx(ort_session(model, threads=1), x2)[0]
+    assert float((y_ort - ref).abs().max() / ref.abs().max()) <= 1e-5
 
 
 class _Untraceable(nn.Module):  # data-dependent control flow: torch.fx cannot trace it

@@ -156,6 +156,23 @@ def test_float_rgb_head_of_an_int8_export_runs_as_pixel_phases():
     assert float((y - y_plain).abs().max()) <= 1e-5 * float(y_plain.abs().max())  # re-associated sums only
 
 
+@pytest.mark.parametrize("num_parameters", [1, 6])
+def test_prelu_exports_exactly_without_the_slow_prelu_kernel(num_parameters):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.PReLU(num_parameters, init=0.2)).eval()
+    with torch.no_grad():
+        net[1].weight.uniform_(-0.5, 0.5)  # negative and positive slopes
+    x = torch.randn(1, 3, 16, 16)
+    gm = gcompiler.trace(net, x)
+    model = export_onnx(gm, x)
+    assert "PRelu" not in op_counts(model)
+    y = run_onnx(ort_session(model, threads=1), x)[0]
+    ref = _run(gm, x)
+    assert float((y - ref).abs().max()) <= 1e-6 * float(ref.abs().max())
+    with torch.no_grad():
+        assert (net[0](x) < 0).any() and (net[0](x) > 0).any()  # both branches of the PReLU are exercised
+
+
 def test_export_errors_name_the_node():
     x = torch.randn(1, 3, 8, 8)
     gm = gcompiler.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU()), x)

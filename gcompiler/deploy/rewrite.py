@@ -36,6 +36,7 @@ from ..fx.utils import get_module
 from ..quant.int_ops import phase_weight
 
 _INPLACE_ACT = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_}
+_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate"}
 _FN_ACT = {F.relu: "relu", torch.relu: "relu", torch.tanh: "tanh", F.leaky_relu: "leaky_relu"}
 _FRESH = (nn.Conv2d, nn.ConvTranspose2d, nn.modules.instancenorm._InstanceNorm)
 
@@ -301,8 +302,8 @@ def split_phases(gm: fx.GraphModule, *example_inputs: torch.Tensor, max_out: int
     """Rewrite convs with few output channels (an RGB head) as an ``r x r`` phase-decomposed conv (exact).
 
     A conv producing ``<= max_out`` channels fills a fraction of the SIMD lanes that CPU conv kernels block
-    output channels by (3 of 16 with AVX-512). Applies to stride-1, undilated, ungrouped, unpadded 2-D convs
-    with an odd kernel >= 3 and an even input size: the input is split into its ``r*r`` pixel phases
+    output channels by (3 of 16 with AVX-512). Applies to stride-1, undilated, ungrouped 2-D convs with an odd
+    kernel >= 3 and an even padded input size (the conv's own padding becomes an explicit ``F.pad``): the input is split into its ``r*r`` pixel phases
     (strided slices, concatenated on channels), a conv with ``r*r`` times the output channels and a
     ``ceil(k/r)`` kernel computes every output phase, and ``pixel_shuffle`` interleaves them. The same
     products are summed (re-associated), at ``r*r*o`` output channels. Returns a copy and notes.
@@ -316,8 +317,12 @@ def split_phases(gm: fx.GraphModule, *example_inputs: torch.Tensor, max_out: int
             continue
         shape = node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], fx.Node) else None
         k = m.kernel_size
-        if (shape is None or m.stride != (1, 1) or m.dilation != (1, 1) or m.groups != 1 or m.padding != (0, 0)
-                or k[0] != k[1] or k[0] < 3 or k[0] % 2 == 0 or shape.shape[2] % r or shape.shape[3] % r):
+        if (shape is None or m.stride != (1, 1) or m.dilation != (1, 1) or m.groups != 1
+                or not isinstance(m.padding, tuple) or m.padding_mode not in _PAD_MODES
+                or k[0] != k[1] or k[0] < 3 or k[0] % 2 == 0):
+            continue
+        ph, pw = m.padding
+        if (shape.shape[2] + 2 * ph) % r or (shape.shape[3] + 2 * pw) % r:
             continue
         new = nn.Conv2d(r * r * m.in_channels, r * r * m.out_channels, (k[0] - 1) // r + 1, bias=m.bias is not None)
         with torch.no_grad():
@@ -328,6 +333,8 @@ def split_phases(gm: fx.GraphModule, *example_inputs: torch.Tensor, max_out: int
         gm.add_submodule(name, new)
         x = node.args[0]
         with g.inserting_before(node):
+            if ph or pw:  # the conv's own padding, made explicit so that the phases see the padded input
+                x = g.call_function(F.pad, (x, (pw, pw, ph, ph)), {"mode": _PAD_MODES[m.padding_mode]})
             parts = [g.call_function(operator.getitem, (x, (slice(None), slice(None), slice(a, None, r),
                                                             slice(b, None, r))))
                      for a in range(r) for b in range(r)]

@@ -276,13 +276,15 @@ class _Emitter:
         k = m.kernel_size
         shape = node_shape(node.args[0])
         if (m.transposed or m.out_channels > 4 or m.groups != 1 or m.stride != (1, 1) or m.dilation != (1, 1)
-                or k[0] != k[1] or k[0] < 3 or k[0] % 2 == 0 or "pads" in attrs or shape is None):
+                or k[0] != k[1] or k[0] < 3 or k[0] % 2 == 0 or shape is None):
             return None
         left, right, top, bottom = m.padding
         h, w = int(shape[2]) + top + bottom, int(shape[3]) + left + right
         if h % r or w % r:
             return None
         base = node.name
+        if "pads" in attrs:  # symmetric zero padding the Conv would have applied: pad the float input explicitly
+            x = self.pad(x, m.padding, "zeros", base)
         # SpaceToDepth puts input phase (a, b) at channels (a * r + b) * C ..: the phases concatenated in order
         cat = self.op("SpaceToDepth", [x], f"{base}.phases", blocksize=r)
         inputs = [cat, self.const(f"{base}.phase_weight", _np(phase_weight(m.dequantized_weight(), r)))]
@@ -378,8 +380,14 @@ class _Emitter:
         if isinstance(m, nn.LeakyReLU):
             return self.op("LeakyRelu", [x], base, alpha=float(m.negative_slope))
         if isinstance(m, nn.PReLU):
-            slope = _np(m.weight).reshape(-1, 1, 1) if m.weight.numel() > 1 else _np(m.weight).reshape(1)
-            return self.op("PRelu", [x, self.const(f"{base}.slope", slope)], base)
+            if m.weight.numel() == 1:
+                return self.op("LeakyRelu", [x], base, alpha=float(m.weight.detach().reshape(())))
+            # relu(x) + slope * min(x, 0): the same values as PRelu (one term is always 0), and ORT runs these
+            # element-wise kernels ~8x faster than its PRelu with a per-channel slope (measured at 64x128x128)
+            slope = self.const(f"{base}.slope", _np(m.weight).reshape(-1, 1, 1))
+            neg = self.op("Min", [x, self.const(f"{base}.zero", np.zeros(1, np.float32))], f"{base}.neg")
+            return self.op("Add", [self.op("Relu", [x], f"{base}.pos"),
+                                   self.op("Mul", [neg, slope], f"{base}.scaled")], base)
         if isinstance(m, nn.Tanh):
             return self.op("Tanh", [x], base)
         if isinstance(m, nn.Sigmoid):

@@ -156,6 +156,29 @@ def test_float_rgb_head_of_an_int8_export_runs_as_pixel_phases():
     assert float((y - y_plain).abs().max()) <= 1e-5 * float(y_plain.abs().max())  # re-associated sums only
 
 
+def test_zero_padded_float_head_of_an_int8_export_runs_as_pixel_phases():
+    """SRResNet's head (nf -> 3, 9x9, zero padding 4 as a Conv attribute) gets an explicit Pad, then the phases."""
+    from gcompiler.quant import onnx_export
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 12, 12)
+    gm = gcompiler.trace(create("srresnet", nf=8, nb=1, scale=2, bn=True).eval(), x)
+    gm, _ = run_pipeline(gm, "fold-norms,insert-fake-quant", verify="none")
+    calibrate(gm, [x])
+    gi, _ = run_pipeline(gm, "convert-to-int", verify="none")
+    split = export_onnx(gi, x, requantize_outputs=True)
+    assert op_counts(split).get("SpaceToDepth", 0) == 1
+    orig = onnx_export._Emitter.phase_split
+    try:
+        onnx_export._Emitter.phase_split = lambda self, *a, **k: None
+        plain = export_onnx(gi, x, requantize_outputs=True)
+    finally:
+        onnx_export._Emitter.phase_split = orig
+    y, y_plain = (run_onnx(ort_session(m, threads=1), x)[0] for m in (split, plain))
+    assert float((y - y_plain).abs().max()) <= 1e-5 * float(y_plain.abs().max())
+    assert float((y - _run(gi, x)).abs().max()) <= 0.1 * float(_run(gi, x).abs().max())  # the int8 contract
+
+
 @pytest.mark.parametrize("num_parameters", [1, 6])
 def test_prelu_exports_exactly_without_the_slow_prelu_kernel(num_parameters):
     torch.manual_seed(0)

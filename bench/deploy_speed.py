@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
 import sys
@@ -137,14 +138,25 @@ def section_int8(args, out: list[str]) -> None:
                       build_teacher(parse_teacher("builtin:sr")).eval(), xs))
     except Exception as exc:  # noqa: BLE001 - the SR asset is optional for this section
         print(f"[int8] builtin:sr teacher unavailable: {exc}")
+    for run in args.student:  # trained students (e.g. the demo's GS-8): the float network and its own int8 graph
+        from gcompiler.export import example_input
+        from gcompiler.passes.manager import run_pipeline
+
+        st = gcompiler.load(run).eval()
+        meta = json.loads((Path(run) / "summary.json").read_text()) if (Path(run) / "summary.json").is_file() else {}
+        xr = example_input(st, meta)
+        fp = copy.deepcopy(st)
+        run_pipeline(fp, "strip-fake-quant", check=False)
+        cases.append((f"student of {run} ({tuple(xr.shape)})", (fp, st), xr))
     out += ["", "### int8 vs fp32 through deploy", "",
             "| model | fp32: backend, ms (min) | int8 (contract 0.1): backend, ms (min), error | int8 / fp32 speed-up "
             "| QLinearConv path alone: ms (min), error vs integer graph | its speed-up |",
             "|---|---|---|---:|---|---:|"]
     for label, net, xin in cases:
-        d32 = deploy(net, xin, rounds=args.deploy_rounds, exclude=["inductor"], stat=args.stat)
-        d8 = deploy(net, xin, precision="int8", rounds=args.deploy_rounds, stat=args.stat)
-        fast = deploy(net, xin, precision="int8", backends=["onnxruntime-int8", "onnxruntime-int8-clipped"],
+        net32, net8 = net if isinstance(net, tuple) else (net, net)  # a quantized student: (float, its own int8)
+        d32 = deploy(net32, xin, rounds=args.deploy_rounds, exclude=["inductor"], stat=args.stat)
+        d8 = deploy(net8, xin, precision="int8", rounds=args.deploy_rounds, stat=args.stat)
+        fast = deploy(net8, xin, precision="int8", backends=["onnxruntime-int8", "onnxruntime-int8-clipped"],
                       rounds=args.deploy_rounds, tolerance=1.0, stat=args.stat)
         print(d32.report, "\n", d8.report, "\n", fast.report, flush=True)
         cpu: dict[str, list[float]] = {}
@@ -195,7 +207,7 @@ def compile_time(n_blocks: int, ngf: int, size: int) -> dict[str, float]:
 def section_compile(args, out: list[str]) -> None:
     compile_time(2, 8, 32)  # warm imports and first-call caches
     full = compile_time(9, 64, args.size)
-    out += ["", f"### Compile time (trace + analysis + insert-masks + eliminate-dead-channels)", "",
+    out += ["", "### Compile time (trace + analysis + insert-masks + eliminate-dead-channels)", "",
             "| generator | trace s | analysis s | insert-masks s | eliminate-dead-channels s | total s (wall) | "
             "total CPU s | CPU / block |", "|---|---:|---:|---:|---:|---:|---:|---:|",
             f"| resnet_9blocks (ngf 64, {args.size}x{args.size}) | " + " | ".join(
@@ -299,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                    "'cut 75 %%,sub_mobile' (default: all)")
     p.add_argument("--stat", default="cpu", choices=["cpu", "min", "median"],
                    help="how deploy chooses (cpu: min process CPU time; right at 1 thread on a shared machine)")
+    p.add_argument("--student", action="append", default=[], metavar="RUN",
+                   help="int8: also a trained run's student (its float network vs its own int8 graph), repeatable")
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer nets (smoke test)")
     p.add_argument("--out", default="", help="append the markdown tables to this file")
     args = p.parse_args(argv)

@@ -128,11 +128,21 @@ def test_requantized_export_uses_int8_kernels(tmp_path, act_range):
     assert op_counts(opt).get("QLinearConv", 0) == sum(m.out_channels >= 16 for m in quantized)
 
 
+def _export_without_phase_split(gi, x):
+    """The same requantized export with the phase split of float heads switched off: what it must match."""
+    from gcompiler.quant import onnx_export
+
+    orig = onnx_export._Emitter.phase_split
+    try:
+        onnx_export._Emitter.phase_split = lambda self, *a, **k: None
+        return export_onnx(gi, x, requantize_outputs=True)
+    finally:
+        onnx_export._Emitter.phase_split = orig
+
+
 def test_float_rgb_head_of_an_int8_export_runs_as_pixel_phases():
     """The RGB head stays float in a requantized export; it is written as SpaceToDepth -> Conv (12 outputs, 4x4)
     -> DepthToSpace, which computes the same sums as the 7x7 conv with 3 outputs."""
-    from gcompiler.quant import onnx_export
-
     gi, x = _int_resnet()
     head = [n for n in gi.graph.nodes if n.op == "call_module" and type(gi.get_submodule(str(n.target))).__name__
             == "IntConv2d" and gi.get_submodule(str(n.target)).out_channels == 3]
@@ -146,20 +156,13 @@ def test_float_rgb_head_of_an_int8_export_runs_as_pixel_phases():
     shapes = [tuple(weights[c.input[1]].dims) for c in convs if c.input[1] in weights]
     assert (12, 16, 4, 4) in shapes and (16, 12, 4, 4) in shapes  # 4 phases x (3 or 4 outputs), 4x4 kernels
     assert not any(s[0] <= 4 for s in shapes)  # no conv with 3 or 4 outputs is left
-    orig = onnx_export._Emitter.phase_split
-    try:
-        onnx_export._Emitter.phase_split = lambda self, *a, **k: None
-        plain = export_onnx(gi, x, requantize_outputs=True)
-    finally:
-        onnx_export._Emitter.phase_split = orig
+    plain = _export_without_phase_split(gi, x)
     y_plain = run_onnx(ort_session(plain, threads=1), x)[0]
     assert float((y - y_plain).abs().max()) <= 1e-5 * float(y_plain.abs().max())  # re-associated sums only
 
 
 def test_zero_padded_float_head_of_an_int8_export_runs_as_pixel_phases():
     """SRResNet's head (nf -> 3, 9x9, zero padding 4 as a Conv attribute) gets an explicit Pad, then the phases."""
-    from gcompiler.quant import onnx_export
-
     torch.manual_seed(0)
     x = torch.rand(1, 3, 12, 12)
     gm = gcompiler.trace(create("srresnet", nf=8, nb=1, scale=2, bn=True).eval(), x)
@@ -168,12 +171,7 @@ def test_zero_padded_float_head_of_an_int8_export_runs_as_pixel_phases():
     gi, _ = run_pipeline(gm, "convert-to-int", verify="none")
     split = export_onnx(gi, x, requantize_outputs=True)
     assert op_counts(split).get("SpaceToDepth", 0) == 1
-    orig = onnx_export._Emitter.phase_split
-    try:
-        onnx_export._Emitter.phase_split = lambda self, *a, **k: None
-        plain = export_onnx(gi, x, requantize_outputs=True)
-    finally:
-        onnx_export._Emitter.phase_split = orig
+    plain = _export_without_phase_split(gi, x)
     y, y_plain = (run_onnx(ort_session(m, threads=1), x)[0] for m in (split, plain))
     assert float((y - y_plain).abs().max()) <= 1e-5 * float(y_plain.abs().max())
     assert float((y - _run(gi, x)).abs().max()) <= 0.1 * float(_run(gi, x).abs().max())  # the int8 contract

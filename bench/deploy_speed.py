@@ -23,7 +23,6 @@ Run from the repository root: ``python bench/deploy_speed.py`` (all sections; ``
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -140,14 +139,12 @@ def section_int8(args, out: list[str]) -> None:
         print(f"[int8] builtin:sr teacher unavailable: {exc}")
     for run in args.student:  # trained students (e.g. the demo's GS-8): the float network and its own int8 graph
         from gcompiler.export import example_input
-        from gcompiler.passes.manager import run_pipeline
+        from gcompiler.quant import float_copy
 
         st = gcompiler.load(run).eval()
         meta = json.loads((Path(run) / "summary.json").read_text()) if (Path(run) / "summary.json").is_file() else {}
         xr = example_input(st, meta)
-        fp = copy.deepcopy(st)
-        run_pipeline(fp, "strip-fake-quant", check=False)
-        cases.append((f"student of {run} ({tuple(xr.shape)})", (fp, st), xr))
+        cases.append((f"student of {run} ({tuple(xr.shape)})", (float_copy(st), st), xr))
     out += ["", "### int8 vs fp32 through deploy", "",
             "| model | fp32: backend, ms (min) | int8 (contract 0.1): backend, ms (min), error | int8 / fp32 speed-up "
             "| QLinearConv path alone: ms (min), error vs integer graph | its speed-up |",

@@ -203,14 +203,11 @@ def export_latency(run_dir: str | os.PathLike, *, int8: bool = False, rounds: in
     measures fastest; :func:`gcompiler.deploy.latency.compare`): fp32 (a quantized student with its fake
     quantizers stripped) and, with ``int8`` or for a quantized student, ``deploy(precision="int8")``."""
     from .deploy.latency import compare
-    from .passes.manager import run_pipeline
+    from .quant import float_copy
 
     student, meta = _load_run(Path(run_dir))
     x = example_input(student, meta)
-    fp32 = copy.deepcopy(student).eval()
-    if is_quantized(fp32):
-        run_pipeline(fp32, "strip-fake-quant", check=False)
-    models = {"student": (fp32, "fp32")}
+    models = {"student": (float_copy(student).eval(), "fp32")}
     if int8 or is_quantized(student):
         models["student int8"] = (student.eval(), "int8")
     res = compare(models, x, rounds=rounds)

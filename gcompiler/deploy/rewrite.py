@@ -303,8 +303,8 @@ def split_phases(gm: fx.GraphModule, *example_inputs: torch.Tensor, max_out: int
 
     A conv producing ``<= max_out`` channels fills a fraction of the SIMD lanes that CPU conv kernels block
     output channels by (3 of 16 with AVX-512). Applies to stride-1, undilated, ungrouped 2-D convs with an odd
-    kernel >= 3 and an even padded input size (the conv's own padding becomes an explicit ``F.pad``): the input is split into its ``r*r`` pixel phases
-    (strided slices, concatenated on channels), a conv with ``r*r`` times the output channels and a
+    kernel >= 3 and an even padded input size (the conv's own padding becomes an explicit ``F.pad``): the
+    input is split into its ``r*r`` pixel phases (strided slices, concatenated on channels), a conv with ``r*r`` times the output channels and a
     ``ceil(k/r)`` kernel computes every output phase, and ``pixel_shuffle`` interleaves them. The same
     products are summed (re-associated), at ``r*r*o`` output channels. Returns a copy and notes.
     """

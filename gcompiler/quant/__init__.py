@@ -26,9 +26,22 @@ def is_quantized(model) -> bool:
     return any(isinstance(m, (QConv2d, QConvTranspose2d, IntConv2d, IntConvTranspose2d)) for m in model.modules())
 
 
+def float_copy(gm):
+    """A copy of the GraphModule ``gm`` with every fake-quant conv replaced by the float conv it wraps
+    (``strip-fake-quant``): the float network of the same shape and weights. ``gm`` is not modified."""
+    import copy
+
+    from ..passes.manager import run_pipeline
+
+    out = copy.deepcopy(gm)
+    if is_quantized(out):
+        run_pipeline(out, "strip-fake-quant", check=False)
+    return out
+
+
 __all__ = [
     "ActFakeQuant", "WeightFakeQuant", "fake_quant_act", "fake_quant_weight", "QConv2d", "QConvTranspose2d",
     "calibrate", "act_quantizers", "IntConv2d", "IntConvTranspose2d", "QuantizeActivation",
     "subpixel_decomposition", "layerwise_errors", "export_onnx", "ort_session", "run_onnx", "op_counts",
-    "layerwise_onnx_check", "is_quantized",
+    "layerwise_onnx_check", "is_quantized", "float_copy",
 ]

@@ -135,16 +135,6 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, rounds: int = 5, devi
     return {k: {"median_ms": round(medians[k], 3), "min_ms": round(min(v), 3)} for k, v in runs.items()}
 
 
-def _float_student(student: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    from ..passes.manager import run_pipeline
-    from ..quant import is_quantized
-
-    gm = copy.deepcopy(student)
-    if is_quantized(gm):
-        run_pipeline(gm, "strip-fake-quant", check=False)
-    return gm
-
-
 @torch.no_grad()
 def latency(job: CompressJob, student: torch.fx.GraphModule, *, rounds: int = 5) -> dict[str, Any]:
     """Latency of teacher and student at the reference input, each on the CPU back end ``gcompiler.deploy``
@@ -152,10 +142,10 @@ def latency(job: CompressJob, student: torch.fx.GraphModule, *, rounds: int = 5)
     quantized student also through ``deploy(precision="int8")``. ``{"cpu": {"teacher", "student"}, "backends",
     "eager", "int8", "failed", "cuda"}``; ``cuda``: eager, when a GPU is present."""
     from ..deploy.latency import compare
-    from ..quant import is_quantized
+    from ..quant import float_copy, is_quantized
 
     x = job.reference_input.cpu()
-    fs = _float_student(student).eval()
+    fs = float_copy(student).eval()
     teacher = job.teacher.eval()
     models: dict[str, tuple[torch.nn.Module, str]] = {"teacher": (teacher, "fp32"), "student": (fs, "fp32")}
     if is_quantized(student):

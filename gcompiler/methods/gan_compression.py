@@ -31,8 +31,8 @@ Stages (BRIEF section 1):
    not compute those units; the report lists all three counts for the chosen one) and scored
    on a fixed search split (``search_images`` crops drawn with their own seed from whole training images
    held out of supernet training and fine-tuning -- one in eight, ``search_split=sources``, the default
-   when the data has enough images -- and never from the held-out evaluation photos) by PSNR or SSIM to the teacher or the ground truth, or by FID when
-   Inception weights are given (``fid_weights``). Every candidate goes into ``search.json`` and the
+   when the data has enough images -- and never from the held-out evaluation photos) by PSNR or SSIM to
+   the teacher or the ground truth, or by FID when Inception weights are given (``fid_weights``). Every candidate goes into ``search.json`` and the
    Pareto plot ``pareto.png`` in the run directory.
 4. **Fine-tuning** of the extracted sub-network (a plain slim GraphModule) with the reconstruction and
    GAN losses for ``--finetune-steps``, then export (``job.export``).

@@ -453,8 +453,8 @@ class CompressJob:
             raise DistributedError(f"the global batch of {bs} samples cannot be split evenly across {world} "
                                    f"processes: choose a --batch-size divisible by {world}")
         return make_loader(self.dataset if dataset is None else dataset, batch_size=bs // world,
-                           seed=self.settings.seed + seed_offset, num_workers=self.settings.data_workers(), rank=self.dist.rank if shard else 0,
-                           world_size=world)
+                           seed=self.settings.seed + seed_offset, num_workers=self.settings.data_workers(),
+                           rank=self.dist.rank if shard else 0, world_size=world)
 
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, student: nn.Module, device: str | torch.device = "cpu") -> dict[str, Any]:

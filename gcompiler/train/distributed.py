@@ -98,14 +98,14 @@ def shutdown() -> None:
     """Leave the process group (idempotent). Called at interpreter exit when :func:`init_distributed`
     created the group, so several trainers (train, then fine-tune) can share one torchrun job.
 
-    With gloo, the ranks first meet at a barrier (at most 60 s): a rank that tore its connections down while
+    With gloo, the ranks first meet at a barrier (at most 10 s): a rank that tore its connections down while
     another was still reading the last broadcast made that one abort at exit ("terminate called without an
     active exception", seen once in a fresh-clone CI run). A rank that never arrives (it died) costs the
     others that wait, then they leave anyway."""
     if dist.is_available() and dist.is_initialized():
         try:
             if dist.get_world_size() > 1 and dist.get_backend() == "gloo":
-                dist.monitored_barrier(timeout=timedelta(seconds=60))
+                dist.monitored_barrier(timeout=timedelta(seconds=10))
         except Exception:  # noqa: BLE001 - a rank is gone: leave anyway
             pass
         dist.destroy_process_group()

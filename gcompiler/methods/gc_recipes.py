@@ -208,7 +208,7 @@ def search_split(job: CompressJob, n: int, dataset=None) -> list[dict[str, torch
         torch.manual_seed(job.settings.seed + 7919)
         ds = job.dataset if dataset is None else dataset
         loader = job.make_loader(seed_offset=7919, batch_size=min(8, n, len(ds)), shard=False,  # scored on rank 0
-                                 dataset=dataset)
+                                 dataset=ds)
         while sum(b["input"].shape[0] for b in items) < n:  # several epochs when the split has few images
             for batch in loader:
                 items.append({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import shlex
@@ -50,6 +51,16 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from teacher_common import TimeSchedule, export_model, load_ckpt, save_ckpt  # noqa: E402
+
+
+def _sides(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--short-sides takes comma-separated integers, got {text!r}") from None
+    if any(v < 32 for v in out):
+        raise argparse.ArgumentTypeError(f"--short-sides sizes must be >= 32 pixels, got {text!r}")
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,6 +101,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "a few hundred steps (0: off)")
     g.add_argument("--warmup", type=int, default=50)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--bf16", action="store_true",
+                   help="mixed precision: forward passes under bfloat16 autocast with channels-last tensors (weights, "
+                        "optimizer and evaluation stay float32); ~2x faster steps on CPUs with AVX512-BF16 or AMX")
+    g.add_argument("--short-sides", type=_sides, default=(256,),
+                   help="comma-separated working sizes (short side, pixels) at which every training photo is "
+                        "used, each stylized at its size, e.g. 256,320,384 (three times the sources; held-out "
+                        "photos stay at 256; default: 256)")
     g.add_argument("--threads", type=int, default=1)
     g.add_argument("--device", default="cpu")
     g.add_argument("--eval-every", type=int, default=200, help="log held-out PSNR every N steps")
@@ -232,8 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     gkw = {"ngf": args.ngf, "n_blocks": 9, "norm": args.norm, "dropout": False, "padding_type": "reflect"}
     dkw = {"input_nc": 3, "ndf": args.ndf, "n_layers": 3, "norm": "instance"}
-    G = models.create("resnet_9blocks", **gkw).to(args.device)
-    D = models.create("patchgan_d", **dkw).to(args.device)
+    fmt = torch.channels_last if args.bf16 else torch.contiguous_format
+    G = models.create("resnet_9blocks", **gkw).to(args.device, memory_format=fmt)
+    D = models.create("patchgan_d", **dkw).to(args.device, memory_format=fmt)
+    amp = functools.partial(torch.autocast, torch.device(args.device).type, dtype=torch.bfloat16,
+                            enabled=args.bf16)
     pix2pix_init(G)
     pix2pix_init(D)
     frozen_bn = args.init == "identity"
@@ -281,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                               "log": json.dumps(log), "history": json.dumps(history)})
 
     data = open_dataset("builtin:cartoon", crop_size=args.crop, patches_per_epoch=10000 * args.batch_size,
-                        seed=args.seed + step)
+                        seed=args.seed + step, short_sides=args.short_sides)
     loader = make_loader(data, batch_size=args.batch_size, seed=args.seed + step, num_workers=0)
     stream = loader.batches()
     print(f"resnet_9blocks {gkw}: {n_params:,} parameters; patchgan_d {dkw}; "
@@ -308,16 +329,19 @@ def main(argv: list[str] | None = None) -> int:
         for gr in dopt.param_groups:
             gr["lr"] = args.d_lr * f
         batch = next(stream)
-        x, y = batch["input"].to(args.device), batch["target"].to(args.device)
-        fake = G(x)
-        # D step
-        pr, pf = D(y), D(fake.detach())
+        x = batch["input"].to(args.device, memory_format=fmt)
+        y = batch["target"].to(args.device, memory_format=fmt)
+        with amp():
+            fake = G(x).float()
+            # D step
+            pr, pf = D(y).float(), D(fake.detach()).float()
         d_loss = 0.5 * (mse(pr, torch.ones_like(pr)) + mse(pf, torch.zeros_like(pf)))
         dopt.zero_grad(set_to_none=True)
         d_loss.backward()
         dopt.step()
         # G step
-        pg = D(fake)
+        with amp():
+            pg = D(fake).float()
         l1 = torch.nn.functional.l1_loss(fake, y)
         g_loss = args.l1_weight * l1 + args.gan_weight * mse(pg, torch.ones_like(pg))
         if args.mse_weight:
@@ -389,10 +413,11 @@ def main(argv: list[str] | None = None) -> int:
                 + f"{args.gan_weight:g} * LSGAN against the unconditional PatchGAN",
         "optimizer": "Adam(0.5, 0.999) for G and D; cosine to 1% over "
                      + ("wall time (--time-budget)" if args.time_budget > 0 else "steps"),
-        "augment": "random crop + horizontal flip", "threads": args.threads, "device": str(args.device),
+        "augment": "random crop + horizontal flip", "threads": args.threads, "bf16_autocast": args.bf16, "device": str(args.device),
         "torch": torch.__version__, "train_wall_s": round(wall, 1),
         "session_wall_s": round(time.time() - t_start, 1),
-        "train_images": list(TRAIN_IMAGES), "heldout_images": list(HELDOUT_IMAGES),
+        "train_images": list(TRAIN_IMAGES), "train_short_sides": list(args.short_sides),
+        "heldout_images": list(HELDOUT_IMAGES),
         "eval_protocol": "whole held-out photos (short side 256), outputs mapped to [0, 1] and rounded to "
                          "8 bits, RGB PSNR/SSIM against the stylized target; measured after loading the "
                          "stored weights",

@@ -30,6 +30,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shlex
@@ -41,6 +42,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from teacher_common import TimeSchedule, export_model, load_ckpt, save_ckpt  # noqa: E402
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scales takes comma-separated numbers, got {text!r}") from None
+    if any(not 0.0 < v <= 1.0 for v in out):
+        raise argparse.ArgumentTypeError(f"--scales factors must be in (0, 1], got {text!r}")
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,6 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
     g.add_argument("--d-steps", type=int, default=400, help="discriminator steps after the teacher")
     g.add_argument("--seed", type=int, default=0, help="seed for weights init and data order/augmentation")
+    g.add_argument("--bf16", action="store_true",
+                   help="mixed precision: forward passes under bfloat16 autocast with channels-last tensors (weights, "
+                        "optimizer and evaluation stay float32); ~2x faster steps on CPUs with AVX512-BF16 or AMX")
+    g.add_argument("--scales", type=_scales, default=(1.0,),
+                   help="comma-separated factors: each training photo is also used shrunk by them, e.g. "
+                        "1,0.75,0.5 (sharper HR images, three times the sources; default: 1)")
     g.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 keeps the machine usable by others and results reproducible)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -240,6 +257,32 @@ def widen_from(model: torch.nn.Module, small: torch.nn.Module) -> None:
     conv(model.conv_last, small.conv_last)
 
 
+@torch.no_grad()
+def fold_bn_from(model: torch.nn.Module, bn_model: torch.nn.Module) -> None:
+    """Make the BatchNorm-free SRResNet ``model`` compute exactly what ``bn_model`` (same nf/nb, with
+    BatchNorm, in eval mode) computes: each eval-mode BatchNorm is an affine map per channel, folded
+    into the conv before it (``w * g / sqrt(var + eps)``, bias ``beta - mean * g / sqrt(var + eps)``).
+    Training then goes on without BatchNorm: no gap between batch statistics (training) and running
+    statistics (evaluation), and no BatchNorm cost per step."""
+    if len(model.body) != len(bn_model.body) or model.conv_first.out_channels != bn_model.conv_first.out_channels:
+        raise SystemExit("--init-from with --no-bn: the source must be an srresnet of the same nf and nb")
+
+    def fold(dst: torch.nn.Conv2d, conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> None:
+        k = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        b = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        dst.weight.copy_(conv.weight * k[:, None, None, None])
+        dst.bias.copy_((b - bn.running_mean) * k + bn.bias)
+
+    model.load_state_dict({k: v for k, v in bn_model.state_dict().items() if k in model.state_dict()
+                           and ".bn" not in k and not k.startswith("bn_") and "conv1" not in k
+                           and "conv2" not in k and not k.startswith("conv_body")}, strict=False)
+    for d, s in zip(model.body, bn_model.body):
+        fold(d.conv1, s.conv1, s.bn1)
+        d.prelu.weight.copy_(s.prelu.weight)
+        fold(d.conv2, s.conv2, s.bn2)
+    fold(model.conv_body, bn_model.conv_body, bn_model.bn_body)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -258,14 +301,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.init_from is not None:
         from gcompiler.data.tasks import load_asset_model
 
-        small = load_asset_model(args.init_from)
-        widen_from(model, small)
+        small = load_asset_model(args.init_from).eval()
+        has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in small.modules())
+        with torch.no_grad():
+            if args.no_bn and has_bn:
+                fold_bn_from(model, small)
+            else:
+                widen_from(model, small)
         print(f"warm start from {args.init_from} ({sum(p.numel() for p in small.parameters()):,} params)",
               flush=True)
     elif not args.random_init:
         init_as_upsampler(model)
-    model = model.to(args.device)
-    disc = models.create("patchgan_d", **dkwargs).to(args.device)
+    fmt = torch.channels_last if args.bf16 else torch.contiguous_format
+    model = model.to(args.device, memory_format=fmt)
+    disc = models.create("patchgan_d", **dkwargs).to(args.device, memory_format=fmt)
+    amp = functools.partial(torch.autocast, torch.device(args.device).type, dtype=torch.bfloat16,
+                            enabled=args.bf16)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
     dopt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -299,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                               "elapsed": sched.elapsed(), "log": json.dumps(log),
                               "history": json.dumps(history)})
 
-    data = open_dataset("builtin:sr", crop_size=args.patch, augment="dihedral",
+    data = open_dataset("builtin:sr", crop_size=args.patch, augment="dihedral", scales=args.scales,
                         patches_per_epoch=10000 * args.batch_size, seed=args.seed + step)
     loader = make_loader(data, batch_size=args.batch_size, seed=args.seed + step, num_workers=0)
     stream = loader.batches()
@@ -315,8 +366,11 @@ def main(argv: list[str] | None = None) -> int:
         for gr in opt.param_groups:
             gr["lr"] = args.lr * sched.factor(step)
         batch = next(stream)
-        lr_img, hr_img = batch["input"].to(args.device), batch["target"].to(args.device)
-        loss = torch.nn.functional.l1_loss(model(lr_img), hr_img)
+        lr_img = batch["input"].to(args.device, memory_format=fmt)
+        hr_img = batch["target"].to(args.device)
+        with amp():
+            out = model(lr_img)
+        loss = torch.nn.functional.l1_loss(out.float(), hr_img)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -353,9 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     while not args.export_only and dstep < args.d_steps:
         batch = next(stream)
         with torch.no_grad():
-            fake = model(batch["input"].to(args.device)).clamp(0, 1)
-        real = batch["target"].to(args.device)
-        dl = 0.5 * ((disc(real) - 1).pow(2).mean() + disc(fake).pow(2).mean())
+            fake = model(batch["input"].to(args.device, memory_format=fmt)).clamp(0, 1)
+        real = batch["target"].to(args.device, memory_format=fmt)
+        with amp():
+            pr, pf = disc(real).float(), disc(fake).float()
+        dl = 0.5 * ((pr - 1).pow(2).mean() + pf.pow(2).mean())
         dopt.zero_grad(set_to_none=True)
         dl.backward()
         dopt.step()
@@ -394,10 +450,11 @@ def main(argv: list[str] | None = None) -> int:
         "lr": args.lr, "warmup": args.warmup, "loss": "L1",
         "optimizer": "Adam(0.9, 0.999); cosine to 1% over "
                      + ("wall time (--time-budget)" if args.time_budget > 0 else "steps"),
-        "augment": "random crop + dihedral (flips/transposes)", "threads": args.threads,
+        "augment": "random crop + dihedral (flips/transposes)", "threads": args.threads, "bf16_autocast": args.bf16,
         "device": str(args.device), "torch": torch.__version__, "train_wall_s": round(wall_g, 1),
         "session_wall_s": round(time.time() - t_start, 1),
-        "train_images": list(TRAIN_IMAGES), "heldout_images": list(HELDOUT_IMAGES),
+        "train_images": list(TRAIN_IMAGES), "train_scales": list(args.scales),
+        "heldout_images": list(HELDOUT_IMAGES),
         "eval_protocol": "whole held-out images, output clamped and rounded to 8 bits, Y channel (BT.601), "
                          "2-pixel border cropped; measured after loading the stored weights",
         "heldout_log": log, "heldout": res, "discriminator": dout.name,

@@ -120,6 +120,31 @@ def test_training_patches_are_aligned_lr_hr_pairs():
     assert float(err) <= 0.5 / 255 + 1e-6
 
 
+def test_training_scales_add_shrunk_sources_and_keep_pairs_aligned():
+    ds = open_dataset("builtin:sr", crop_size=16, scales=(1.0, 0.5), patches_per_epoch=8, seed=0)
+    n = len(TRAIN_IMAGES)
+    assert ds.num_sources() == 2 * n and ds.names[:n] == list(TRAIN_IMAGES)
+    assert ds.names[n] == f"{TRAIN_IMAGES[0]}@0.5"
+    full, half = load_hr(TRAIN_IMAGES[0]), load_hr(TRAIN_IMAGES[0], 0.5)
+    assert abs(half.shape[0] - full.shape[0] / 2) <= 2 and abs(half.shape[1] - full.shape[1] / 2) <= 2
+    # the shrunk HR is the antialiased bicubic of the photo, and its LR partner is made from it as usual
+    t = torch.from_numpy(full.copy()).permute(2, 0, 1)[None].double() / 255
+    ref = F.interpolate(t, size=half.shape[:2], mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    got = torch.from_numpy(half.copy()).permute(2, 0, 1)[None].double() / 255
+    assert float((got - ref)[..., 2:-2, 2:-2].abs().max()) <= 0.5 / 255 + 1e-6
+    lr = torch.from_numpy(load_lr(TRAIN_IMAGES[0], 0.5).copy()).permute(2, 0, 1)[None].double() / 255
+    down = F.interpolate(got, scale_factor=0.5, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    assert float((down - lr).abs().max()) <= 0.5 / 255 + 1e-6
+    item = ds.load_views(n, np.random.default_rng(0))
+    assert item[0]["input"][0] is load_lr(TRAIN_IMAGES[0], 0.5) and "@0.5" in item[2]
+    assert load_hr("chelsea") is load_hr("chelsea", 1) and load_lr("rocket") is load_lr("rocket", 1.0)
+    for bad in [(), (1.0, 1.0), (0.0,), (1.5,)]:
+        with pytest.raises(DataError, match="scales"):
+            SRTrainDataset(crop_size=16, scales=bad)
+    with pytest.raises(DataError, match="scale"):
+        load_hr("chelsea", 0.0)
+
+
 def test_heldout_dataset_gives_whole_images():
     ds = open_dataset("builtin:sr", split="eval")
     assert isinstance(ds, SRHeldoutDataset)

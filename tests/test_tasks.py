@@ -55,8 +55,8 @@ def test_gray_photos_are_replicated_to_rgb():
 
 def test_stylization_is_deterministic():
     a = C.stylize(C.load_photo_small("rocket"))
-    C.load_target.cache_clear()
-    C.load_photo_small.cache_clear()
+    C._target.cache_clear()
+    C._photo_small.cache_clear()
     b = C.load_target("rocket")
     assert np.array_equal(a, b) and a.dtype == np.uint8 and a.shape == b.shape
     assert not b.flags.writeable
@@ -96,6 +96,53 @@ def test_cartoon_datasets_give_aligned_pairs_in_gan_range():
         open_dataset("builtin:cartoon", value_range=(0, 1))
     with pytest.raises(DataError, match="unknown option"):
         open_dataset("builtin:cartoon", augment="dihedral")
+
+
+def test_cartoon_short_sides_add_sources_stylized_at_their_size():
+    ds = open_dataset("builtin:cartoon", crop_size=32, patches_per_epoch=4, seed=0, short_sides=(256, 320))
+    n = len(C.TRAIN_IMAGES)
+    assert ds.num_sources() == 2 * n and ds.names[n] == f"{C.TRAIN_IMAGES[0]}@320"
+    views = ds.load_views(n, np.random.default_rng(0))[0]
+    photo, target = views["input"][0], views["target"][0]
+    assert min(photo.shape[:2]) == 320 and photo.shape == target.shape
+    assert np.array_equal(target, C.stylize(photo))  # stylized at its own size, not resized from 256
+    assert ds.load_views(0, np.random.default_rng(0))[0]["input"][0] is C.load_photo_small(C.TRAIN_IMAGES[0])
+    batch = next(iter(make_loader(ds, batch_size=4, seed=0, num_workers=0)))
+    assert batch["input"].shape == batch["target"].shape == (4, 3, 32, 32)
+    for bad in [(), (256, 256), (16,)]:
+        with pytest.raises(DataError, match="short_sides"):
+            C.CartoonTrainDataset(crop_size=32, short_sides=bad)
+
+
+def test_sr_bn_folding_keeps_the_function():
+    """``train_teacher.py --no-bn --init-from BN_TEACHER`` starts from the same function, without BatchNorm."""
+    import importlib.util
+
+    from gcompiler import models
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_teacher.py"
+    spec = importlib.util.spec_from_file_location("train_teacher_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    src = models.create("srresnet", nf=16, nb=2, scale=2, bn=True)
+    with torch.no_grad():  # non-trivial running statistics and affine parameters
+        for m in src.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    src.eval()
+    dst = models.create("srresnet", nf=16, nb=2, scale=2, bn=False)
+    with torch.no_grad():
+        mod.fold_bn_from(dst, src)
+        x = torch.rand(2, 3, 12, 12)
+        ref, out = src(x), dst(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in dst.modules())
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+    with pytest.raises(SystemExit, match="same nf and nb"):
+        mod.fold_bn_from(models.create("srresnet", nf=16, nb=3, scale=2, bn=False), src)
 
 
 # ---------------------------------------------------------------- baselines and specs

@@ -61,16 +61,24 @@ def _check(name: str) -> None:
         raise DataError(f"unknown builtin:cartoon image {name!r}; known: {', '.join(TRAIN_IMAGES + HELDOUT_IMAGES)}")
 
 
-@functools.lru_cache(maxsize=None)
-def load_photo_small(name: str) -> np.ndarray:
-    """The photo ``name`` at the working size (short side :data:`SHORT_SIDE`), ``uint8`` (H, W, 3), read-only."""
+def load_photo_small(name: str, short_side: int = SHORT_SIDE) -> np.ndarray:
+    """The photo ``name`` at the working size (short side ``short_side``, default :data:`SHORT_SIDE`),
+    ``uint8`` (H, W, 3), read-only. Other short sides are a training-side augmentation
+    (:class:`CartoonTrainDataset` ``short_sides``); held-out photos are only used at :data:`SHORT_SIDE`."""
     _check(name)
+    if short_side < 32:
+        raise DataError(f"builtin:cartoon short side must be >= 32 pixels, got {short_side}")
+    return _photo_small(name, int(short_side))
+
+
+@functools.lru_cache(maxsize=None)  # one cache key per (name, size), however the size was passed
+def _photo_small(name: str, short_side: int) -> np.ndarray:
     from skimage.transform import resize
 
     img = load_photo(name)
     h, w = img.shape[:2]
-    s = SHORT_SIDE / min(h, w)
-    size = (max(SHORT_SIDE, 4 * round(h * s / 4)), max(SHORT_SIDE, 4 * round(w * s / 4)))
+    s = short_side / min(h, w)
+    size = (max(short_side, 4 * round(h * s / 4)), max(short_side, 4 * round(w * s / 4)))
     small = resize(img.astype(np.float64) / 255.0, size, order=3, anti_aliasing=True, mode="reflect")
     out = np.clip(np.rint(small * 255.0), 0, 255).astype(np.uint8)
     out.setflags(write=False)
@@ -96,10 +104,15 @@ def stylize(img: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(q * 255.0), 0, 255).astype(np.uint8)
 
 
+def load_target(name: str, short_side: int = SHORT_SIDE) -> np.ndarray:
+    """:func:`stylize` of :func:`load_photo_small` ``(name, short_side)`` (read-only, cached)."""
+    load_photo_small(name, short_side)  # checks the arguments
+    return _target(name, int(short_side))
+
+
 @functools.lru_cache(maxsize=None)
-def load_target(name: str) -> np.ndarray:
-    """:func:`stylize` of :func:`load_photo_small` ``(name)`` (read-only, cached)."""
-    out = stylize(load_photo_small(name))
+def _target(name: str, short_side: int) -> np.ndarray:
+    out = stylize(_photo_small(name, short_side))
     out.setflags(write=False)
     return out
 
@@ -110,12 +123,17 @@ class CartoonTrainDataset(CropFlipDataset):
     An item is ``{"input": (3, c, c) photo, "target": (3, c, c) cartoon, "index"}`` in [-1, 1],
     ``c = crop_size``; each item picks a training photo uniformly at random, then a random crop, then a
     horizontal flip with probability 1/2 (``flip``). The epoch has ``patches_per_epoch`` items.
+
+    ``short_sides`` (default ``(SHORT_SIDE,)``): each photo is used at each of these working sizes, its
+    target stylized at that size (the stylization's pixel-sized parameters then cover other scales of
+    the scene); every (photo, size) pair is one source.
     """
 
     random_sources = True
 
     def __init__(self, *, crop_size: int = 128, patches_per_epoch: int = 1000, flip: bool = True,
-                 images: Sequence[str] = TRAIN_IMAGES, seed: int | None = None) -> None:
+                 images: Sequence[str] = TRAIN_IMAGES, seed: int | None = None,
+                 short_sides: Sequence[int] = (SHORT_SIDE,)) -> None:
         if patches_per_epoch < 1:
             raise DataError(f"patches_per_epoch must be >= 1, got {patches_per_epoch}")
         leaked = set(images) & set(HELDOUT_IMAGES)
@@ -123,29 +141,34 @@ class CartoonTrainDataset(CropFlipDataset):
             raise DataError(f"held-out images {sorted(leaked)} cannot be used for training")
         for n in images:
             _check(n)
+        sides = tuple(int(v) for v in short_sides)
+        if not sides or any(v < 32 for v in sides) or len(set(sides)) != len(sides):
+            raise DataError(f"short_sides must be distinct sizes >= 32 pixels, got {tuple(short_sides)}")
+        self.short_sides = sides
         self.images = tuple(images)
         self.crop_size = int(crop_size)
         self.flip = bool(flip)
         self.value_range = RANGE_GAN
         self.seed = seed
         self.length = int(patches_per_epoch)
-        self.names = list(self.images)
-        self.report = ScanReport(used=len(self.images))
-        self._check_crop([(n, (SHORT_SIDE, SHORT_SIDE)) for n in self.images])
+        self._sources = [(n, v) for v in sides for n in self.images]
+        self.names = [n if v == SHORT_SIDE else f"{n}@{v}" for n, v in self._sources]
+        self.report = ScanReport(used=len(self._sources))
+        self._check_crop([(n, (v, v)) for n, (_, v) in zip(self.names, self._sources)])
 
     def __len__(self) -> int:
         return self.length
 
     def num_sources(self) -> int:
-        return len(self.images)
+        return len(self._sources)
 
     def source_of(self, index, rng):
-        return int(rng.integers(0, len(self.images)))
+        return int(rng.integers(0, len(self._sources)))
 
     def load_views(self, i, rng):
-        n = self.images[i]
-        return ({"input": (load_photo_small(n), 1), "target": (load_target(n), 1)}, {},
-                f"builtin:cartoon image {n!r}")
+        n, v = self._sources[i]
+        return ({"input": (load_photo_small(n, v), 1), "target": (load_target(n, v), 1)}, {},
+                f"builtin:cartoon image {self.names[i]!r}")
 
 
 class CartoonHeldoutDataset(CropFlipDataset):

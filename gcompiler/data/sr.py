@@ -49,12 +49,28 @@ TEACHER_WEIGHTS = ASSET_DIR / "sr_teacher_x2.safetensors"
 TEACHER_META = ASSET_DIR / "sr_teacher_x2.json"
 
 
-@functools.lru_cache(maxsize=None)
-def load_hr(name: str) -> np.ndarray:
-    """The HR photo ``name`` as ``uint8`` (H, W, 3), cut to even height and width (read-only array)."""
+def load_hr(name: str, scale: float = 1.0) -> np.ndarray:
+    """The HR photo ``name`` as ``uint8`` (H, W, 3), cut to even height and width (read-only array).
+
+    ``scale`` < 1 first shrinks the photo by that factor (antialiased bicubic, rounded to 8 bits): a
+    training-side augmentation (:class:`SRTrainDataset` ``scales``) that gives sharper HR images with
+    new content per pixel. Held-out photos are only ever used at ``scale`` 1.
+    """
     if name not in TRAIN_IMAGES + HELDOUT_IMAGES:
         raise DataError(f"unknown builtin:sr image {name!r}; known: {', '.join(TRAIN_IMAGES + HELDOUT_IMAGES)}")
+    if not 0.0 < scale <= 1.0:
+        raise DataError(f"builtin:sr image scale must be in (0, 1], got {scale}")
+    return _hr(name, float(scale))
+
+
+@functools.lru_cache(maxsize=None)  # one cache key per (name, scale), however the scale was passed
+def _hr(name: str, scale: float) -> np.ndarray:
     img = load_photo(name)
+    if scale < 1.0:
+        t = to_tensor(img, RANGE_UNIT)[None]
+        size = (round(img.shape[0] * scale), round(img.shape[1] * scale))
+        t = quantize_8bit(F.interpolate(t, size=size, mode="bicubic", antialias=True, align_corners=False))[0]
+        img = t.mul(255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
     h, w = img.shape[0] - img.shape[0] % SCALE, img.shape[1] - img.shape[1] % SCALE
     out = np.ascontiguousarray(img[:h, :w])
     out.setflags(write=False)
@@ -80,10 +96,15 @@ def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(0.0, 1.0).mul(255.0).round().div(255.0)
 
 
+def load_lr(name: str, scale: float = 1.0) -> np.ndarray:
+    """The LR partner of :func:`load_hr` ``(name, scale)`` as ``uint8`` (H/2, W/2, 3) (read-only array)."""
+    load_hr(name, scale)  # checks the arguments
+    return _lr(name, float(scale))
+
+
 @functools.lru_cache(maxsize=None)
-def load_lr(name: str) -> np.ndarray:
-    """The LR partner of :func:`load_hr` ``(name)`` as ``uint8`` (H/2, W/2, 3) (read-only array)."""
-    hr = to_tensor(load_hr(name), RANGE_UNIT)[None]
+def _lr(name: str, scale: float) -> np.ndarray:
+    hr = to_tensor(_hr(name, scale), RANGE_UNIT)[None]
     lr = quantize_8bit(bicubic_downsample(hr))[0]
     out = lr.mul(255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
     out.setflags(write=False)
@@ -105,6 +126,9 @@ class SRTrainDataset(CropFlipDataset):
     The epoch has ``patches_per_epoch`` items; each picks one of the photos uniformly at random (not
     by area: ``retina`` alone is 45 % of the pixels and mostly flat), then a random patch, then (``augment="flip"``) a horizontal flip with
     probability 1/2 or (``augment="dihedral"``) one of the 8 flips/rotations.
+
+    ``scales`` (default ``(1.0,)``): each photo is also used shrunk by these factors (:func:`load_hr`),
+    every (photo, scale) pair being one source; e.g. ``(1.0, 0.75, 0.5)`` triples the sources.
     """
 
     random_sources = True
@@ -112,7 +136,8 @@ class SRTrainDataset(CropFlipDataset):
     scale = SCALE
 
     def __init__(self, *, crop_size: int = 48, patches_per_epoch: int = 1000, augment: str = "flip",
-                 images: Sequence[str] = TRAIN_IMAGES, seed: int | None = None) -> None:
+                 images: Sequence[str] = TRAIN_IMAGES, seed: int | None = None,
+                 scales: Sequence[float] = (1.0,)) -> None:
         if augment not in ("flip", "dihedral", "none"):
             raise DataError(f"augment must be 'flip', 'dihedral' or 'none', got {augment!r}")
         if patches_per_epoch < 1:
@@ -120,6 +145,10 @@ class SRTrainDataset(CropFlipDataset):
         leaked = set(images) & set(HELDOUT_IMAGES)
         if leaked:
             raise DataError(f"held-out images {sorted(leaked)} cannot be used for training")
+        scales = tuple(float(s) for s in scales)
+        if not scales or any(not 0.0 < s <= 1.0 for s in scales) or len(set(scales)) != len(scales):
+            raise DataError(f"scales must be distinct factors in (0, 1], got {scales}")
+        self.scales = scales
         self.images = tuple(images)
         self.crop_size = int(crop_size)
         self.flip = augment != "none"
@@ -127,11 +156,12 @@ class SRTrainDataset(CropFlipDataset):
         self.value_range = RANGE_UNIT
         self.seed = seed
         self.length = int(patches_per_epoch)
-        self.names = list(self.images)
-        self.report = ScanReport(used=len(self.images))
-        self._lr = [load_lr(n) for n in self.images]
-        self._hr = [load_hr(n) for n in self.images]
-        self._check_crop([(n, (a.shape[1], a.shape[0])) for n, a in zip(self.images, self._lr)])
+        self._sources = [(n, s) for s in scales for n in self.images]
+        self.names = [n if s == 1.0 else f"{n}@{s:g}" for n, s in self._sources]
+        self.report = ScanReport(used=len(self._sources))
+        self._lr = [load_lr(n, s) for n, s in self._sources]
+        self._hr = [load_hr(n, s) for n, s in self._sources]
+        self._check_crop([(n, (a.shape[1], a.shape[0])) for n, a in zip(self.names, self._lr)])
 
     def __len__(self) -> int:
         return self.length
@@ -144,7 +174,7 @@ class SRTrainDataset(CropFlipDataset):
 
     def load_views(self, i, rng):
         return ({"input": (self._lr[i], 1), "target": (self._hr[i], SCALE)}, {},
-                f"builtin:sr image {self.images[i]!r}")
+                f"builtin:sr image {self.names[i]!r}")
 
     def finish(self, index, aligned, unaligned, where, rng):
         out = super().finish(index, aligned, unaligned, where, rng)

@@ -5,6 +5,7 @@
   optimizer steps or, with a time budget, over ``budget_s`` seconds of training wall time (the run
   stops when the budget is spent, so it ends on time on a shared machine with its learning rate
   annealed; the number of steps done is recorded).
+* :func:`comma_list`: an argparse type for comma-separated option values.
 * :func:`save_ckpt` / :func:`load_ckpt`: atomic training checkpoints (``torch.save`` into a temp file
   renamed into place; read back with ``weights_only=True``), so a run can be stopped at any time and
   the latest checkpoint exported.
@@ -13,12 +14,13 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -50,6 +52,21 @@ class TimeSchedule:
         if self.budget_s <= 0:
             t = (step - self.warmup) / max(1, self.steps - self.warmup)
         return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def comma_list(convert: Callable[[str], Any], ok: Callable[[Any], bool], flag: str, rule: str
+               ) -> Callable[[str], tuple[Any, ...]]:
+    """An argparse ``type=`` for ``flag``: comma-separated values converted by ``convert``, each ``ok``
+    (else an argparse error that states ``rule``), e.g. ``--scales 1,0.75,0.5``."""
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            out = tuple(convert(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes comma-separated values, got {text!r}") from None
+        if not all(ok(v) for v in out):
+            raise argparse.ArgumentTypeError(f"{flag}: {rule}, got {text!r}")
+        return out
+    return parse
 
 
 def save_ckpt(path: Path, obj: dict[str, Any]) -> None:

@@ -50,17 +50,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teacher_common import TimeSchedule, export_model, load_ckpt, save_ckpt  # noqa: E402
-
-
-def _sides(text: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--short-sides takes comma-separated integers, got {text!r}") from None
-    if any(v < 32 for v in out):
-        raise argparse.ArgumentTypeError(f"--short-sides sizes must be >= 32 pixels, got {text!r}")
-    return out
+from teacher_common import TimeSchedule, comma_list, export_model, load_ckpt, save_ckpt  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--bf16", action="store_true",
                    help="mixed precision: forward passes under bfloat16 autocast with channels-last tensors (weights, "
                         "optimizer and evaluation stay float32); ~2x faster steps on CPUs with AVX512-BF16 or AMX")
-    g.add_argument("--short-sides", type=_sides, default=(256,),
+    g.add_argument("--short-sides", type=comma_list(int, lambda v: v >= 32, "--short-sides", "sizes must be >= 32 pixels"), default=(256,),
                    help="comma-separated working sizes (short side, pixels) at which every training photo is "
                         "used, each stylized at its size, e.g. 256,320,384 (three times the sources; held-out "
                         "photos stay at 256; default: 256)")

@@ -41,17 +41,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teacher_common import TimeSchedule, export_model, load_ckpt, save_ckpt  # noqa: E402
-
-
-def _scales(text: str) -> tuple[float, ...]:
-    try:
-        out = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--scales takes comma-separated numbers, got {text!r}") from None
-    if any(not 0.0 < v <= 1.0 for v in out):
-        raise argparse.ArgumentTypeError(f"--scales factors must be in (0, 1], got {text!r}")
-    return out
+from teacher_common import TimeSchedule, comma_list, export_model, load_ckpt, save_ckpt  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--bf16", action="store_true",
                    help="mixed precision: forward passes under bfloat16 autocast with channels-last tensors (weights, "
                         "optimizer and evaluation stay float32); ~2x faster steps on CPUs with AVX512-BF16 or AMX")
-    g.add_argument("--scales", type=_scales, default=(1.0,),
+    g.add_argument("--scales", type=comma_list(float, lambda v: 0.0 < v <= 1.0, "--scales", "factors must be in (0, 1]"), default=(1.0,),
                    help="comma-separated factors: each training photo is also used shrunk by them, e.g. "
                         "1,0.75,0.5 (sharper HR images, three times the sources; default: 1)")
     g.add_argument("--threads", type=int, default=1,

@@ -114,6 +114,16 @@ def test_cartoon_short_sides_add_sources_stylized_at_their_size():
             C.CartoonTrainDataset(crop_size=32, short_sides=bad)
 
 
+def test_training_scripts_parse_their_list_options():
+    tc = _train_cartoon_module()
+    args = tc.parse_args(["--short-sides", "256,320"])
+    assert args.short_sides == (256, 320)
+    assert tc.parse_args([]).short_sides == (256,)
+    for bad in ["256,x", "256,16"]:
+        with pytest.raises(SystemExit):
+            tc.parse_args(["--short-sides", bad])
+
+
 def test_sr_bn_folding_keeps_the_function():
     """``train_teacher.py --no-bn --init-from BN_TEACHER`` starts from the same function, without BatchNorm."""
     import importlib.util

@@ -94,7 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--bf16", action="store_true",
                    help="mixed precision: forward passes under bfloat16 autocast with channels-last tensors (weights, "
                         "optimizer and evaluation stay float32); ~2x faster steps on CPUs with AVX512-BF16 or AMX")
-    g.add_argument("--short-sides", type=comma_list(int, lambda v: v >= 32, "--short-sides", "sizes must be >= 32 pixels"), default=(256,),
+    g.add_argument("--short-sides", default=(256,),
+                   type=comma_list(int, lambda v: v >= 32, "--short-sides", "sizes must be >= 32 pixels"),
                    help="comma-separated working sizes (short side, pixels) at which every training photo is "
                         "used, each stylized at its size, e.g. 256,320,384 (three times the sources; held-out "
                         "photos stay at 256; default: 256)")
@@ -403,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
                 + f"{args.gan_weight:g} * LSGAN against the unconditional PatchGAN",
         "optimizer": "Adam(0.5, 0.999) for G and D; cosine to 1% over "
                      + ("wall time (--time-budget)" if args.time_budget > 0 else "steps"),
-        "augment": "random crop + horizontal flip", "threads": args.threads, "bf16_autocast": args.bf16, "device": str(args.device),
+        "augment": "random crop + horizontal flip", "threads": args.threads, "bf16_autocast": args.bf16,
+        "device": str(args.device),
         "torch": torch.__version__, "train_wall_s": round(wall, 1),
         "session_wall_s": round(time.time() - t_start, 1),
         "train_images": list(TRAIN_IMAGES), "train_short_sides": list(args.short_sides),

@@ -74,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--bf16", action="store_true",
                    help="mixed precision: forward passes under bfloat16 autocast with channels-last tensors (weights, "
                         "optimizer and evaluation stay float32); ~2x faster steps on CPUs with AVX512-BF16 or AMX")
-    g.add_argument("--scales", type=comma_list(float, lambda v: 0.0 < v <= 1.0, "--scales", "factors must be in (0, 1]"), default=(1.0,),
+    g.add_argument("--scales", default=(1.0,),
+                   type=comma_list(float, lambda v: 0.0 < v <= 1.0, "--scales", "factors must be in (0, 1]"),
                    help="comma-separated factors: each training photo is also used shrunk by them, e.g. "
                         "1,0.75,0.5 (sharper HR images, three times the sources; default: 1)")
     g.add_argument("--threads", type=int, default=1,
@@ -251,26 +252,22 @@ def widen_from(model: torch.nn.Module, small: torch.nn.Module) -> None:
 def fold_bn_from(model: torch.nn.Module, bn_model: torch.nn.Module) -> None:
     """Make the BatchNorm-free SRResNet ``model`` compute exactly what ``bn_model`` (same nf/nb, with
     BatchNorm, in eval mode) computes: each eval-mode BatchNorm is an affine map per channel, folded
-    into the conv before it (``w * g / sqrt(var + eps)``, bias ``beta - mean * g / sqrt(var + eps)``).
-    Training then goes on without BatchNorm: no gap between batch statistics (training) and running
-    statistics (evaluation), and no BatchNorm cost per step."""
+    into the conv before it (the ``fold-norms`` pass's own helpers). Training then goes on without
+    BatchNorm: no gap between batch statistics (training) and running statistics (evaluation), and no
+    BatchNorm cost per step."""
+    from gcompiler.quant.fold import bn_affine, fold_channel_affine
+
     if len(model.body) != len(bn_model.body) or model.conv_first.out_channels != bn_model.conv_first.out_channels:
         raise SystemExit("--init-from with --no-bn: the source must be an srresnet of the same nf and nb")
-
-    def fold(dst: torch.nn.Conv2d, conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> None:
-        k = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        b = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        dst.weight.copy_(conv.weight * k[:, None, None, None])
-        dst.bias.copy_((b - bn.running_mean) * k + bn.bias)
-
-    model.load_state_dict({k: v for k, v in bn_model.state_dict().items() if k in model.state_dict()
-                           and ".bn" not in k and not k.startswith("bn_") and "conv1" not in k
-                           and "conv2" not in k and not k.startswith("conv_body")}, strict=False)
+    # every tensor both have (the folded convs' weights are then rescaled below; their biases start at 0)
+    target = model.state_dict()
+    model.load_state_dict({k: v for k, v in bn_model.state_dict().items() if k in target}, strict=False)
+    folds = [(model.conv_body, bn_model.bn_body)]
     for d, s in zip(model.body, bn_model.body):
-        fold(d.conv1, s.conv1, s.bn1)
-        d.prelu.weight.copy_(s.prelu.weight)
-        fold(d.conv2, s.conv2, s.bn2)
-    fold(model.conv_body, bn_model.conv_body, bn_model.bn_body)
+        folds += [(d.conv1, s.bn1), (d.conv2, s.bn2)]
+    for conv, bn in folds:
+        conv.bias.zero_()
+        fold_channel_affine(conv, *bn_affine(bn))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,11 +290,10 @@ def main(argv: list[str] | None = None) -> int:
 
         small = load_asset_model(args.init_from).eval()
         has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in small.modules())
-        with torch.no_grad():
-            if args.no_bn and has_bn:
-                fold_bn_from(model, small)
-            else:
-                widen_from(model, small)
+        if args.no_bn and has_bn:
+            fold_bn_from(model, small)
+        else:
+            widen_from(model, small)
         print(f"warm start from {args.init_from} ({sum(p.numel() for p in small.parameters()):,} params)",
               flush=True)
     elif not args.random_init:
@@ -440,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         "lr": args.lr, "warmup": args.warmup, "loss": "L1",
         "optimizer": "Adam(0.9, 0.999); cosine to 1% over "
                      + ("wall time (--time-budget)" if args.time_budget > 0 else "steps"),
-        "augment": "random crop + dihedral (flips/transposes)", "threads": args.threads, "bf16_autocast": args.bf16,
+        "augment": "random crop + dihedral (flips/transposes)", "threads": args.threads,
+        "bf16_autocast": args.bf16,
         "device": str(args.device), "torch": torch.__version__, "train_wall_s": round(wall_g, 1),
         "session_wall_s": round(time.time() - t_start, 1),
         "train_images": list(TRAIN_IMAGES), "train_scales": list(args.scales),

@@ -126,14 +126,9 @@ def test_training_scripts_parse_their_list_options():
 
 def test_sr_bn_folding_keeps_the_function():
     """``train_teacher.py --no-bn --init-from BN_TEACHER`` starts from the same function, without BatchNorm."""
-    import importlib.util
-
     from gcompiler import models
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_teacher.py"
-    spec = importlib.util.spec_from_file_location("train_teacher_under_test", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script_module("train_teacher")
     torch.manual_seed(0)
     src = models.create("srresnet", nf=16, nb=2, scale=2, bn=True)
     with torch.no_grad():  # non-trivial running statistics and affine parameters
@@ -225,14 +220,19 @@ def test_cartoon_teacher_has_the_zoo_layout():
     assert any(isinstance(m, torch.nn.ReflectionPad2d) for m in t.modules())
 
 
-def _train_cartoon_module():
+def _script_module(name: str):
+    """``scripts/<name>.py`` imported as a module (the scripts are not a package)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_cartoon.py"
-    spec = importlib.util.spec_from_file_location("train_cartoon_under_test", path)
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _train_cartoon_module():
+    return _script_module("train_cartoon")
 
 
 def test_an_instancenorm_resnet_generator_is_blind_to_colour_and_contrast():

@@ -64,7 +64,8 @@ def fold_channel_affine(conv: nn.Module, scale: torch.Tensor, shift: torch.Tenso
             conv.bias = nn.Parameter(bias)
 
 
-def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` per channel of the eval-mode ``bn`` (float64): ``bn(y) == y * scale + shift``."""
     inv = torch.rsqrt(bn.running_var.double() + bn.eps)
     g = bn.weight.double() if bn.weight is not None else torch.ones_like(inv)
     b = bn.bias.double() if bn.bias is not None else torch.zeros_like(inv)
@@ -126,7 +127,7 @@ def fold_norms(gm: fx.GraphModule) -> fx.GraphModule:
         src = node.args[0]
         conv = gm.get_submodule(str(src.target))
         if is_bn:
-            scale, shift = _bn_affine(mod)
+            scale, shift = bn_affine(mod)
         else:
             scale, shift = mod.channel_scale().detach().double(), None
         if scale.dim() != 1 or scale.numel() != conv.out_channels:

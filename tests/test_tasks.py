@@ -112,6 +112,8 @@ def test_cartoon_short_sides_add_sources_stylized_at_their_size():
     for bad in [(), (256, 256), (16,)]:
         with pytest.raises(DataError, match="short_sides"):
             C.CartoonTrainDataset(crop_size=32, short_sides=bad)
+    with pytest.raises(DataError, match="short side must be >= 32"):
+        C.load_target("chelsea", 16)
 
 
 def test_training_scripts_parse_their_list_options():

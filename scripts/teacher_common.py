@@ -69,6 +69,31 @@ def comma_list(convert: Callable[[str], Any], ok: Callable[[Any], bool], flag: s
     return parse
 
 
+def name_weights(text: str) -> tuple[str, float]:
+    """An argparse ``type=`` for ``NAME=WEIGHT`` (a photo's sampling weight, finite and >= 0)."""
+    name, sep, value = text.partition("=")
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = float("nan")
+    if not sep or not name or not (math.isfinite(weight) and weight >= 0.0):
+        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT with a finite weight >= 0, got {text!r}")
+    return name, weight
+
+
+@torch.no_grad()
+def ema_update(average: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """One step of the weight average ``average <- decay * average + (1 - decay) * model``.
+
+    Buffers (norm running statistics) are copied from ``model``, not averaged: they describe the
+    activations of the model that is training, and the average is evaluated with them.
+    """
+    for pa, p in zip(average.parameters(), model.parameters()):
+        pa.lerp_(p, 1.0 - decay)
+    for ba, b in zip(average.buffers(), model.buffers()):
+        ba.copy_(b)
+
+
 def save_ckpt(path: Path, obj: dict[str, Any]) -> None:
     """``torch.save(obj)`` into ``path`` atomically (temp file + os.replace)."""
     path.parent.mkdir(parents=True, exist_ok=True)

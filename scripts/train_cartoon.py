@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teacher_common import TimeSchedule, comma_list, export_model, load_ckpt, save_ckpt  # noqa: E402
+from teacher_common import TimeSchedule, comma_list, ema_update, export_model, load_ckpt, save_ckpt  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -341,11 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         g_loss.backward()
         gopt.step()
         if G_ema is not None:
-            with torch.no_grad():
-                for pe, p in zip(G_ema.parameters(), G.parameters()):
-                    pe.lerp_(p, 1.0 - args.ema)
-                for be, b in zip(G_ema.buffers(), G.buffers()):  # norm statistics: G's own
-                    be.copy_(b)
+            ema_update(G_ema, G, args.ema)
         step += 1
         if not math.isfinite(g_loss.item()):
             print(f"G loss is {g_loss.item()} at step {step}: stopping", file=sys.stderr)

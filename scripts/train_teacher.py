@@ -30,6 +30,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import math
@@ -41,11 +42,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teacher_common import TimeSchedule, comma_list, export_model, load_ckpt, save_ckpt  # noqa: E402
+from teacher_common import (TimeSchedule, comma_list, ema_update, export_model, load_ckpt,  # noqa: E402
+                            name_weights, save_ckpt)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from gcompiler.data.sr import HELDOUT_IMAGES, TEACHER_WEIGHTS, TRAIN_IMAGES
+    from gcompiler.data.sr import HELDOUT_IMAGES, KNOWN_IMAGES, TEACHER_WEIGHTS, TRAIN_IMAGES
 
     p = argparse.ArgumentParser(
         prog="train_teacher.py",
@@ -78,6 +80,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    type=comma_list(float, lambda v: 0.0 < v <= 1.0, "--scales", "factors must be in (0, 1]"),
                    help="comma-separated factors: each training photo is also used shrunk by them, e.g. "
                         "1,0.75,0.5 (sharper HR images, three times the sources; default: 1)")
+    g.add_argument("--photos", default=TRAIN_IMAGES,
+                   type=comma_list(str, lambda v: v in KNOWN_IMAGES and v not in HELDOUT_IMAGES, "--photos",
+                                   "each must be a training photo: " + ", ".join(n for n in KNOWN_IMAGES
+                                                                                 if n not in HELDOUT_IMAGES)),
+                   help="comma-separated training photos (default: the task's training set); e.g. add "
+                        "matplotlib's grace_hopper portrait")
+    g.add_argument("--photo-weight", action="append", default=[], type=name_weights, metavar="NAME=W",
+                   help="draw photo NAME W times as often as a photo of weight 1 (repeatable), e.g. "
+                        "--photo-weight retina=0.5 --photo-weight coffee=2")
+    g.add_argument("--loss", choices=("l1", "mse"), default="l1",
+                   help="pixel loss: l1, or mse (squared error, what PSNR measures; for fine-tuning)")
+    g.add_argument("--ema", type=float, default=0.0,
+                   help="ship an exponential moving average of the weights with this decay, e.g. 0.999 "
+                        "(0: ship the trained weights); held-out logs measure the average")
     g.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 keeps the machine usable by others and results reproducible)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -107,6 +123,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.d_steps < 0:
         p.error("--d-steps must be >= 0")
+    if not 0.0 <= args.ema < 1.0:
+        p.error(f"--ema must be in [0, 1), got {args.ema}")
+    if len(set(args.photos)) != len(args.photos):
+        p.error(f"--photos names a photo twice: {','.join(args.photos)}")
+    args.photo_weights = dict(args.photo_weight)
+    unknown = sorted(set(args.photo_weights) - set(args.photos))
+    if unknown:
+        p.error(f"--photo-weight names {', '.join(unknown)}, not among --photos")
     if args.out.suffix != ".safetensors":
         p.error("--out must end in .safetensors")
     if args.ckpt_dir is None:
@@ -278,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from gcompiler import models
     from gcompiler.data import make_loader, open_dataset
-    from gcompiler.data.sr import HELDOUT_IMAGES, TRAIN_IMAGES, evaluate_sr, load_teacher
+    from gcompiler.data.sr import HELDOUT_IMAGES, evaluate_sr, load_teacher
 
     command = "python scripts/train_teacher.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
@@ -300,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         init_as_upsampler(model)
     fmt = torch.channels_last if args.bf16 else torch.contiguous_format
     model = model.to(args.device, memory_format=fmt)
+    average = copy.deepcopy(model).eval() if args.ema else None  # what ships, with --ema
     disc = models.create("patchgan_d", **dkwargs).to(args.device, memory_format=fmt)
     amp = functools.partial(torch.autocast, torch.device(args.device).type, dtype=torch.bfloat16,
                             enabled=args.bf16)
@@ -320,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         ck = load_ckpt(ckpt_path)
         model.load_state_dict(ck["model"])
+        if average is not None:
+            average.load_state_dict(ck.get("average", ck["model"]))
         opt.load_state_dict(ck["opt"])
         disc.load_state_dict(ck["disc"])
         dopt.load_state_dict(ck["dopt"])
@@ -332,21 +359,30 @@ def main(argv: list[str] | None = None) -> int:
 
     def checkpoint() -> None:
         save_ckpt(ckpt_path, {"model": model.state_dict(), "opt": opt.state_dict(), "disc": disc.state_dict(),
+                              **({"average": average.state_dict()} if average is not None else {}),
                               "dopt": dopt.state_dict(), "step": step, "dstep": dstep,
                               "elapsed": sched.elapsed(), "log": json.dumps(log),
                               "history": json.dumps(history)})
 
     data = open_dataset("builtin:sr", crop_size=args.patch, augment="dihedral", scales=args.scales,
+                        images=args.photos, weights=args.photo_weights,
                         patches_per_epoch=10000 * args.batch_size, seed=args.seed + step)
     loader = make_loader(data, batch_size=args.batch_size, seed=args.seed + step, num_workers=0)
     stream = loader.batches()
+    pixel_loss = torch.nn.functional.l1_loss if args.loss == "l1" else torch.nn.functional.mse_loss
+
+    def shipped() -> torch.nn.Module:
+        return model if average is None else average
     print(f"srresnet {kwargs}: {n_params:,} parameters; "
           + (f"{args.time_budget:.0f} s budget" if args.time_budget > 0 else f"{args.steps} steps")
           + f" of {args.batch_size} {args.patch}x{args.patch} LR patches on {args.device} "
-            f"({args.threads} thread(s)); photos: {', '.join(TRAIN_IMAGES)}", flush=True)
+            f"({args.threads} thread(s)); {args.loss} loss"
+          + (f", weight average {args.ema}" if args.ema else "") + "; photos: "
+          + ", ".join(n if data.weights[n] == 1.0 else f"{n} (x{data.weights[n]:g})" for n in args.photos),
+          flush=True)
     t_start = time.time()
     model.train()
-    ema = None
+    smooth = None  # running mean of the loss, for the log
     bar = tqdm(disable=args.no_progress, desc="teacher", dynamic_ncols=True)
     while not args.export_only and not sched.done(step):
         for gr in opt.param_groups:
@@ -356,23 +392,25 @@ def main(argv: list[str] | None = None) -> int:
         hr_img = batch["target"].to(args.device)
         with amp():
             out = model(lr_img)
-        loss = torch.nn.functional.l1_loss(out.float(), hr_img)
+        loss = pixel_loss(out.float(), hr_img)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if average is not None:
+            ema_update(average, model, args.ema)
         step += 1
         if not math.isfinite(loss.item()):
             print(f"loss is {loss.item()} at step {step}: stopping (try a lower --lr)", file=sys.stderr)
             return 1
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
         bar.update(1)
-        bar.set_postfix(l1=f"{ema:.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+        bar.set_postfix({args.loss: f"{smooth:.4f}"}, lr=f"{opt.param_groups[0]['lr']:.1e}")
         if args.no_progress and step % 50 == 0:
-            print(f"step {step} l1 {ema:.4f} lr {opt.param_groups[0]['lr']:.2e} ({sched.elapsed():.0f}s)",
+            print(f"step {step} {args.loss} {smooth:.4f} lr {opt.param_groups[0]['lr']:.2e} ({sched.elapsed():.0f}s)",
                   flush=True)
         if args.eval_every and step % args.eval_every == 0:
             model.eval()
-            m = evaluate_sr(model, device=args.device)["mean"]
+            m = evaluate_sr(shipped(), device=args.device)["mean"]
             model.train()
             log.append({"step": step, "elapsed_s": round(sched.elapsed(), 1), "psnr_y": m["model"]["psnr_y"],
                         "bicubic_psnr_y": m["bicubic"]["psnr_y"]})
@@ -386,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     if not args.export_only:
         checkpoint()
+    if average is not None:  # from here on (the discriminator, the export), the teacher is the average
+        model.load_state_dict(average.state_dict())
 
     # The discriminator, trained against the finished teacher's outputs (LSGAN).
     t_d = time.time()
@@ -433,14 +473,15 @@ def main(argv: list[str] | None = None) -> int:
         "patch_lr": args.patch,
         "init": (f"warm start from {args.init_from} (widen_from)" if args.init_from else
                  "random" if args.random_init else "bicubic-like (init_as_upsampler)"),
-        "lr": args.lr, "warmup": args.warmup, "loss": "L1",
+        "lr": args.lr, "warmup": args.warmup, "loss": {"l1": "L1", "mse": "MSE"}[args.loss],
+        "weight_average": args.ema or None,
         "optimizer": "Adam(0.9, 0.999); cosine to 1% over "
                      + ("wall time (--time-budget)" if args.time_budget > 0 else "steps"),
         "augment": "random crop + dihedral (flips/transposes)", "threads": args.threads,
         "bf16_autocast": args.bf16,
         "device": str(args.device), "torch": torch.__version__, "train_wall_s": round(wall_g, 1),
         "session_wall_s": round(time.time() - t_start, 1),
-        "train_images": list(TRAIN_IMAGES), "train_scales": list(args.scales),
+        "train_images": list(args.photos), "train_photo_weights": data.weights, "train_scales": list(args.scales),
         "heldout_images": list(HELDOUT_IMAGES),
         "eval_protocol": "whole held-out images, output clamped and rounded to 8 bits, Y channel (BT.601), "
                          "2-pixel border cropped; measured after loading the stored weights",

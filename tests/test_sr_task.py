@@ -145,6 +145,31 @@ def test_training_scales_add_shrunk_sources_and_keep_pairs_aligned():
         load_hr("chelsea", 0.0)
 
 
+def test_photo_weights_set_how_often_each_photo_is_drawn():
+    ds = SRTrainDataset(crop_size=16, images=("coffee", "astronaut", "grace_hopper"), scales=(1.0, 0.5),
+                        weights={"grace_hopper": 4.0, "astronaut": 0.0})
+    assert ds.weights == {"coffee": 1.0, "astronaut": 0.0, "grace_hopper": 4.0}
+    rng = np.random.default_rng(0)
+    counts = np.bincount([ds.source_of(i, rng) for i in range(20000)], minlength=ds.num_sources())
+    by_photo = {n: 0 for n in ds.images}
+    for (name, _), c in zip(ds._sources, counts):
+        by_photo[name] += c
+    assert by_photo["astronaut"] == 0
+    assert abs(by_photo["grace_hopper"] / 20000 - 0.8) < 0.015 and abs(by_photo["coffee"] / 20000 - 0.2) < 0.015
+    assert abs(int(counts[2]) - int(counts[5])) < 0.1 * counts[2]  # both scales of a photo share its weight
+    # no weights: the uniform draw of the shipped teachers, unchanged
+    plain = SRTrainDataset(crop_size=16)
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    assert [plain.source_of(i, rng_a) for i in range(50)] == [int(rng_b.integers(0, len(TRAIN_IMAGES)))
+                                                             for _ in range(50)]
+    for bad, match in [({"rocket": 1.0}, "not training images"), ({"coffee": -1.0}, ">= 0"),
+                       ({"coffee": float("inf")}, ">= 0"), ({"coffee": 0.0, "astronaut": 0.0}, "all zero")]:
+        with pytest.raises(DataError, match=match):
+            SRTrainDataset(crop_size=16, images=("coffee", "astronaut"), weights=bad)
+    with pytest.raises(DataError, match="twice"):
+        SRTrainDataset(crop_size=16, images=("coffee", "coffee"))
+
+
 def test_heldout_dataset_gives_whole_images():
     ds = open_dataset("builtin:sr", split="eval")
     assert isinstance(ds, SRHeldoutDataset)

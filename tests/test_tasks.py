@@ -43,6 +43,22 @@ def test_split_is_fixed_and_disjoint_for_every_task():
         C.CartoonTrainDataset(images=("coffee", "chelsea"))
     with pytest.raises(DataError, match="unknown built-in photo"):
         photos.load_photo("cat")  # the same photo as chelsea: never used
+    # the opt-in extra photo is on the training side, and in no default training set
+    assert photos.EXTRA_PHOTOS == ("grace_hopper",)
+    assert not set(photos.EXTRA_PHOTOS) & set(photos.TRAIN_PHOTOS + photos.HELDOUT_PHOTOS)
+    for h in photos.HELDOUT_PHOTOS:
+        assert photos.load_photo(h).shape != photos.load_photo("grace_hopper").shape
+
+
+def test_the_extra_photo_comes_from_matplotlib_sample_data():
+    from matplotlib import cbook
+    from PIL import Image
+
+    img = photos.load_photo("grace_hopper")
+    assert img.shape == (600, 512, 3) and img.dtype == np.uint8 and not img.flags.writeable
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as im:
+        assert np.array_equal(img, np.asarray(im.convert("RGB")))
+    assert img.std() > 30  # a photo, not a flat or blank image
 
 
 def test_gray_photos_are_replicated_to_rgb():
@@ -124,6 +140,40 @@ def test_training_scripts_parse_their_list_options():
     for bad in ["256,x", "256,16"]:
         with pytest.raises(SystemExit):
             tc.parse_args(["--short-sides", bad])
+
+
+def test_train_teacher_parses_photos_weights_loss_and_averaging():
+    tt = _script_module("train_teacher")
+    args = tt.parse_args([])
+    assert args.photos == photos.TRAIN_PHOTOS and args.photo_weights == {} and args.loss == "l1" and args.ema == 0
+    args = tt.parse_args(["--photos", "coffee,grace_hopper", "--photo-weight", "grace_hopper=2.5",
+                          "--photo-weight", "coffee=0", "--loss", "mse", "--ema", "0.999"])
+    assert args.photos == ("coffee", "grace_hopper") and args.photo_weights == {"grace_hopper": 2.5, "coffee": 0.0}
+    assert args.loss == "mse" and args.ema == 0.999
+    for bad in [["--photos", "coffee,chelsea"],              # held out
+                ["--photos", "coffee,coffee"],               # twice
+                ["--photos", "nosuch"],
+                ["--photo-weight", "coffee"],                # no '='
+                ["--photo-weight", "coffee=-1"],
+                ["--photo-weight", "coffee=nan"],
+                ["--photos", "coffee", "--photo-weight", "retina=2"],  # not among --photos
+                ["--ema", "1"], ["--loss", "l2"]]:
+        with pytest.raises(SystemExit):
+            tt.parse_args(bad)
+
+
+def test_ema_update_averages_weights_and_copies_norm_statistics():
+    tc = _script_module("teacher_common")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3))
+    average = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3))
+    model(torch.randn(4, 2, 5, 5))  # moves model's running statistics
+    before = [p.detach().clone() for p in average.parameters()]
+    tc.ema_update(average, model, 0.9)
+    for pa, p0, p in zip(average.parameters(), before, model.parameters()):
+        torch.testing.assert_close(pa, 0.9 * p0 + 0.1 * p.detach(), rtol=1e-6, atol=1e-7)
+    for ba, b in zip(average.buffers(), model.buffers()):
+        assert torch.equal(ba, b)
 
 
 def test_sr_bn_folding_keeps_the_function():

@@ -11,6 +11,9 @@ images that need the optional ``pooch`` download are not used). The split is by 
   used; ``colorwheel``, ``logo``, ``checkerboard``, ``binary_blobs``, ``horse`` and
   ``shepp_logan_phantom`` are synthetic and not used; ``text`` and ``page`` are scanned documents and
   not used; ``cell`` and ``microaneurysms`` are microscopy and not used.
+* :data:`EXTRA_PHOTOS` (``grace_hopper``, the portrait matplotlib ships as sample data): training-side
+  photos a task may opt into by name (``builtin:sr`` ``images=``); not in :data:`TRAIN_PHOTOS`, so the
+  default training sets, and the teachers trained on them, stay as recorded.
 
 :func:`load_photo` returns a read-only ``uint8`` (H, W, 3) array.
 """
@@ -30,9 +33,11 @@ TRAIN_COLOR: tuple[str, ...] = ("astronaut", "coffee", "hubble_deep_field", "imm
 #: Grayscale training photos (replicated to RGB).
 TRAIN_GRAY: tuple[str, ...] = ("camera", "brick", "grass", "gravel", "clock", "moon")
 TRAIN_PHOTOS: tuple[str, ...] = TRAIN_COLOR + TRAIN_GRAY
-ALL_PHOTOS: tuple[str, ...] = TRAIN_PHOTOS + HELDOUT_PHOTOS
+#: Opt-in training photos from other installed packages (matplotlib's sample data).
+EXTRA_PHOTOS: tuple[str, ...] = ("grace_hopper",)
+ALL_PHOTOS: tuple[str, ...] = TRAIN_PHOTOS + EXTRA_PHOTOS + HELDOUT_PHOTOS
 
-assert not set(TRAIN_PHOTOS) & set(HELDOUT_PHOTOS)
+assert not set(TRAIN_PHOTOS + EXTRA_PHOTOS) & set(HELDOUT_PHOTOS)
 
 
 def skimage_data():
@@ -50,6 +55,8 @@ def load_photo(name: str) -> np.ndarray:
     """The photo ``name`` as a read-only ``uint8`` (H, W, 3) array (grayscale photos replicated)."""
     if name not in ALL_PHOTOS:
         raise DataError(f"unknown built-in photo {name!r}; known: {', '.join(ALL_PHOTOS)}")
+    if name == "grace_hopper":
+        return _matplotlib_sample("grace_hopper.jpg")
     skdata = skimage_data()
     if name.startswith("motorcycle_"):
         left, right, _ = skdata.stereo_motorcycle()
@@ -63,6 +70,21 @@ def load_photo(name: str) -> np.ndarray:
         img = np.repeat(img[:, :, None], 3, axis=2)
     if img.ndim != 3 or img.shape[2] != 3:
         raise DataError(f"skimage.data.{name} is not an RGB or gray image ({img.shape})")
+    out = np.ascontiguousarray(img)
+    out.setflags(write=False)
+    return out
+
+
+def _matplotlib_sample(filename: str) -> np.ndarray:
+    """A photo from matplotlib's bundled sample data, as a read-only ``uint8`` (H, W, 3) array."""
+    try:
+        from matplotlib import cbook
+        from PIL import Image
+        with Image.open(cbook.get_sample_data(filename)) as im:
+            img = np.asarray(im.convert("RGB"))
+    except (ImportError, OSError, ValueError) as exc:
+        raise DataError(f"cannot read matplotlib's sample photo {filename!r} ({exc}); "
+                        "it ships with matplotlib: pip install 'matplotlib>=3.5'") from exc
     out = np.ascontiguousarray(img)
     out.setflags(write=False)
     return out

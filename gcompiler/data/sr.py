@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,13 +37,15 @@ from ..errors import DataError
 from ..metrics import psnr, ssim
 from .datasets import CropFlipDataset
 from .images import RANGE_UNIT, ScanReport, to_tensor
-from .photos import HELDOUT_PHOTOS, TRAIN_PHOTOS, load_photo
+from .photos import EXTRA_PHOTOS, HELDOUT_PHOTOS, TRAIN_PHOTOS, load_photo
 
 SCALE = 2
 #: Training photos (see :mod:`gcompiler.data.photos`).
 TRAIN_IMAGES: tuple[str, ...] = TRAIN_PHOTOS
 #: Held-out photos: never used for training the teacher or students, only for evaluation.
 HELDOUT_IMAGES: tuple[str, ...] = HELDOUT_PHOTOS
+#: Every photo :func:`load_hr` knows: the training photos, the opt-in extras, the held-out photos.
+KNOWN_IMAGES: tuple[str, ...] = TRAIN_IMAGES + EXTRA_PHOTOS + HELDOUT_IMAGES
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets"
 TEACHER_WEIGHTS = ASSET_DIR / "sr_teacher_x2.safetensors"
@@ -56,8 +59,8 @@ def load_hr(name: str, scale: float = 1.0) -> np.ndarray:
     training-side augmentation (:class:`SRTrainDataset` ``scales``) that gives sharper HR images with
     new content per pixel. Held-out photos are only ever used at ``scale`` 1.
     """
-    if name not in TRAIN_IMAGES + HELDOUT_IMAGES:
-        raise DataError(f"unknown builtin:sr image {name!r}; known: {', '.join(TRAIN_IMAGES + HELDOUT_IMAGES)}")
+    if name not in KNOWN_IMAGES:
+        raise DataError(f"unknown builtin:sr image {name!r}; known: {', '.join(KNOWN_IMAGES)}")
     if not 0.0 < scale <= 1.0:
         raise DataError(f"builtin:sr image scale must be in (0, 1], got {scale}")
     return _hr(name, float(scale))
@@ -129,6 +132,10 @@ class SRTrainDataset(CropFlipDataset):
 
     ``scales`` (default ``(1.0,)``): each photo is also used shrunk by these factors (:func:`load_hr`),
     every (photo, scale) pair being one source; e.g. ``(1.0, 0.75, 0.5)`` triples the sources.
+
+    ``weights`` (default: all 1): relative sampling weight per photo name (every scale of the photo
+    gets it), e.g. ``{"retina": 0.5}`` draws retina's sources half as often as the others. Photos not
+    named weigh 1; a name that is not among ``images`` is an error.
     """
 
     random_sources = True
@@ -137,11 +144,13 @@ class SRTrainDataset(CropFlipDataset):
 
     def __init__(self, *, crop_size: int = 48, patches_per_epoch: int = 1000, augment: str = "flip",
                  images: Sequence[str] = TRAIN_IMAGES, seed: int | None = None,
-                 scales: Sequence[float] = (1.0,)) -> None:
+                 scales: Sequence[float] = (1.0,), weights: Mapping[str, float] | None = None) -> None:
         if augment not in ("flip", "dihedral", "none"):
             raise DataError(f"augment must be 'flip', 'dihedral' or 'none', got {augment!r}")
         if patches_per_epoch < 1:
             raise DataError(f"patches_per_epoch must be >= 1, got {patches_per_epoch}")
+        if len(set(images)) != len(tuple(images)):
+            raise DataError(f"images name a photo twice: {list(images)} (use weights to draw a photo more often)")
         leaked = set(images) & set(HELDOUT_IMAGES)
         if leaked:
             raise DataError(f"held-out images {sorted(leaked)} cannot be used for training")
@@ -162,6 +171,18 @@ class SRTrainDataset(CropFlipDataset):
         self._lr = [load_lr(n, s) for n, s in self._sources]
         self._hr = [load_hr(n, s) for n, s in self._sources]
         self._check_crop([(n, (a.shape[1], a.shape[0])) for n, a in zip(self.names, self._lr)])
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(self.images))
+        if unknown:
+            raise DataError(f"weights name {unknown}, which are not training images here ({', '.join(self.images)})")
+        bad = {k: v for k, v in weights.items() if not (float(v) >= 0.0 and math.isfinite(float(v)))}
+        if bad:
+            raise DataError(f"weights must be finite and >= 0, got {bad}")
+        w = np.array([float(weights.get(n, 1.0)) for n, _ in self._sources])
+        if w.sum() <= 0.0:
+            raise DataError("weights are all zero: no photo left to sample")
+        self.weights = {n: float(weights.get(n, 1.0)) for n in self.images}
+        self._p = None if np.all(w == w[0]) else w / w.sum()
 
     def __len__(self) -> int:
         return self.length
@@ -170,7 +191,9 @@ class SRTrainDataset(CropFlipDataset):
         return len(self._lr)
 
     def source_of(self, index, rng):
-        return int(rng.integers(0, len(self._lr)))
+        if self._p is None:  # the uniform draw the shipped teachers were trained with
+            return int(rng.integers(0, len(self._lr)))
+        return int(rng.choice(len(self._lr), p=self._p))
 
     def load_views(self, i, rng):
         return ({"input": (self._lr[i], 1), "target": (self._hr[i], SCALE)}, {},

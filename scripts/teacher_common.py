@@ -20,7 +20,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -92,6 +92,47 @@ def ema_update(average: torch.nn.Module, model: torch.nn.Module, decay: float) -
         pa.lerp_(p, 1.0 - decay)
     for ba, b in zip(average.buffers(), model.buffers()):
         ba.copy_(b)
+
+
+def train_mode(model: torch.nn.Module, *, freeze_bn: bool) -> None:
+    """``model.train()``, except that with ``freeze_bn`` its BatchNorm layers stay in eval mode: they
+    normalize with their fixed running statistics (an affine map whose scale and shift still train), so
+    the network that trains is the network that ships."""
+    model.train()
+    if freeze_bn:
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                mod.eval()
+
+
+@torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, inputs: Iterable[torch.Tensor]) -> int:
+    """Re-estimate every BatchNorm's running statistics as the plain average over the batches of
+    ``inputs`` (forward passes in train mode, no gradients; weights unchanged). Returns the batch count.
+
+    Running statistics kept with momentum 0.1 describe the last ~10 batches only; a model whose weights
+    are an average (``ema_update``) or that is evaluated on other data than its last batches is better
+    served by statistics measured over many batches with its own weights (as for SWA's ``update_bn``).
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    was_training = model.training
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    n = 0
+    for x in inputs:
+        model(x)
+        n += 1
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("recalibrate_bn needs at least one batch")
+    return n
 
 
 def save_ckpt(path: Path, obj: dict[str, Any]) -> None:

@@ -50,7 +50,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teacher_common import TimeSchedule, comma_list, ema_update, export_model, load_ckpt, save_ckpt  # noqa: E402
+from teacher_common import (TimeSchedule, comma_list, ema_update, export_model, load_ckpt,  # noqa: E402
+                            save_ckpt, train_mode)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -302,14 +303,7 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(TRAIN_IMAGES), flush=True)
     t_start = time.time()
 
-    def train_mode() -> None:
-        G.train()
-        if frozen_bn:
-            for mod in G.modules():
-                if isinstance(mod, torch.nn.BatchNorm2d):
-                    mod.eval()
-
-    train_mode()
+    train_mode(G, freeze_bn=frozen_bn)
     D.train()
     ema = None
     mse = torch.nn.functional.mse_loss
@@ -354,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.eval_every and step % args.eval_every == 0:
             G.eval()
             m = evaluate_cartoon(G if G_ema is None else G_ema, device=args.device)["mean"]
-            train_mode()
+            train_mode(G, freeze_bn=frozen_bn)
             log.append({"step": step, "elapsed_s": round(sched.elapsed(), 1), "psnr": m["model"]["psnr"],
                         "identity_psnr": m["identity"]["psnr"]})
             print(f"step {step}: held-out PSNR {m['model']['psnr']:.3f} dB / SSIM {m['model']['ssim']:.4f} "

@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from teacher_common import (TimeSchedule, comma_list, ema_update, export_model, load_ckpt,  # noqa: E402
-                            name_weights, save_ckpt)
+                            name_weights, recalibrate_bn, save_ckpt, train_mode)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -94,6 +94,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--ema", type=float, default=0.0,
                    help="ship an exponential moving average of the weights with this decay, e.g. 0.999 "
                         "(0: ship the trained weights); held-out logs measure the average")
+    g.add_argument("--freeze-bn", action="store_true",
+                   help="BatchNorm layers normalize with fixed running statistics while training (an affine "
+                        "map whose scale and shift train): the network that trains is the one that ships")
+    g.add_argument("--bn-batches", type=int, default=0,
+                   help="re-estimate the BatchNorm running statistics as the average over this many training "
+                        "batches: before training with --freeze-bn (for the warm start's weights), after "
+                        "training otherwise (for the shipped, e.g. averaged, weights); 0: keep them")
     g.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 keeps the machine usable by others and results reproducible)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -123,6 +130,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.d_steps < 0:
         p.error("--d-steps must be >= 0")
+    if args.bn_batches < 0:
+        p.error("--bn-batches must be >= 0")
+    if args.freeze_bn and args.no_bn:
+        p.error("--freeze-bn needs BatchNorm layers; drop --no-bn")
     if not 0.0 <= args.ema < 1.0:
         p.error(f"--ema must be in [0, 1), got {args.ema}")
     if len(set(args.photos)) != len(args.photos):
@@ -381,7 +392,19 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(n if data.weights[n] == 1.0 else f"{n} (x{data.weights[n]:g})" for n in args.photos),
           flush=True)
     t_start = time.time()
-    model.train()
+
+    def recalibrate(net: torch.nn.Module) -> None:
+        t = time.time()
+        with amp():
+            n = recalibrate_bn(net, (next(stream)["input"].to(args.device, memory_format=fmt)
+                                     for _ in range(args.bn_batches)))
+        print(f"BatchNorm statistics re-estimated over {n} batches ({time.time() - t:.0f}s)", flush=True)
+
+    if args.freeze_bn and args.bn_batches and step == 0 and not args.export_only:
+        recalibrate(model)
+        if average is not None:
+            average.load_state_dict(model.state_dict())
+    train_mode(model, freeze_bn=args.freeze_bn)
     smooth = None  # running mean of the loss, for the log
     bar = tqdm(disable=args.no_progress, desc="teacher", dynamic_ncols=True)
     while not args.export_only and not sched.done(step):
@@ -411,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.eval_every and step % args.eval_every == 0:
             model.eval()
             m = evaluate_sr(shipped(), device=args.device)["mean"]
-            model.train()
+            train_mode(model, freeze_bn=args.freeze_bn)
             log.append({"step": step, "elapsed_s": round(sched.elapsed(), 1), "psnr_y": m["model"]["psnr_y"],
                         "bicubic_psnr_y": m["bicubic"]["psnr_y"]})
             print(f"step {step}: held-out PSNR-Y {m['model']['psnr_y']:.3f} dB (bicubic "
@@ -426,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint()
     if average is not None:  # from here on (the discriminator, the export), the teacher is the average
         model.load_state_dict(average.state_dict())
+    if args.bn_batches and not args.freeze_bn and not args.export_only:
+        recalibrate(model)
+    model.eval()
 
     # The discriminator, trained against the finished teacher's outputs (LSGAN).
     t_d = time.time()
@@ -478,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         "optimizer": "Adam(0.9, 0.999); cosine to 1% over "
                      + ("wall time (--time-budget)" if args.time_budget > 0 else "steps"),
         "augment": "random crop + dihedral (flips/transposes)", "threads": args.threads,
-        "bf16_autocast": args.bf16,
+        "bf16_autocast": args.bf16, "freeze_bn": args.freeze_bn, "bn_recalibration_batches": args.bn_batches,
         "device": str(args.device), "torch": torch.__version__, "train_wall_s": round(wall_g, 1),
         "session_wall_s": round(time.time() - t_start, 1),
         "train_images": list(args.photos), "train_photo_weights": data.weights, "train_scales": list(args.scales),

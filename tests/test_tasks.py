@@ -146,10 +146,13 @@ def test_train_teacher_parses_photos_weights_loss_and_averaging():
     tt = _script_module("train_teacher")
     args = tt.parse_args([])
     assert args.photos == photos.TRAIN_PHOTOS and args.photo_weights == {} and args.loss == "l1" and args.ema == 0
+    assert not args.freeze_bn and args.bn_batches == 0
     args = tt.parse_args(["--photos", "coffee,grace_hopper", "--photo-weight", "grace_hopper=2.5",
                           "--photo-weight", "coffee=0", "--loss", "mse", "--ema", "0.999"])
     assert args.photos == ("coffee", "grace_hopper") and args.photo_weights == {"grace_hopper": 2.5, "coffee": 0.0}
     assert args.loss == "mse" and args.ema == 0.999
+    args = tt.parse_args(["--freeze-bn", "--bn-batches", "200"])
+    assert args.freeze_bn and args.bn_batches == 200
     for bad in [["--photos", "coffee,chelsea"],              # held out
                 ["--photos", "coffee,coffee"],               # twice
                 ["--photos", "nosuch"],
@@ -157,7 +160,8 @@ def test_train_teacher_parses_photos_weights_loss_and_averaging():
                 ["--photo-weight", "coffee=-1"],
                 ["--photo-weight", "coffee=nan"],
                 ["--photos", "coffee", "--photo-weight", "retina=2"],  # not among --photos
-                ["--ema", "1"], ["--loss", "l2"]]:
+                ["--ema", "1"], ["--loss", "l2"],
+                ["--bn-batches", "-1"], ["--freeze-bn", "--no-bn"]]:
         with pytest.raises(SystemExit):
             tt.parse_args(bad)
 
@@ -174,6 +178,35 @@ def test_ema_update_averages_weights_and_copies_norm_statistics():
         torch.testing.assert_close(pa, 0.9 * p0 + 0.1 * p.detach(), rtol=1e-6, atol=1e-7)
     for ba, b in zip(average.buffers(), model.buffers()):
         assert torch.equal(ba, b)
+
+
+def test_recalibrate_bn_measures_statistics_over_all_batches_and_freeze_bn_fixes_them():
+    tc = _script_module("teacher_common")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.BatchNorm2d(3), torch.nn.ReLU())
+    batches = [torch.randn(4, 2, 6, 6) * (i + 1) + i for i in range(5)]
+    weight = model[0].weight.detach().clone()
+    model.eval()
+    assert tc.recalibrate_bn(model, iter(batches)) == 5
+    assert not model.training and model[1].momentum == 0.1 and torch.equal(model[0].weight, weight)
+    with torch.no_grad():
+        feats = [model[0](x) for x in batches]
+    # the plain average of the per-batch statistics (torch keeps the unbiased batch variance)
+    mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    torch.testing.assert_close(model[1].running_mean, mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model[1].running_var, var, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="at least one batch"):
+        tc.recalibrate_bn(model, iter([]))
+    # freeze_bn: train mode everywhere but the BatchNorms, which then leave their statistics alone
+    tc.recalibrate_bn(model, iter(batches))
+    stats = model[1].running_mean.clone()
+    tc.train_mode(model, freeze_bn=True)
+    assert model.training and model[0].training and not model[1].training
+    model(torch.randn(4, 2, 6, 6) + 5)
+    assert torch.equal(model[1].running_mean, stats)
+    tc.train_mode(model, freeze_bn=False)
+    assert model[1].training
 
 
 def test_sr_bn_folding_keeps_the_function():

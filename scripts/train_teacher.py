@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint()
     if average is not None:  # from here on (the discriminator, the export), the teacher is the average
         model.load_state_dict(average.state_dict())
-    if args.bn_batches and not args.freeze_bn and not args.export_only:
+    if args.bn_batches and not args.freeze_bn:  # also with --export-only: re-estimate, then export
         recalibrate(model)
     model.eval()
 

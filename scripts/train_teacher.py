@@ -3,11 +3,14 @@
 
 The teacher is an SRResNet (``gcompiler.models.create("srresnet", nf=..., nb=..., scale=2)``, BatchNorm
 kept so its normalization scales can serve as GAN-Slimming channel masks), started from (almost)
-bicubic upsampling (:func:`init_as_upsampler`) and trained with an L1 pixel loss and Adam on random
+bicubic upsampling (:func:`init_as_upsampler`) or warm-started from an earlier teacher (``--init-from``),
+and trained with a pixel loss (``--loss``: L1, or squared error for fine-tuning) and Adam on random
 LR/HR patch pairs cut from the training photos of ``builtin:sr`` (see ``gcompiler/data/sr.py`` and
-``gcompiler/data/photos.py`` for the photos, the fixed held-out split and how LR images are made), with
-a cosine learning-rate decay over ``--steps`` steps or over ``--time-budget`` seconds of wall time
-(``scripts/teacher_common.py``), on the CPU.
+``gcompiler/data/photos.py`` for the photos, the fixed held-out split and how LR images are made;
+``--photos`` and ``--photo-weight`` choose them and how often each is drawn), with a cosine
+learning-rate decay over ``--steps`` steps or over ``--time-budget`` seconds of wall time
+(``scripts/teacher_common.py``), on the CPU. ``--ema`` ships an average of the weights; ``--freeze-bn``
+trains with fixed BatchNorm statistics and ``--bn-batches`` re-estimates them over many batches.
 
 Then (``--d-steps``) a PatchGAN discriminator (``patchgan_d``, input: an HR image in [0, 1]) is trained
 against the finished teacher's outputs with the LSGAN loss (real HR patches -> 1, teacher outputs -> 0):
@@ -24,7 +27,7 @@ Held-out PSNR during training (``--eval-every``) is only logged; it never select
 
 Examples::
 
-    python scripts/train_teacher.py --time-budget 3900 --ckpt-dir /work/team/train/sr   # the shipped one
+    python scripts/train_teacher.py --time-budget 3900 --ckpt-dir /work/team/train/sr   # a first teacher
     python scripts/train_teacher.py --steps 20 --d-steps 5 --out /tmp/t.safetensors       # a smoke run
 """
 from __future__ import annotations

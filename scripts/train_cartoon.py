@@ -268,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_path = args.ckpt_dir / "latest.pt"
     step, log, history = 0, [], []
     if args.init_from is not None:
-        history = [f"{c}  (warm-start source)" for c in json.loads(ck0.get("history", "[]"))]
+        history = [c if "(warm-start source" in c else f"{c}  (warm-start source)"
+                   for c in json.loads(ck0.get("history", "[]"))]  # each run marked once
     if args.resume or args.export_only:
         if not ckpt_path.is_file():
             print(f"no checkpoint {ckpt_path} to resume/export", file=sys.stderr)

@@ -352,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         src = Path(args.init_from).with_suffix(".json")
         if src.is_file():
             meta = json.loads(src.read_text())
-            history = [f"{c}  (warm-start source {src.name})" for c in meta.get("commands", [meta.get("command", "?")])]
+            history = [c if "(warm-start source" in c else f"{c}  (warm-start source {src.name})"
+                       for c in meta.get("commands", [meta.get("command", "?")])]  # each run marked once
     if args.resume or args.export_only:
         if not ckpt_path.is_file():
             print(f"no checkpoint {ckpt_path} to resume/export", file=sys.stderr)

@@ -118,20 +118,26 @@ def recalibrate_bn(model: torch.nn.Module, inputs: Iterable[torch.Tensor]) -> in
     if not bns:
         return 0
     was_training = model.training
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    model.train()
+    saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in bns]
     n = 0
-    for x in inputs:
-        model(x)
-        n += 1
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    model.train(was_training)
-    if n == 0:
-        raise ValueError("recalibrate_bn needs at least one batch")
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        model.train()
+        for x in inputs:
+            model(x)
+            n += 1
+        if n == 0:
+            raise ValueError("recalibrate_bn needs at least one batch")
+    except BaseException:  # leave the statistics as they were
+        for m, (_, state) in zip(bns, saved):
+            m.load_state_dict(state)
+        raise
+    finally:
+        for m, (momentum, _) in zip(bns, saved):
+            m.momentum = momentum
+        model.train(was_training)
     return n
 
 

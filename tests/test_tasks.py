@@ -198,6 +198,8 @@ def test_recalibrate_bn_measures_statistics_over_all_batches_and_freeze_bn_fixes
     torch.testing.assert_close(model[1].running_var, var, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="at least one batch"):
         tc.recalibrate_bn(model, iter([]))
+    torch.testing.assert_close(model[1].running_mean, mean, rtol=1e-5, atol=1e-5)  # a failed call keeps them
+    assert model[1].momentum == 0.1 and not model.training
     # freeze_bn: train mode everywhere but the BatchNorms, which then leave their statistics alone
     tc.recalibrate_bn(model, iter(batches))
     stats = model[1].running_mean.clone()

@@ -56,35 +56,33 @@ def load_photo(name: str) -> np.ndarray:
     if name not in ALL_PHOTOS:
         raise DataError(f"unknown built-in photo {name!r}; known: {', '.join(ALL_PHOTOS)}")
     if name == "grace_hopper":
-        return _matplotlib_sample("grace_hopper.jpg")
-    skdata = skimage_data()
-    if name.startswith("motorcycle_"):
-        left, right, _ = skdata.stereo_motorcycle()
-        img = left if name.endswith("left") else right
+        img, where = _matplotlib_sample("grace_hopper.jpg"), "matplotlib's grace_hopper.jpg"
     else:
-        img = getattr(skdata, name)()
+        skdata, where = skimage_data(), f"skimage.data.{name}"
+        if name.startswith("motorcycle_"):
+            left, right, _ = skdata.stereo_motorcycle()
+            img = left if name.endswith("left") else right
+        else:
+            img = getattr(skdata, name)()
     img = np.asarray(img)
     if img.dtype != np.uint8:
-        raise DataError(f"skimage.data.{name} is not an 8-bit image ({img.dtype}, {img.shape})")
+        raise DataError(f"{where} is not an 8-bit image ({img.dtype}, {img.shape})")
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     if img.ndim != 3 or img.shape[2] != 3:
-        raise DataError(f"skimage.data.{name} is not an RGB or gray image ({img.shape})")
+        raise DataError(f"{where} is not an RGB or gray image ({img.shape})")
     out = np.ascontiguousarray(img)
     out.setflags(write=False)
     return out
 
 
 def _matplotlib_sample(filename: str) -> np.ndarray:
-    """A photo from matplotlib's bundled sample data, as a read-only ``uint8`` (H, W, 3) array."""
+    """A photo from matplotlib's bundled sample data, as an RGB array (:func:`load_photo` checks it)."""
     try:
         from matplotlib import cbook
         from PIL import Image
         with Image.open(cbook.get_sample_data(filename)) as im:
-            img = np.asarray(im.convert("RGB"))
+            return np.asarray(im.convert("RGB"))
     except (ImportError, OSError, ValueError) as exc:
         raise DataError(f"cannot read matplotlib's sample photo {filename!r} ({exc}); "
                         "it ships with matplotlib: pip install 'matplotlib>=3.5'") from exc
-    out = np.ascontiguousarray(img)
-    out.setflags(write=False)
-    return out

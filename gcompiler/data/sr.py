@@ -178,10 +178,10 @@ class SRTrainDataset(CropFlipDataset):
         bad = {k: v for k, v in weights.items() if not (float(v) >= 0.0 and math.isfinite(float(v)))}
         if bad:
             raise DataError(f"weights must be finite and >= 0, got {bad}")
-        w = np.array([float(weights.get(n, 1.0)) for n, _ in self._sources])
+        self.weights = {n: float(weights.get(n, 1.0)) for n in self.images}
+        w = np.array([self.weights[n] for n, _ in self._sources])
         if w.sum() <= 0.0:
             raise DataError("weights are all zero: no photo left to sample")
-        self.weights = {n: float(weights.get(n, 1.0)) for n in self.images}
         self._p = None if np.all(w == w[0]) else w / w.sum()
 
     def __len__(self) -> int:

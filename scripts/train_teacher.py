@@ -87,8 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    type=comma_list(str, lambda v: v in KNOWN_IMAGES and v not in HELDOUT_IMAGES, "--photos",
                                    "each must be a training photo: " + ", ".join(n for n in KNOWN_IMAGES
                                                                                  if n not in HELDOUT_IMAGES)),
-                   help="comma-separated training photos (default: the task's training set); e.g. add "
-                        "matplotlib's grace_hopper portrait")
+                   help="comma-separated training photos (default: the task's training set); e.g. add the "
+                        "opt-in photos grace_hopper (matplotlib), china and flower (scikit-learn), coins")
     g.add_argument("--photo-weight", action="append", default=[], type=name_weights, metavar="NAME=W",
                    help="draw photo NAME W times as often as a photo of weight 1 (repeatable), e.g. "
                         "--photo-weight retina=0.5 --photo-weight coffee=2")

@@ -43,22 +43,48 @@ def test_split_is_fixed_and_disjoint_for_every_task():
         C.CartoonTrainDataset(images=("coffee", "chelsea"))
     with pytest.raises(DataError, match="unknown built-in photo"):
         photos.load_photo("cat")  # the same photo as chelsea: never used
-    # the opt-in extra photo is on the training side, and in no default training set
-    assert photos.EXTRA_PHOTOS == ("grace_hopper",)
+    # the opt-in extra photos are on the training side, in no default training set, and none is a
+    # held-out photo (china and flower have rocket's size, so compare the pixels)
+    assert set(photos.EXTRA_PHOTOS) == {"grace_hopper", "china", "flower", "coins"}
     assert not set(photos.EXTRA_PHOTOS) & set(photos.TRAIN_PHOTOS + photos.HELDOUT_PHOTOS)
     for h in photos.HELDOUT_PHOTOS:
-        assert photos.load_photo(h).shape != photos.load_photo("grace_hopper").shape
+        for e in photos.EXTRA_PHOTOS:
+            a, b = photos.load_photo(h), photos.load_photo(e)
+            assert a.shape != b.shape or np.abs(a.astype(int) - b.astype(int)).mean() > 20, (h, e)
 
 
-def test_the_extra_photo_comes_from_matplotlib_sample_data():
-    from matplotlib import cbook
+@pytest.mark.parametrize("name, package, filename, shape", [
+    ("grace_hopper", "matplotlib", "grace_hopper.jpg", (600, 512, 3)),
+    ("china", "scikit-learn", "china.jpg", (427, 640, 3)),
+    ("flower", "scikit-learn", "flower.jpg", (427, 640, 3)),
+])
+def test_the_extra_photos_are_the_files_their_packages_ship(name, package, filename, shape):
     from PIL import Image
 
-    img = photos.load_photo("grace_hopper")
-    assert img.shape == (600, 512, 3) and img.dtype == np.uint8 and not img.flags.writeable
-    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as im:
+    img = photos.load_photo(name)
+    assert img.shape == shape and img.dtype == np.uint8 and not img.flags.writeable
+    if package == "matplotlib":
+        from matplotlib import cbook
+        reference = cbook.get_sample_data(filename)
+    else:
+        from sklearn.datasets import load_sample_image
+        reference = None
+        assert np.array_equal(img, load_sample_image(filename))  # scikit-learn's own loader agrees
+    with Image.open(reference or photos.package_photo_path(package, filename)) as im:
         assert np.array_equal(img, np.asarray(im.convert("RGB")))
     assert img.std() > 30  # a photo, not a flat or blank image
+
+
+def test_a_missing_package_photo_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    with pytest.raises(DataError, match=r"ships with scikit-learn, which is not installed: pip install"):
+        photos.package_photo_path("scikit-learn", "china.jpg")
+    with pytest.raises(DataError, match="no sample photos are known in package 'numpy'"):
+        photos.package_photo_path("numpy", "china.jpg")
+    assert photos.package_photo_path("matplotlib", "grace_hopper.jpg").is_file()
 
 
 def test_gray_photos_are_replicated_to_rgb():

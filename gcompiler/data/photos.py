@@ -11,15 +11,20 @@ images that need the optional ``pooch`` download are not used). The split is by 
   used; ``colorwheel``, ``logo``, ``checkerboard``, ``binary_blobs``, ``horse`` and
   ``shepp_logan_phantom`` are synthetic and not used; ``text`` and ``page`` are scanned documents and
   not used; ``cell`` and ``microaneurysms`` are microscopy and not used.
-* :data:`EXTRA_PHOTOS` (``grace_hopper``, the portrait matplotlib ships as sample data): training-side
-  photos a task may opt into by name (``builtin:sr`` ``images=``); not in :data:`TRAIN_PHOTOS`, so the
-  default training sets, and the teachers trained on them, stay as recorded.
+* :data:`EXTRA_PHOTOS`: training-side photos a task may opt into by name (``builtin:sr`` ``images=``);
+  not in :data:`TRAIN_PHOTOS`, so the default training sets, and the teachers trained on them, stay as
+  recorded. ``grace_hopper`` is the portrait matplotlib ships as sample data; ``china`` and ``flower``
+  are the two colour photos scikit-learn ships (``sklearn/datasets/images``, CC BY 2.0; read from the
+  installed package's files without importing it; scikit-learn is in the ``data`` and ``dev`` extras);
+  ``coins`` is ``skimage.data.coins``, a grayscale photo.
 
 :func:`load_photo` returns a read-only ``uint8`` (H, W, 3) array.
 """
 from __future__ import annotations
 
 import functools
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 
@@ -33,8 +38,14 @@ TRAIN_COLOR: tuple[str, ...] = ("astronaut", "coffee", "hubble_deep_field", "imm
 #: Grayscale training photos (replicated to RGB).
 TRAIN_GRAY: tuple[str, ...] = ("camera", "brick", "grass", "gravel", "clock", "moon")
 TRAIN_PHOTOS: tuple[str, ...] = TRAIN_COLOR + TRAIN_GRAY
-#: Opt-in training photos from other installed packages (matplotlib's sample data).
-EXTRA_PHOTOS: tuple[str, ...] = ("grace_hopper",)
+#: Opt-in training photos (matplotlib's and scikit-learn's sample photos, one more scikit-image photo).
+EXTRA_PHOTOS: tuple[str, ...] = ("grace_hopper", "china", "flower", "coins")
+#: Where each opt-in photo that does not come from ``skimage.data`` is read from: (package, file).
+_PACKAGE_PHOTOS: dict[str, tuple[str, str]] = {
+    "grace_hopper": ("matplotlib", "grace_hopper.jpg"),
+    "china": ("scikit-learn", "china.jpg"),
+    "flower": ("scikit-learn", "flower.jpg"),
+}
 ALL_PHOTOS: tuple[str, ...] = TRAIN_PHOTOS + EXTRA_PHOTOS + HELDOUT_PHOTOS
 
 assert not set(TRAIN_PHOTOS + EXTRA_PHOTOS) & set(HELDOUT_PHOTOS)
@@ -55,8 +66,9 @@ def load_photo(name: str) -> np.ndarray:
     """The photo ``name`` as a read-only ``uint8`` (H, W, 3) array (grayscale photos replicated)."""
     if name not in ALL_PHOTOS:
         raise DataError(f"unknown built-in photo {name!r}; known: {', '.join(ALL_PHOTOS)}")
-    if name == "grace_hopper":
-        img, where = _matplotlib_sample("grace_hopper.jpg"), "matplotlib's grace_hopper.jpg"
+    if name in _PACKAGE_PHOTOS:
+        package, filename = _PACKAGE_PHOTOS[name]
+        img, where = _package_sample(package, filename), f"{package}'s {filename}"
     else:
         skdata, where = skimage_data(), f"skimage.data.{name}"
         if name.startswith("motorcycle_"):
@@ -76,13 +88,35 @@ def load_photo(name: str) -> np.ndarray:
     return out
 
 
-def _matplotlib_sample(filename: str) -> np.ndarray:
-    """A photo from matplotlib's bundled sample data, as an RGB array (:func:`load_photo` checks it)."""
+def package_photo_path(package: str, filename: str) -> Path:
+    """The file of a sample photo shipped inside an installed package (``matplotlib`` or ``scikit-learn``).
+
+    Found from the package's install location without importing it; a :class:`DataError` says how to
+    install the package when it or the file is missing.
+    """
+    if package == "matplotlib":
+        folder = ("mpl-data", "sample_data")
+        module, install = "matplotlib", "pip install 'matplotlib>=3.5'"
+    elif package == "scikit-learn":
+        folder = ("datasets", "images")
+        module, install = "sklearn", "pip install 'scikit-learn>=1.0' (or the gcompiler[data] extra)"
+    else:
+        raise DataError(f"no sample photos are known in package {package!r}")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"the sample photo {filename!r} ships with {package}, which is not installed: {install}")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*folder, filename)
+    if not path.is_file():
+        raise DataError(f"{package} is installed but has no {'/'.join(folder + (filename,))} ({path}): {install}")
+    return path
+
+
+def _package_sample(package: str, filename: str) -> np.ndarray:
+    """A photo from a package's bundled sample data, as an RGB array (:func:`load_photo` checks it)."""
+    path = package_photo_path(package, filename)
     try:
-        from matplotlib import cbook
         from PIL import Image
-        with Image.open(cbook.get_sample_data(filename)) as im:
+        with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except (ImportError, OSError, ValueError) as exc:
-        raise DataError(f"cannot read matplotlib's sample photo {filename!r} ({exc}); "
-                        "it ships with matplotlib: pip install 'matplotlib>=3.5'") from exc
+        raise DataError(f"cannot read {package}'s sample photo {path} ({exc})") from exc

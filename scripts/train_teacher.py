@@ -92,8 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--photo-weight", action="append", default=[], type=name_weights, metavar="NAME=W",
                    help="draw photo NAME W times as often as a photo of weight 1 (repeatable), e.g. "
                         "--photo-weight retina=0.5 --photo-weight coffee=2")
-    g.add_argument("--loss", choices=("l1", "mse"), default="l1",
-                   help="pixel loss: l1, or mse (squared error, what PSNR measures; for fine-tuning)")
+    g.add_argument("--loss", choices=("l1", "mse", "mse-y"), default="l1",
+                   help="pixel loss: l1; mse (squared error, what PSNR measures; for fine-tuning); mse-y (squared "
+                        "error of the BT.601 luma, what PSNR-Y measures, plus --rgb-weight times the RGB "
+                        "squared error so colour keeps training)")
+    g.add_argument("--rgb-weight", type=float, default=0.1,
+                   help="weight of the RGB squared error in --loss mse-y (must be > 0)")
     g.add_argument("--ema", type=float, default=0.0,
                    help="ship an exponential moving average of the weights with this decay, e.g. 0.999 "
                         "(0: ship the trained weights); held-out logs measure the average")
@@ -139,6 +143,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--freeze-bn needs BatchNorm layers; drop --no-bn")
     if not 0.0 <= args.ema < 1.0:
         p.error(f"--ema must be in [0, 1), got {args.ema}")
+    if not (math.isfinite(args.rgb_weight) and args.rgb_weight > 0):
+        p.error(f"--rgb-weight must be a finite number > 0, got {args.rgb_weight}")
     if len(set(args.photos)) != len(args.photos):
         p.error(f"--photos names a photo twice: {','.join(args.photos)}")
     args.photo_weights = dict(args.photo_weight)
@@ -150,6 +156,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.ckpt_dir is None:
         args.ckpt_dir = args.out.with_suffix(".ckpt")
     return args
+
+
+def make_pixel_loss(kind: str, rgb_weight: float = 0.1):
+    """The teacher's pixel loss ``(output, target) -> scalar`` on (N, 3, H, W) images in [0, 1].
+
+    ``l1`` and ``mse`` compare RGB; ``mse-y`` is the squared error of the BT.601 luma
+    (:func:`gcompiler.metrics.rgb_to_y`, the channel PSNR-Y is measured on) plus ``rgb_weight`` times the RGB
+    squared error, which keeps the colour (chroma) trained.
+    """
+    if kind == "l1":
+        return torch.nn.functional.l1_loss
+    if kind == "mse":
+        return torch.nn.functional.mse_loss
+    if kind == "mse-y":
+        from gcompiler.metrics import rgb_to_y
+
+        def mse_y(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            luma = torch.nn.functional.mse_loss(rgb_to_y(out), rgb_to_y(target))
+            return luma + rgb_weight * torch.nn.functional.mse_loss(out, target)
+        return mse_y
+    raise ValueError(f"unknown pixel loss {kind!r}: l1, mse or mse-y")
 
 
 def _cubic(d: float, a: float = -0.75) -> float:
@@ -384,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                         patches_per_epoch=10000 * args.batch_size, seed=args.seed + step)
     loader = make_loader(data, batch_size=args.batch_size, seed=args.seed + step, num_workers=0)
     stream = loader.batches()
-    pixel_loss = torch.nn.functional.l1_loss if args.loss == "l1" else torch.nn.functional.mse_loss
+    pixel_loss = make_pixel_loss(args.loss, args.rgb_weight)
 
     def shipped() -> torch.nn.Module:
         return model if average is None else average
@@ -503,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         "patch_lr": args.patch,
         "init": (f"warm start from {args.init_from} (widen_from)" if args.init_from else
                  "random" if args.random_init else "bicubic-like (init_as_upsampler)"),
-        "lr": args.lr, "warmup": args.warmup, "loss": {"l1": "L1", "mse": "MSE"}[args.loss],
+        "lr": args.lr, "warmup": args.warmup, "loss": {"l1": "L1", "mse": "MSE", "mse-y": f"MSE of Y + {args.rgb_weight:g} x MSE of RGB"}[args.loss],
         "weight_average": args.ema or None,
         "optimizer": "Adam(0.9, 0.999); cosine to 1% over "
                      + ("wall time (--time-budget)" if args.time_budget > 0 else "steps"),

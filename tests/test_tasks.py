@@ -3,6 +3,7 @@ discriminators, baselines, ``gcompiler tasks`` and a few steps of ``gcompiler co
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -186,10 +187,29 @@ def test_train_teacher_parses_photos_weights_loss_and_averaging():
                 ["--photo-weight", "coffee=-1"],
                 ["--photo-weight", "coffee=nan"],
                 ["--photos", "coffee", "--photo-weight", "retina=2"],  # not among --photos
-                ["--ema", "1"], ["--loss", "l2"],
+                ["--ema", "1"], ["--loss", "l2"], ["--rgb-weight", "0"], ["--rgb-weight", "inf"],
                 ["--bn-batches", "-1"], ["--freeze-bn", "--no-bn"]]:
         with pytest.raises(SystemExit):
             tt.parse_args(bad)
+
+
+def test_the_luma_loss_measures_the_channel_psnr_y_does():
+    tt = _script_module("train_teacher")
+    torch.manual_seed(0)
+    target = torch.rand(1, 3, 12, 12)
+    grey = (torch.rand(1, 1, 12, 12) - 0.5) * 0.1
+    luma_err = target + grey.expand(1, 3, 12, 12)                      # the same error in R, G and B
+    chroma_err = target + torch.cat([grey, -grey * 65.481 / 128.553, torch.zeros_like(grey)], 1)  # 0 in Y
+    mse_y = tt.make_pixel_loss("mse-y", rgb_weight=0.25)
+    rgb = torch.nn.functional.mse_loss
+    # an error with no luma: only the RGB term is left
+    assert mse_y(chroma_err, target).item() == pytest.approx(0.25 * rgb(chroma_err, target).item(), rel=1e-4)
+    # the luma term is the squared error PSNR-Y measures (Y channel, no crop, no rounding)
+    luma = mse_y(luma_err, target).item() - 0.25 * rgb(luma_err, target).item()
+    assert -10 * math.log10(luma) == pytest.approx(psnr(luma_err, target, y_channel=True), abs=1e-3)
+    assert tt.make_pixel_loss("mse") is rgb and tt.make_pixel_loss("l1") is torch.nn.functional.l1_loss
+    with pytest.raises(ValueError, match="unknown pixel loss"):
+        tt.make_pixel_loss("l2")
 
 
 def test_ema_update_averages_weights_and_copies_norm_statistics():

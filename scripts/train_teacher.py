@@ -89,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                                                  if n not in HELDOUT_IMAGES)),
                    help="comma-separated training photos (default: the task's training set); e.g. add the "
                         "opt-in photos grace_hopper (matplotlib), china and flower (scikit-learn), coins")
+    g.add_argument("--channel-shuffle", action="store_true",
+                   help="also put each patch's RGB channels in a random order (new colours, same structure)")
     g.add_argument("--photo-weight", action="append", default=[], type=name_weights, metavar="NAME=W",
                    help="draw photo NAME W times as often as a photo of weight 1 (repeatable), e.g. "
                         "--photo-weight retina=0.5 --photo-weight coffee=2")
@@ -407,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                               "history": json.dumps(history)})
 
     data = open_dataset("builtin:sr", crop_size=args.patch, augment="dihedral", scales=args.scales,
-                        images=args.photos, weights=args.photo_weights,
+                        images=args.photos, weights=args.photo_weights, channel_shuffle=args.channel_shuffle,
                         patches_per_epoch=10000 * args.batch_size, seed=args.seed + step)
     loader = make_loader(data, batch_size=args.batch_size, seed=args.seed + step, num_workers=0)
     stream = loader.batches()
@@ -530,11 +532,14 @@ def main(argv: list[str] | None = None) -> int:
         "patch_lr": args.patch,
         "init": (f"warm start from {args.init_from} (widen_from)" if args.init_from else
                  "random" if args.random_init else "bicubic-like (init_as_upsampler)"),
-        "lr": args.lr, "warmup": args.warmup, "loss": {"l1": "L1", "mse": "MSE", "mse-y": f"MSE of Y + {args.rgb_weight:g} x MSE of RGB"}[args.loss],
+        "lr": args.lr, "warmup": args.warmup, "loss": {"l1": "L1", "mse": "MSE",
+                                                   "mse-y": f"MSE of Y + {args.rgb_weight:g} x MSE of RGB"}[args.loss],
         "weight_average": args.ema or None,
         "optimizer": "Adam(0.9, 0.999); cosine to 1% over "
                      + ("wall time (--time-budget)" if args.time_budget > 0 else "steps"),
-        "augment": "random crop + dihedral (flips/transposes)", "threads": args.threads,
+        "augment": "random crop + dihedral (flips/transposes)"
+                   + (" + RGB channel shuffle" if args.channel_shuffle else ""),
+        "threads": args.threads,
         "bf16_autocast": args.bf16, "freeze_bn": args.freeze_bn, "bn_recalibration_batches": args.bn_batches,
         "device": str(args.device), "torch": torch.__version__, "train_wall_s": round(wall_g, 1),
         "session_wall_s": round(time.time() - t_start, 1),

@@ -1,6 +1,7 @@
 """Tests of the built-in x2 SR task, its metrics and the shipped teacher."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -168,6 +169,20 @@ def test_photo_weights_set_how_often_each_photo_is_drawn():
             SRTrainDataset(crop_size=16, images=("coffee", "astronaut"), weights=bad)
     with pytest.raises(DataError, match="twice"):
         SRTrainDataset(crop_size=16, images=("coffee", "coffee"))
+
+
+def test_channel_shuffle_permutes_the_channels_of_input_and_target_alike():
+    kw = dict(crop_size=12, images=("coffee", "astronaut"), augment="dihedral", seed=5)
+    plain, shuffled = SRTrainDataset(**kw), SRTrainDataset(channel_shuffle=True, **kw)
+    orders = set()
+    for i in range(40):
+        a, b = plain[i], shuffled[i]  # same patch and flips: the order is drawn last
+        match = [o for o in itertools.permutations(range(3))
+                 if torch.equal(b["input"], a["input"][list(o)]) and torch.equal(b["target"], a["target"][list(o)])]
+        assert match, i
+        orders.add(match[0])
+    assert len(orders) == 6  # every order occurs, the identity among them
+    assert all(torch.equal(plain[i]["target"], SRTrainDataset(**kw)[i]["target"]) for i in range(5))
 
 
 def test_heldout_dataset_gives_whole_images():

@@ -178,8 +178,9 @@ def test_train_teacher_parses_photos_weights_loss_and_averaging():
                           "--photo-weight", "coffee=0", "--loss", "mse", "--ema", "0.999"])
     assert args.photos == ("coffee", "grace_hopper") and args.photo_weights == {"grace_hopper": 2.5, "coffee": 0.0}
     assert args.loss == "mse" and args.ema == 0.999
-    args = tt.parse_args(["--freeze-bn", "--bn-batches", "200"])
-    assert args.freeze_bn and args.bn_batches == 200
+    args = tt.parse_args(["--freeze-bn", "--bn-batches", "200", "--channel-shuffle", "--loss", "mse-y"])
+    assert args.freeze_bn and args.bn_batches == 200 and args.channel_shuffle and args.loss == "mse-y"
+    assert not tt.parse_args([]).channel_shuffle
     for bad in [["--photos", "coffee,chelsea"],              # held out
                 ["--photos", "coffee,coffee"],               # twice
                 ["--photos", "nosuch"],

@@ -136,6 +136,11 @@ class SRTrainDataset(CropFlipDataset):
     ``weights`` (default: all 1): relative sampling weight per photo name (every scale of the photo
     gets it), e.g. ``{"retina": 0.5}`` draws retina's sources half as often as the others. Photos not
     named weigh 1; a name that is not among ``images`` is an error.
+
+    ``channel_shuffle`` (default off): after the flips, the RGB channels of input and target (and any
+    cached teacher view) are put in one random order of the 6, the same for all views of an item: new
+    colours for the same structure (an SR augmentation for small data sets). Off, the random stream is
+    the one the shipped teachers were trained with.
     """
 
     random_sources = True
@@ -144,7 +149,8 @@ class SRTrainDataset(CropFlipDataset):
 
     def __init__(self, *, crop_size: int = 48, patches_per_epoch: int = 1000, augment: str = "flip",
                  images: Sequence[str] = TRAIN_IMAGES, seed: int | None = None,
-                 scales: Sequence[float] = (1.0,), weights: Mapping[str, float] | None = None) -> None:
+                 scales: Sequence[float] = (1.0,), weights: Mapping[str, float] | None = None,
+                 channel_shuffle: bool = False) -> None:
         if augment not in ("flip", "dihedral", "none"):
             raise DataError(f"augment must be 'flip', 'dihedral' or 'none', got {augment!r}")
         if patches_per_epoch < 1:
@@ -162,6 +168,7 @@ class SRTrainDataset(CropFlipDataset):
         self.crop_size = int(crop_size)
         self.flip = augment != "none"
         self.augment = augment
+        self.channel_shuffle = bool(channel_shuffle)
         self.value_range = RANGE_UNIT
         self.seed = seed
         self.length = int(patches_per_epoch)
@@ -206,6 +213,11 @@ class SRTrainDataset(CropFlipDataset):
             for k, v in out.items():
                 if isinstance(v, torch.Tensor):  # input, target and a cached "teacher" view alike
                     out[k] = _dihedral(v, vflip, transpose)
+        if self.channel_shuffle:
+            order = torch.from_numpy(rng.permutation(3))
+            for k, v in out.items():
+                if isinstance(v, torch.Tensor):
+                    out[k] = v.index_select(-3, order)
         return out
 
 

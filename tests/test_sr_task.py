@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from gcompiler.data import make_loader, open_dataset
+from gcompiler.data.datasets import TeacherCachedDataset
 from gcompiler.data.images import RANGE_UNIT, to_tensor
 from gcompiler.data.sr import (HELDOUT_IMAGES, TRAIN_IMAGES, SRHeldoutDataset, SRTrainDataset, bicubic_upsample,
                                evaluate_sr, load_hr, load_lr, load_teacher)
@@ -183,6 +184,10 @@ def test_channel_shuffle_permutes_the_channels_of_input_and_target_alike():
         orders.add(match[0])
     assert len(orders) == 6  # every order occurs, the identity among them
     assert all(torch.equal(plain[i]["target"], SRTrainDataset(**kw)[i]["target"]) for i in range(5))
+    # a cached teacher output is no target for a shuffled input: refused, by name
+    with pytest.raises(DataError, match="channel_shuffle"):
+        TeacherCachedDataset(shuffled, torch.nn.Upsample(scale_factor=2), progress=False)
+    TeacherCachedDataset(plain, torch.nn.Upsample(scale_factor=2), progress=False)  # without it: fine
 
 
 def test_heldout_dataset_gives_whole_images():

@@ -445,6 +445,10 @@ class TeacherCachedDataset(CropFlipDataset):
     def __init__(self, base: CropFlipDataset, teacher: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor],
                  *, device: str | torch.device = "cpu", cache_dir: str | os.PathLike | None = None,
                  progress: bool = True) -> None:
+        if getattr(base, "channel_shuffle", False):
+            raise DataError("a cached teacher output cannot go with channel_shuffle: the teacher is not "
+                            "colour-equivariant, so its output on the unshuffled image, shuffled, is no target; "
+                            "build the base dataset without channel_shuffle")
         self.base = base
         self.crop_size, self.flip, self.seed = base.crop_size, base.flip, base.seed
         self.value_range, self.report, self.names = base.value_range, base.report, base.names

@@ -137,10 +137,11 @@ class SRTrainDataset(CropFlipDataset):
     gets it), e.g. ``{"retina": 0.5}`` draws retina's sources half as often as the others. Photos not
     named weigh 1; a name that is not among ``images`` is an error.
 
-    ``channel_shuffle`` (default off): after the flips, the RGB channels of input and target (and any
-    cached teacher view) are put in one random order of the 6, the same for all views of an item: new
-    colours for the same structure (an SR augmentation for small data sets). Off, the random stream is
-    the one the shipped teachers were trained with.
+    ``channel_shuffle`` (default off): after the flips, the RGB channels of input and target are put in
+    one random order of the 6, the same for both: new colours for the same structure (an SR augmentation
+    for small data sets, used to train a teacher). Not with a cached teacher output (a teacher is not
+    colour-equivariant, so its shuffled output is no target): :class:`TeacherCachedDataset` refuses such
+    a base. Off, the random stream is the one the shipped teachers were trained with.
     """
 
     random_sources = True
@@ -216,8 +217,11 @@ class SRTrainDataset(CropFlipDataset):
         if self.channel_shuffle:
             order = torch.from_numpy(rng.permutation(3))
             for k, v in out.items():
-                if isinstance(v, torch.Tensor):
+                if k in ("input", "target"):
                     out[k] = v.index_select(-3, order)
+                elif isinstance(v, torch.Tensor):
+                    raise DataError(f"builtin:sr channel_shuffle cannot shuffle the {k!r} view of {where}: "
+                                    "only input and target may be shuffled")
         return out
 
 

@@ -6,6 +6,7 @@
   stops when the budget is spent, so it ends on time on a shared machine with its learning rate
   annealed; the number of steps done is recorded).
 * :func:`comma_list`: an argparse type for comma-separated option values.
+* :func:`cutmix_pairs`: CutMix for aligned (input, target) batches of an integer scale.
 * :func:`save_ckpt` / :func:`load_ckpt`: atomic training checkpoints (``torch.save`` into a temp file
   renamed into place; read back with ``weights_only=True``), so a run can be stopped at any time and
   the latest checkpoint exported.
@@ -139,6 +140,41 @@ def recalibrate_bn(model: torch.nn.Module, inputs: Iterable[torch.Tensor]) -> in
             m.momentum = momentum
         model.train(was_training)
     return n
+
+
+def cutmix_pairs(inp: torch.Tensor, target: torch.Tensor, prob: float, gen: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix for aligned pairs: with probability ``prob`` per item, a random box of the item is replaced
+    by the same box of the next item in the batch (the last takes from the first), in ``inp`` and, at
+    ``target``'s scale, in ``target``; returns new tensors (the arguments are not changed).
+
+    ``inp`` is (N, C, h, w), ``target`` (N, C', s*h, s*w) for an integer ``s``. The box sides are
+    uniform in [1/4, 1/2] of the input's sides, the position uniform; all draws come from ``gen``. The
+    pasted pair is exact in the target; in the input, the pixels within the degradation's kernel
+    reach of the box edge come from the other photo's neighbourhood (a few pixels per box).
+    """
+    n, _, h, w = inp.shape
+    s = target.shape[-1] // w
+    if target.shape[0] != n or target.shape[-1] != s * w or target.shape[-2] != s * h or s < 1:
+        raise ValueError(f"cutmix_pairs: target {tuple(target.shape)} is not input {tuple(inp.shape)} "
+                         "times an integer scale")
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"cutmix_pairs: prob must be in [0, 1], got {prob}")
+    inp, target = inp.clone(), target.clone()
+    if n < 2:
+        return inp, target
+    donor_inp, donor_target = inp.roll(-1, 0), target.roll(-1, 0)
+    draws = torch.rand(n, 5, generator=gen)
+    for i in range(n):
+        if draws[i, 0] >= prob:
+            continue
+        bh = max(1, int(h * (0.25 + 0.25 * draws[i, 1])))
+        bw = max(1, int(w * (0.25 + 0.25 * draws[i, 2])))
+        y, x = int((h - bh + 1) * draws[i, 3]), int((w - bw + 1) * draws[i, 4])
+        inp[i, :, y:y + bh, x:x + bw] = donor_inp[i, :, y:y + bh, x:x + bw]
+        ty, tx = slice(s * y, s * (y + bh)), slice(s * x, s * (x + bw))
+        target[i, :, ty, tx] = donor_target[i, :, ty, tx]
+    return inp, target
 
 
 def save_ckpt(path: Path, obj: dict[str, Any]) -> None:

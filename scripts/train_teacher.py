@@ -45,8 +45,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teacher_common import (TimeSchedule, comma_list, ema_update, export_model, load_ckpt,  # noqa: E402
-                            name_weights, recalibrate_bn, save_ckpt, train_mode)
+from teacher_common import (TimeSchedule, comma_list, cutmix_pairs, ema_update, export_model,  # noqa: E402
+                            load_ckpt, name_weights, recalibrate_bn, save_ckpt, train_mode)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "opt-in photos grace_hopper (matplotlib), china and flower (scikit-learn), coins")
     g.add_argument("--channel-shuffle", action="store_true",
                    help="also put each patch's RGB channels in a random order (new colours, same structure)")
+    g.add_argument("--cutmix", type=float, default=0.0, metavar="P",
+                   help="CutMix: with probability P per patch, a random box (1/4 to 1/2 of each side) is "
+                        "taken, in LR and HR alike, from the next patch of the batch (0: off)")
     g.add_argument("--photo-weight", action="append", default=[], type=name_weights, metavar="NAME=W",
                    help="draw photo NAME W times as often as a photo of weight 1 (repeatable), e.g. "
                         "--photo-weight retina=0.5 --photo-weight coffee=2")
@@ -145,6 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--freeze-bn needs BatchNorm layers; drop --no-bn")
     if not 0.0 <= args.ema < 1.0:
         p.error(f"--ema must be in [0, 1), got {args.ema}")
+    if not 0.0 <= args.cutmix <= 1.0:
+        p.error(f"--cutmix must be a probability in [0, 1], got {args.cutmix}")
     if not (math.isfinite(args.rgb_weight) and args.rgb_weight > 0):
         p.error(f"--rgb-weight must be a finite number > 0, got {args.rgb_weight}")
     if len(set(args.photos)) != len(args.photos):
@@ -438,14 +443,18 @@ def main(argv: list[str] | None = None) -> int:
         if average is not None:
             average.load_state_dict(model.state_dict())
     train_mode(model, freeze_bn=args.freeze_bn)
+    mix_gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)  # CutMix draws; resumes reseed
     smooth = None  # running mean of the loss, for the log
     bar = tqdm(disable=args.no_progress, desc="teacher", dynamic_ncols=True)
     while not args.export_only and not sched.done(step):
         for gr in opt.param_groups:
             gr["lr"] = args.lr * sched.factor(step)
         batch = next(stream)
-        lr_img = batch["input"].to(args.device, memory_format=fmt)
-        hr_img = batch["target"].to(args.device)
+        lr_img, hr_img = batch["input"], batch["target"]
+        if args.cutmix:
+            lr_img, hr_img = cutmix_pairs(lr_img, hr_img, args.cutmix, mix_gen)
+        lr_img = lr_img.to(args.device, memory_format=fmt)
+        hr_img = hr_img.to(args.device)
         with amp():
             out = model(lr_img)
         loss = pixel_loss(out.float(), hr_img)
@@ -538,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         "optimizer": "Adam(0.9, 0.999); cosine to 1% over "
                      + ("wall time (--time-budget)" if args.time_budget > 0 else "steps"),
         "augment": "random crop + dihedral (flips/transposes)"
-                   + (" + RGB channel shuffle" if args.channel_shuffle else ""),
+                   + (" + RGB channel shuffle" if args.channel_shuffle else "")
+                   + (f" + CutMix (p {args.cutmix:g})" if args.cutmix else ""),
         "threads": args.threads,
         "bf16_autocast": args.bf16, "freeze_bn": args.freeze_bn, "bn_recalibration_batches": args.bn_batches,
         "device": str(args.device), "torch": torch.__version__, "train_wall_s": round(wall_g, 1),

@@ -213,6 +213,39 @@ def test_the_luma_loss_measures_the_channel_psnr_y_does():
         tt.make_pixel_loss("l2")
 
 
+def test_cutmix_pastes_the_same_box_into_input_and_target():
+    tc = _script_module("teacher_common")
+    torch.manual_seed(0)
+    inp, target = torch.rand(5, 3, 16, 12), torch.rand(5, 3, 32, 24)
+    keep_inp, keep_target = inp.clone(), target.clone()
+    gen = torch.Generator().manual_seed(1)
+    a, b = tc.cutmix_pairs(inp, target, 1.0, gen)
+    assert torch.equal(inp, keep_inp) and torch.equal(target, keep_target)  # arguments untouched
+    for i in range(5):
+        j = (i + 1) % 5
+        changed = (a[i] != inp[i]).any(0)                                   # (16, 12) box in the input
+        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+        assert changed.sum() == changed[box].numel()                         # one rectangle
+        assert 4 <= changed[box].shape[0] <= 8 and 3 <= changed[box].shape[1] <= 6  # 1/4..1/2 of each side
+        assert torch.equal(a[i][:, box[0], box[1]], inp[j][:, box[0], box[1]])
+        big = changed.repeat_interleave(2, 0).repeat_interleave(2, 1)        # the same box at scale 2
+        assert torch.equal((b[i] != target[i]).any(0), big)
+        assert torch.equal(b[i][:, big], target[j][:, big])
+    a0, b0 = tc.cutmix_pairs(inp, target, 0.0, gen)
+    assert torch.equal(a0, inp) and torch.equal(b0, target)
+    gen_a, gen_b = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    assert torch.equal(tc.cutmix_pairs(inp, target, 0.5, gen_a)[1], tc.cutmix_pairs(inp, target, 0.5, gen_b)[1])
+    with pytest.raises(ValueError, match="integer scale"):
+        tc.cutmix_pairs(inp, torch.rand(5, 3, 30, 24), 0.5, gen)
+    with pytest.raises(ValueError, match="prob"):
+        tc.cutmix_pairs(inp, target, 1.5, gen)
+    tt = _script_module("train_teacher")
+    assert tt.parse_args(["--cutmix", "0.5"]).cutmix == 0.5 and tt.parse_args([]).cutmix == 0.0
+    with pytest.raises(SystemExit):
+        tt.parse_args(["--cutmix", "2"])
+
+
 def test_ema_update_averages_weights_and_copies_norm_statistics():
     tc = _script_module("teacher_common")
     torch.manual_seed(0)

@@ -103,6 +103,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "squared error so colour keeps training)")
     g.add_argument("--rgb-weight", type=float, default=0.1,
                    help="weight of the RGB squared error in --loss mse-y (must be > 0)")
+    g.add_argument("--blend-init", type=float, default=0.0, metavar="W",
+                   help="ship (1 - W) x the trained weights + W x the --init-from weights (a weight-space "
+                        "ensemble of the fine-tuned network and its warm start, as WiSE-FT does; BatchNorm "
+                        "statistics too); needs --init-from; 0: off")
     g.add_argument("--ema", type=float, default=0.0,
                    help="ship an exponential moving average of the weights with this decay, e.g. 0.999 "
                         "(0: ship the trained weights); held-out logs measure the average")
@@ -148,6 +152,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--freeze-bn needs BatchNorm layers; drop --no-bn")
     if not 0.0 <= args.ema < 1.0:
         p.error(f"--ema must be in [0, 1), got {args.ema}")
+    if not 0.0 <= args.blend_init < 1.0:
+        p.error(f"--blend-init must be in [0, 1), got {args.blend_init}")
+    if args.blend_init and args.init_from is None:
+        p.error("--blend-init blends with the warm start: it needs --init-from")
     if not 0.0 <= args.cutmix <= 1.0:
         p.error(f"--cutmix must be a probability in [0, 1], got {args.cutmix}")
     if not (math.isfinite(args.rgb_weight) and args.rgb_weight > 0):
@@ -163,6 +171,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.ckpt_dir is None:
         args.ckpt_dir = args.out.with_suffix(".ckpt")
     return args
+
+
+def blend_state(model: torch.nn.Module, other: dict[str, torch.Tensor], weight: float) -> None:
+    """In place: every floating-point parameter and buffer of ``model`` becomes ``(1 - weight) x`` its value
+    ``+ weight x`` the same entry of the state dict ``other`` (integer buffers such as BatchNorm's batch
+    counters keep ``model``'s). ``other`` must have exactly ``model``'s keys and shapes."""
+    own = model.state_dict()
+    if set(own) != set(other) or any(own[k].shape != other[k].shape for k in own):
+        raise ValueError("blend_state: the two networks differ in their parameters or shapes")
+    with torch.no_grad():
+        for k, v in own.items():
+            if v.is_floating_point():
+                v.mul_(1.0 - weight).add_(other[k].to(v), alpha=weight)
 
 
 def make_pixel_loss(kind: str, rgb_weight: float = 0.1):
@@ -368,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             widen_from(model, small)
         print(f"warm start from {args.init_from} ({sum(p.numel() for p in small.parameters()):,} params)",
               flush=True)
+        init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # for --blend-init
     elif not args.random_init:
         init_as_upsampler(model)
     fmt = torch.channels_last if args.bf16 else torch.contiguous_format
@@ -493,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict(average.state_dict())
     if args.bn_batches and not args.freeze_bn:  # also with --export-only: re-estimate, then export
         recalibrate(model)
+    if args.blend_init:
+        blend_state(model, init_state, args.blend_init)
+        print(f"shipping {1 - args.blend_init:g} x trained + {args.blend_init:g} x warm-start weights", flush=True)
     model.eval()
 
     # The discriminator, trained against the finished teacher's outputs (LSGAN).
@@ -544,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
         "lr": args.lr, "warmup": args.warmup, "loss": {"l1": "L1", "mse": "MSE",
                                                    "mse-y": f"MSE of Y + {args.rgb_weight:g} x MSE of RGB"}[args.loss],
         "weight_average": args.ema or None,
+        "blend_init": (f"{1 - args.blend_init:g} x trained + {args.blend_init:g} x warm start"
+                       if args.blend_init else None),
         "optimizer": "Adam(0.9, 0.999); cosine to 1% over "
                      + ("wall time (--time-budget)" if args.time_budget > 0 else "steps"),
         "augment": "random crop + dihedral (flips/transposes)"

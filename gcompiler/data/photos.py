@@ -1,7 +1,8 @@
 """The photos the built-in tasks are made of, and their one fixed train / held-out split.
 
-Nothing is downloaded: every photo comes from ``skimage.data`` as shipped with scikit-image (the
-images that need the optional ``pooch`` download are not used). The split is by name and fixed:
+Nothing is downloaded: the photos come from ``skimage.data`` as shipped with scikit-image (the images
+that need the optional ``pooch`` download are not used), and the opt-in ones from the sample data that
+matplotlib and scikit-learn ship in their packages. The split is by name and fixed:
 
 * :data:`HELDOUT_PHOTOS` (``chelsea``, ``rocket``): evaluation only, never trained on, by any task;
 * :data:`TRAIN_COLOR` (colour photos) and :data:`TRAIN_GRAY` (grayscale photos, given as RGB with the

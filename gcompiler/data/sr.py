@@ -1,7 +1,8 @@
 """The built-in task ``builtin:sr``: x2 super-resolution on the colour photos shipped with scikit-image.
 
 Nothing is downloaded: the images are the photos of :mod:`gcompiler.data.photos` (from ``skimage.data``;
-scikit-image is a runtime requirement of this task), with its fixed split:
+scikit-image is a runtime requirement of this task; opt-in training photos from matplotlib's and
+scikit-learn's sample data), with its fixed split:
 
 * training: :data:`TRAIN_IMAGES` (colour and grayscale photos); held-out (evaluation only):
   :data:`HELDOUT_IMAGES` (``chelsea``, ``rocket``).
@@ -127,8 +128,9 @@ class SRTrainDataset(CropFlipDataset):
 
     An item is ``{"input": (3, p, p) LR, "target": (3, 2p, 2p) HR, "index"}`` in [0, 1], ``p = crop_size``.
     The epoch has ``patches_per_epoch`` items; each picks one of the photos uniformly at random (not
-    by area: ``retina`` alone is 45 % of the pixels and mostly flat), then a random patch, then (``augment="flip"``) a horizontal flip with
-    probability 1/2 or (``augment="dihedral"``) one of the 8 flips/rotations.
+    by area: ``retina`` alone is 45 % of the pixels and mostly flat; see ``weights``), then a random
+    patch, then (``augment="flip"``) a horizontal flip with probability 1/2 or (``augment="dihedral"``)
+    one of the 8 flips/rotations.
 
     ``scales`` (default ``(1.0,)``): each photo is also used shrunk by these factors (:func:`load_hr`),
     every (photo, scale) pair being one source; e.g. ``(1.0, 0.75, 0.5)`` triples the sources.

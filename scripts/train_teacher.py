@@ -515,10 +515,12 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict(average.state_dict())
     if args.bn_batches and not args.freeze_bn:  # also with --export-only: re-estimate, then export
         recalibrate(model)
-    if args.blend_init:
-        blend_state(model, init_state, args.blend_init)
-        print(f"shipping {1 - args.blend_init:g} x trained + {args.blend_init:g} x warm-start weights", flush=True)
     model.eval()
+    teacher = model  # what D trains against and what ships; checkpoints keep the trained weights
+    if args.blend_init:
+        teacher = copy.deepcopy(model)
+        blend_state(teacher, init_state, args.blend_init)
+        print(f"shipping {1 - args.blend_init:g} x trained + {args.blend_init:g} x warm-start weights", flush=True)
 
     # The discriminator, trained against the finished teacher's outputs (LSGAN).
     t_d = time.time()
@@ -526,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     while not args.export_only and dstep < args.d_steps:
         batch = next(stream)
         with torch.no_grad():
-            fake = model(batch["input"].to(args.device, memory_format=fmt)).clamp(0, 1)
+            fake = teacher(batch["input"].to(args.device, memory_format=fmt)).clamp(0, 1)
         real = batch["target"].to(args.device, memory_format=fmt)
         with amp():
             pr, pf = disc(real).float(), disc(fake).float()
@@ -544,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     # Export (fp16 storage), then measure what users load.
     storage = not args.fp32
     dout = discriminator_path(args.out)
-    export_model(model, args.out, arch="srresnet", kwargs=kwargs, fp16=storage)
+    export_model(teacher, args.out, arch="srresnet", kwargs=kwargs, fp16=storage)
     loaded = load_teacher(weights=args.out)
     res = evaluate_sr(loaded, device="cpu")
     mean = res["mean"]
@@ -586,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
                          "2-pixel border cropped; measured after loading the stored weights",
         "heldout_log": log, "heldout": res, "discriminator": dout.name,
     }
-    export_model(model, args.out, arch="srresnet", kwargs=kwargs, fp16=storage, extra=meta)
+    export_model(teacher, args.out, arch="srresnet", kwargs=kwargs, fp16=storage, extra=meta)
     size = args.out.stat().st_size + dout.stat().st_size
     print(f"wrote {args.out} and {dout} ({size / 1e6:.2f} MB) with their .json; teacher trained "
           f"{step} steps in {wall_g / 60:.1f} min, D {dstep} steps in {wall_d / 60:.1f} min", flush=True)

@@ -268,6 +268,34 @@ def test_blend_state_interpolates_weights_and_norm_statistics():
             tt.parse_args(bad)
 
 
+def test_train_teacher_ships_the_blend_and_checkpoints_the_trained_weights(tmp_path):
+    """``--blend-init``: the exported teacher is the blend; the checkpoint keeps the trained weights, so a
+    second export (``--export-only``) blends once again from them instead of blending a blend."""
+    tt = _script_module("train_teacher")
+    from gcompiler.data.sr import TEACHER_WEIGHTS
+    from gcompiler.data.tasks import load_asset_model
+
+    out = tmp_path / "t.safetensors"
+    argv = ["--init-from", str(TEACHER_WEIGHTS), "--steps", "3", "--d-steps", "1", "--patch", "16",
+            "--batch-size", "2", "--lr", "1e-3", "--warmup", "0", "--eval-every", "0", "--no-progress",
+            "--blend-init", "0.25", "--fp32", "--out", str(out), "--ckpt-dir", str(tmp_path / "ck")]
+    assert tt.main(argv) == 0
+    trained = torch.load(tmp_path / "ck" / "latest.pt", weights_only=True)["model"]
+    init = load_asset_model(TEACHER_WEIGHTS).state_dict()
+    shipped = load_asset_model(out).state_dict()
+    key = "body.0.conv1.weight" if "body.0.conv1.weight" in shipped else next(k for k in shipped if k.endswith("weight"))
+    assert not torch.equal(trained[key], init[key])  # it trained
+    for k, v in shipped.items():
+        if v.is_floating_point():
+            assert torch.allclose(v, 0.75 * trained[k] + 0.25 * init[k], atol=1e-6), k
+    first = {k: v.clone() for k, v in shipped.items()}
+    assert tt.main(argv + ["--export-only"]) == 0
+    again = load_asset_model(out).state_dict()
+    assert all(torch.equal(again[k], first[k]) for k in first)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["blend_init"] == "0.75 x trained + 0.25 x warm start"
+
+
 def test_ema_update_averages_weights_and_copies_norm_statistics():
     tc = _script_module("teacher_common")
     torch.manual_seed(0)

@@ -6,6 +6,7 @@
   stops when the budget is spent, so it ends on time on a shared machine with its learning rate
   annealed; the number of steps done is recorded).
 * :func:`comma_list`: an argparse type for comma-separated option values.
+* :func:`ema_update` / :func:`blend_state`: weight averaging during training; a blend of two networks.
 * :func:`cutmix_pairs`: CutMix for aligned (input, target) batches of an integer scale.
 * :func:`save_ckpt` / :func:`load_ckpt`: atomic training checkpoints (``torch.save`` into a temp file
   renamed into place; read back with ``weights_only=True``), so a run can be stopped at any time and
@@ -93,6 +94,23 @@ def ema_update(average: torch.nn.Module, model: torch.nn.Module, decay: float) -
         pa.lerp_(p, 1.0 - decay)
     for ba, b in zip(average.buffers(), model.buffers()):
         ba.copy_(b)
+
+
+@torch.no_grad()
+def blend_state(model: torch.nn.Module, other: dict[str, torch.Tensor], weight: float) -> None:
+    """In place: every floating-point parameter and buffer of ``model`` becomes ``(1 - weight) x`` its value
+    ``+ weight x`` the same entry of the state dict ``other`` (integer buffers such as BatchNorm's batch
+    counters keep ``model``'s). ``other`` must have exactly ``model``'s keys and shapes.
+
+    Unlike :func:`ema_update`, norm statistics are blended too: the blend of two trained networks is
+    evaluated with the blend of their statistics (as ``train_teacher.py --blend-init`` ships it).
+    """
+    own = model.state_dict()
+    if set(own) != set(other) or any(own[k].shape != other[k].shape for k in own):
+        raise ValueError("blend_state: the two networks differ in their parameters or shapes")
+    for k, v in own.items():
+        if v.is_floating_point():
+            v.lerp_(other[k].to(v), weight)
 
 
 def train_mode(model: torch.nn.Module, *, freeze_bn: bool) -> None:

@@ -45,8 +45,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teacher_common import (TimeSchedule, comma_list, cutmix_pairs, ema_update, export_model,  # noqa: E402
-                            load_ckpt, name_weights, recalibrate_bn, save_ckpt, train_mode)
+from teacher_common import (TimeSchedule, blend_state, comma_list, cutmix_pairs, ema_update,  # noqa: E402
+                            export_model, load_ckpt, name_weights, recalibrate_bn, save_ckpt, train_mode)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -171,19 +171,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.ckpt_dir is None:
         args.ckpt_dir = args.out.with_suffix(".ckpt")
     return args
-
-
-def blend_state(model: torch.nn.Module, other: dict[str, torch.Tensor], weight: float) -> None:
-    """In place: every floating-point parameter and buffer of ``model`` becomes ``(1 - weight) x`` its value
-    ``+ weight x`` the same entry of the state dict ``other`` (integer buffers such as BatchNorm's batch
-    counters keep ``model``'s). ``other`` must have exactly ``model``'s keys and shapes."""
-    own = model.state_dict()
-    if set(own) != set(other) or any(own[k].shape != other[k].shape for k in own):
-        raise ValueError("blend_state: the two networks differ in their parameters or shapes")
-    with torch.no_grad():
-        for k, v in own.items():
-            if v.is_floating_point():
-                v.mul_(1.0 - weight).add_(other[k].to(v), alpha=weight)
 
 
 def make_pixel_loss(kind: str, rgb_weight: float = 0.1):
@@ -389,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
             widen_from(model, small)
         print(f"warm start from {args.init_from} ({sum(p.numel() for p in small.parameters()):,} params)",
               flush=True)
-        init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # for --blend-init
+        if args.blend_init:  # the warm start's weights, kept for the blend at the end
+            init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     elif not args.random_init:
         init_as_upsampler(model)
     fmt = torch.channels_last if args.bf16 else torch.contiguous_format

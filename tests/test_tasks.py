@@ -247,13 +247,13 @@ def test_cutmix_pastes_the_same_box_into_input_and_target():
 
 
 def test_blend_state_interpolates_weights_and_norm_statistics():
-    tt = _script_module("train_teacher")
+    tt, tc = _script_module("train_teacher"), _script_module("teacher_common")
     torch.manual_seed(0)
     a = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3))
     b = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3))
     a.train()(torch.randn(4, 2, 6, 6))  # gives a its own running statistics and batch count
     before, other = {k: v.clone() for k, v in a.state_dict().items()}, b.state_dict()
-    tt.blend_state(a, other, 0.25)
+    tc.blend_state(a, other, 0.25)
     for k, v in a.state_dict().items():
         if v.is_floating_point():
             assert torch.allclose(v, 0.75 * before[k] + 0.25 * other[k], atol=1e-7), k
@@ -261,7 +261,7 @@ def test_blend_state_interpolates_weights_and_norm_statistics():
             assert torch.equal(v, before[k]), k  # num_batches_tracked stays a's
     assert not torch.equal(a[0].weight, before["0.weight"])
     with pytest.raises(ValueError, match="differ"):
-        tt.blend_state(a, torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3)).state_dict(), 0.5)
+        tc.blend_state(a, torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3)).state_dict(), 0.5)
     assert tt.parse_args(["--blend-init", "0.5", "--init-from", "x.safetensors"]).blend_init == 0.5
     for bad in [["--blend-init", "0.5"], ["--blend-init", "1", "--init-from", "x.safetensors"]]:
         with pytest.raises(SystemExit):

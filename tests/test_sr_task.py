@@ -188,6 +188,11 @@ def test_channel_shuffle_permutes_the_channels_of_input_and_target_alike():
     with pytest.raises(DataError, match="channel_shuffle"):
         TeacherCachedDataset(shuffled, torch.nn.Upsample(scale_factor=2), progress=False)
     TeacherCachedDataset(plain, torch.nn.Upsample(scale_factor=2), progress=False)  # without it: fine
+    # any other view reaching the shuffle is refused by name, not left in its own colour order
+    aligned, unaligned, where = shuffled.load_views(0, np.random.default_rng(0))
+    aligned = dict(aligned, teacher=aligned["target"])
+    with pytest.raises(DataError, match="cannot shuffle the 'teacher' view"):
+        shuffled.finish(0, aligned, unaligned, where, np.random.default_rng(0))
 
 
 def test_heldout_dataset_gives_whole_images():

@@ -88,6 +88,22 @@ def test_a_missing_package_photo_says_how_to_install_it(monkeypatch):
     assert photos.package_photo_path("matplotlib", "grace_hopper.jpg").is_file()
 
 
+def test_a_broken_package_photo_is_named(monkeypatch, tmp_path):
+    import importlib.machinery
+    import importlib.util
+
+    real = importlib.util.find_spec
+    fake = importlib.machinery.ModuleSpec("sklearn", None, is_package=True)
+    fake.submodule_search_locations = [str(tmp_path)]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake if name == "sklearn" else real(name, *a))
+    with pytest.raises(DataError, match=r"scikit-learn is installed but has no datasets/images/china.jpg"):
+        photos.package_photo_path("scikit-learn", "china.jpg")
+    (tmp_path / "datasets" / "images").mkdir(parents=True)
+    (tmp_path / "datasets" / "images" / "flower.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=r"cannot read scikit-learn's sample photo .*flower.jpg"):
+        photos._package_sample("scikit-learn", "flower.jpg")
+
+
 def test_gray_photos_are_replicated_to_rgb():
     cam = photos.load_photo("camera")
     assert cam.shape == (512, 512, 3) and cam.dtype == np.uint8 and not cam.flags.writeable

@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	# imgaug only for its quokka photo (an opt-in training photo): its own dependencies (OpenCV...) unneeded
+	case ",$(EXTRAS)," in *,dev,*|*,data,*) $(PY) -m pip install -q --no-deps "imgaug==0.4.0";; esac
 	touch $(STAMP)
 
 # `make demo` on a fresh clone installs the CPU set only (torch + gcompiler + onnx/onnxruntime, no triton);

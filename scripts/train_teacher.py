@@ -88,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                    "each must be a training photo: " + ", ".join(n for n in KNOWN_IMAGES
                                                                                  if n not in HELDOUT_IMAGES)),
                    help="comma-separated training photos (default: the task's training set); e.g. add the "
-                        "opt-in photos grace_hopper (matplotlib), china and flower (scikit-learn), coins")
+                        "opt-in photos grace_hopper (matplotlib), china and flower (scikit-learn), coins, aero and "
+                        "ascent (PyWavelets), luispedro (mahotas), quokka (imgaug)")
     g.add_argument("--channel-shuffle", action="store_true",
                    help="also put each patch's RGB channels in a random order (new colours, same structure)")
     g.add_argument("--cutmix", type=float, default=0.0, metavar="P",

@@ -46,7 +46,8 @@ def test_split_is_fixed_and_disjoint_for_every_task():
         photos.load_photo("cat")  # the same photo as chelsea: never used
     # the opt-in extra photos are on the training side, in no default training set, and none is a
     # held-out photo (china and flower have rocket's size, so compare the pixels)
-    assert set(photos.EXTRA_PHOTOS) == {"grace_hopper", "china", "flower", "coins"}
+    assert set(photos.EXTRA_PHOTOS) == {"grace_hopper", "china", "flower", "coins", "quokka", "aero", "ascent",
+                                        "luispedro"}
     assert not set(photos.EXTRA_PHOTOS) & set(photos.TRAIN_PHOTOS + photos.HELDOUT_PHOTOS)
     for h in photos.HELDOUT_PHOTOS:
         for e in photos.EXTRA_PHOTOS:
@@ -58,18 +59,38 @@ def test_split_is_fixed_and_disjoint_for_every_task():
     ("grace_hopper", "matplotlib", "grace_hopper.jpg", (600, 512, 3)),
     ("china", "scikit-learn", "china.jpg", (427, 640, 3)),
     ("flower", "scikit-learn", "flower.jpg", (427, 640, 3)),
+    ("quokka", "imgaug", "quokka.jpg", (643, 960, 3)),
+    ("luispedro", "mahotas", "luispedro.jpg", (377, 300, 3)),
+    ("aero", "PyWavelets", "aero.npz", (512, 512, 3)),
+    ("ascent", "PyWavelets", "ascent.npz", (512, 512, 3)),
 ])
 def test_the_extra_photos_are_the_files_their_packages_ship(name, package, filename, shape):
     from PIL import Image
 
     img = photos.load_photo(name)
     assert img.shape == shape and img.dtype == np.uint8 and not img.flags.writeable
-    if package == "matplotlib":
+    if package == "PyWavelets":  # gray, replicated; PyWavelets' own loader agrees
+        import pywt.data
+
+        assert np.array_equal(img[..., 1], getattr(pywt.data, name)())
+        assert np.array_equal(img[..., 0], img[..., 2])
+        assert img.std() > 30
+        return
+    reference = None
+    if package == "mahotas":
+        import mahotas.demos
+
+        assert np.array_equal(img, mahotas.demos.load(name))  # mahotas' own loader agrees
+    if package == "imgaug":  # importing imgaug needs OpenCV, so find the file from its install record instead
+        import importlib.metadata
+
+        reference = next(f for f in importlib.metadata.files("imgaug") if f.name == filename).locate()
+        assert reference == photos.package_photo_path(package, filename)
+    elif package == "matplotlib":
         from matplotlib import cbook
         reference = cbook.get_sample_data(filename)
-    else:
+    elif package == "scikit-learn":
         from sklearn.datasets import load_sample_image
-        reference = None
         assert np.array_equal(img, load_sample_image(filename))  # scikit-learn's own loader agrees
     with Image.open(reference or photos.package_photo_path(package, filename)) as im:
         assert np.array_equal(img, np.asarray(im.convert("RGB")))

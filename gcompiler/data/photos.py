@@ -2,7 +2,7 @@
 
 Nothing is downloaded: the photos come from ``skimage.data`` as shipped with scikit-image (the images
 that need the optional ``pooch`` download are not used), and the opt-in ones from the sample data that
-matplotlib and scikit-learn ship in their packages. The split is by name and fixed:
+matplotlib, scikit-learn, PyWavelets, mahotas and imgaug ship in their packages. The split is by name and fixed:
 
 * :data:`HELDOUT_PHOTOS` (``chelsea``, ``rocket``): evaluation only, never trained on, by any task;
 * :data:`TRAIN_COLOR` (colour photos) and :data:`TRAIN_GRAY` (grayscale photos, given as RGB with the
@@ -14,10 +14,16 @@ matplotlib and scikit-learn ship in their packages. The split is by name and fix
   not used; ``cell`` and ``microaneurysms`` are microscopy and not used.
 * :data:`EXTRA_PHOTOS`: training-side photos a task may opt into by name (``builtin:sr`` ``images=``);
   not in :data:`TRAIN_PHOTOS`, so the default training sets, and the teachers trained on them, stay as
-  recorded. ``grace_hopper`` is the portrait matplotlib ships as sample data; ``china`` and ``flower``
-  are the two colour photos scikit-learn ships (``sklearn/datasets/images``, CC BY 2.0; read from the
-  installed package's files without importing it; scikit-learn is in the ``data`` and ``dev`` extras);
-  ``coins`` is ``skimage.data.coins``, a grayscale photo.
+  recorded. Each is read from an installed package's files, without importing the package:
+  ``grace_hopper``, the portrait matplotlib ships as sample data; ``china`` and ``flower``, the two colour
+  photos scikit-learn ships (``sklearn/datasets/images``, CC BY 2.0); ``coins``, a grayscale
+  ``skimage.data`` photo; ``aero`` and ``ascent``, the two grayscale photos PyWavelets ships
+  (``pywt/data``, uint8 arrays in ``.npz`` files, read without pickles); ``luispedro``, the small portrait
+  mahotas ships (``mahotas/demos/data``); ``quokka``, the photo imgaug ships (``imgaug/quokka.jpg``;
+  install it with ``pip install --no-deps imgaug==0.4.0``: only the file is read, so its OpenCV
+  dependency is not needed). scikit-learn, PyWavelets and mahotas are in the ``data`` and ``dev`` extras;
+  ``make env`` installs imgaug that way. mahotas' other demo images are not used: ``DepartmentStore`` is
+  a drawing, ``nuclear`` microscopy, and ``lena`` is left out.
 
 :func:`load_photo` returns a read-only ``uint8`` (H, W, 3) array.
 """
@@ -39,13 +45,28 @@ TRAIN_COLOR: tuple[str, ...] = ("astronaut", "coffee", "hubble_deep_field", "imm
 #: Grayscale training photos (replicated to RGB).
 TRAIN_GRAY: tuple[str, ...] = ("camera", "brick", "grass", "gravel", "clock", "moon")
 TRAIN_PHOTOS: tuple[str, ...] = TRAIN_COLOR + TRAIN_GRAY
-#: Opt-in training photos (matplotlib's and scikit-learn's sample photos, one more scikit-image photo).
-EXTRA_PHOTOS: tuple[str, ...] = ("grace_hopper", "china", "flower", "coins")
+#: Opt-in training photos (other packages' sample photos, one more scikit-image photo).
+EXTRA_PHOTOS: tuple[str, ...] = ("grace_hopper", "china", "flower", "coins", "quokka", "aero", "ascent",
+                                 "luispedro")
 #: Where each opt-in photo that does not come from ``skimage.data`` is read from: (package, file).
 _PACKAGE_PHOTOS: dict[str, tuple[str, str]] = {
     "grace_hopper": ("matplotlib", "grace_hopper.jpg"),
     "china": ("scikit-learn", "china.jpg"),
     "flower": ("scikit-learn", "flower.jpg"),
+    "quokka": ("imgaug", "quokka.jpg"),
+    "aero": ("PyWavelets", "aero.npz"),
+    "ascent": ("PyWavelets", "ascent.npz"),
+    "luispedro": ("mahotas", "luispedro.jpg"),
+}
+#: Where each package keeps its sample photos: package -> (module, folder inside it, how to install it).
+_PHOTO_PACKAGES: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "matplotlib": ("matplotlib", ("mpl-data", "sample_data"), "pip install 'matplotlib>=3.5'"),
+    "scikit-learn": ("sklearn", ("datasets", "images"),
+                     "pip install 'scikit-learn>=1.0' (or the gcompiler[data] extra)"),
+    "PyWavelets": ("pywt", ("data",), "pip install 'PyWavelets>=1.4' (or the gcompiler[data] extra)"),
+    "mahotas": ("mahotas", ("demos", "data"), "pip install 'mahotas>=1.4' (or the gcompiler[data] extra)"),
+    # imgaug's own dependencies (OpenCV, Shapely) are not needed to read its one photo
+    "imgaug": ("imgaug", (), "pip install --no-deps 'imgaug==0.4.0' (only its photo file is read)"),
 }
 ALL_PHOTOS: tuple[str, ...] = TRAIN_PHOTOS + EXTRA_PHOTOS + HELDOUT_PHOTOS
 
@@ -95,14 +116,9 @@ def package_photo_path(package: str, filename: str) -> Path:
     Found from the package's install location without importing it; a :class:`DataError` says how to
     install the package when it or the file is missing.
     """
-    if package == "matplotlib":
-        folder = ("mpl-data", "sample_data")
-        module, install = "matplotlib", "pip install 'matplotlib>=3.5'"
-    elif package == "scikit-learn":
-        folder = ("datasets", "images")
-        module, install = "sklearn", "pip install 'scikit-learn>=1.0' (or the gcompiler[data] extra)"
-    else:
+    if package not in _PHOTO_PACKAGES:
         raise DataError(f"no sample photos are known in package {package!r}")
+    module, folder, install = _PHOTO_PACKAGES[package]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise DataError(f"the sample photo {filename!r} ships with {package}, which is not installed: {install}")
@@ -115,6 +131,12 @@ def package_photo_path(package: str, filename: str) -> Path:
 def _package_sample(package: str, filename: str) -> np.ndarray:
     """A photo from a package's bundled sample data, as an RGB array (:func:`load_photo` checks it)."""
     path = package_photo_path(package, filename)
+    if path.suffix == ".npz":  # PyWavelets' gray photos: one uint8 array under "data"; no pickles
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return np.asarray(archive["data"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(f"cannot read {package}'s sample photo {path} ({exc})") from exc
     try:
         from PIL import Image
         with Image.open(path) as im:

@@ -1,8 +1,8 @@
 """The built-in task ``builtin:sr``: x2 super-resolution on the colour photos shipped with scikit-image.
 
 Nothing is downloaded: the images are the photos of :mod:`gcompiler.data.photos` (from ``skimage.data``;
-scikit-image is a runtime requirement of this task; opt-in training photos from matplotlib's and
-scikit-learn's sample data), with its fixed split:
+scikit-image is a runtime requirement of this task; opt-in training photos from other packages' sample
+data), with its fixed split:
 
 * training: :data:`TRAIN_IMAGES` (colour and grayscale photos); held-out (evaluation only):
   :data:`HELDOUT_IMAGES` (``chelsea``, ``rocket``).

@@ -2,8 +2,9 @@
 and on the zoo, with random masks and random norm parameters (beta != 0), measured in float64 (1e-7 x max|y|:
 the algebra is exact, only re-association rounding remains, plus what the masked network itself does with
 rounding of that size when it is ill-conditioned, measured on it: :func:`_rounding_sensitivity`); removes
-exactly the channels the masks kill (params and MACs checked against the architecture formula); and removes nothing without a proof (a channel
-that random probes would call dead is kept; every removed unit is reported with its proof)."""
+exactly the channels the masks kill (params and MACs checked against the architecture formula); and removes
+nothing without a proof (a channel that random probes would call dead is kept; every removed unit is reported
+with its proof)."""
 import copy
 
 import pytest

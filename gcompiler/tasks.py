@@ -74,9 +74,10 @@ def tasks_table(rows: list[dict[str, Any]]) -> str:
                      f"{r['teacher_macs'] / 1e9:.3f} G MACs at {tuple(r['reference_input'])}, "
                      f"{r['teacher_size_bytes'] / 2**20:.2f} MiB fp32; shipped with its discriminator "
                      f"({r['discriminator_params']:,} params) in {r['stored_bytes'] / 1e6:.2f} MB")
-        lines.append(f"  held-out  teacher {r['teacher_psnr']:.2f} dB / SSIM {r['teacher_ssim']:.4f}   "
-                     f"{r['baseline']} {r['baseline_psnr']:.2f} dB / SSIM {r['baseline_ssim']:.4f}   "
-                     f"gain {r['gain_db']:+.2f} dB")
+        # three decimals: the gain is a small difference, and a rounded +1.80 must not pass for a met +1.8
+        lines.append(f"  held-out  teacher {r['teacher_psnr']:.3f} dB / SSIM {r['teacher_ssim']:.4f}   "
+                     f"{r['baseline']} {r['baseline_psnr']:.3f} dB / SSIM {r['baseline_ssim']:.4f}   "
+                     f"gain {r['gain_db']:+.3f} dB")
         if r["gain_db"] <= 0:
             lines.append(f"  !! TEACHER BELOW BASELINE: the shipped teacher is worse than {r['baseline']} on the "
                          f"held-out photos; retrain it (scripts/train_teacher.py / scripts/train_cartoon.py)")

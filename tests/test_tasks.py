@@ -125,6 +125,23 @@ def test_a_broken_package_photo_is_named(monkeypatch, tmp_path):
         photos._package_sample("scikit-learn", "flower.jpg")
 
 
+def test_a_broken_npz_photo_is_named_and_never_unpickled(monkeypatch, tmp_path):
+    import importlib.machinery
+    import importlib.util
+
+    real = importlib.util.find_spec
+    fake = importlib.machinery.ModuleSpec("pywt", None, is_package=True)
+    fake.submodule_search_locations = [str(tmp_path)]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake if name == "pywt" else real(name, *a))
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "aero.npz", image=np.zeros((4, 4), np.uint8))  # no "data" array
+    with pytest.raises(DataError, match=r"cannot read PyWavelets's sample photo .*aero.npz"):
+        photos._package_sample("PyWavelets", "aero.npz")
+    np.savez(tmp_path / "data" / "ascent.npz", data=np.array([{"a": 1}], dtype=object))  # needs a pickle
+    with pytest.raises(DataError, match=r"cannot read PyWavelets's sample photo .*ascent.npz"):
+        photos._package_sample("PyWavelets", "ascent.npz")
+
+
 def test_gray_photos_are_replicated_to_rgb():
     cam = photos.load_photo("camera")
     assert cam.shape == (512, 512, 3) and cam.dtype == np.uint8 and not cam.flags.writeable

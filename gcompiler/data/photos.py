@@ -2,7 +2,8 @@
 
 Nothing is downloaded: the photos come from ``skimage.data`` as shipped with scikit-image (the images
 that need the optional ``pooch`` download are not used), and the opt-in ones from the sample data that
-matplotlib, scikit-learn, PyWavelets, mahotas and imgaug ship in their packages. The split is by name and fixed:
+matplotlib, scikit-learn, PyWavelets, mahotas and imgaug ship in their packages. The split is by name and
+fixed:
 
 * :data:`HELDOUT_PHOTOS` (``chelsea``, ``rocket``): evaluation only, never trained on, by any task;
 * :data:`TRAIN_COLOR` (colour photos) and :data:`TRAIN_GRAY` (grayscale photos, given as RGB with the
@@ -64,7 +65,7 @@ _PHOTO_PACKAGES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "scikit-learn": ("sklearn", ("datasets", "images"),
                      "pip install 'scikit-learn>=1.0' (or the gcompiler[data] extra)"),
     "PyWavelets": ("pywt", ("data",), "pip install 'PyWavelets>=1.4' (or the gcompiler[data] extra)"),
-    "mahotas": ("mahotas", ("demos", "data"), "pip install 'mahotas>=1.4' (or the gcompiler[data] extra)"),
+    "mahotas": ("mahotas", ("demos", "data"), "pip install 'mahotas>=1.4.19' (or the gcompiler[data] extra)"),
     # imgaug's own dependencies (OpenCV, Shapely) are not needed to read its one photo
     "imgaug": ("imgaug", (), "pip install --no-deps 'imgaug==0.4.0' (only its photo file is read)"),
 }

@@ -26,6 +26,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gcompiler  # noqa: E402
+from gcompiler.deploy.measure import rel_error  # noqa: E402
 
 
 def _randomize_bn(model: nn.Module, seed: int) -> None:
@@ -37,10 +38,6 @@ def _randomize_bn(model: nn.Module, seed: int) -> None:
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
 def run(name: str, model: nn.Module, x: torch.Tensor) -> dict:
@@ -70,7 +67,7 @@ def run(name: str, model: nn.Module, x: torch.Tensor) -> dict:
     try:
         slim = gcompiler.compile(model, "eliminate-dead-channels", x, verify="shapes")
         with torch.no_grad():
-            row["gc_err"] = _rel(slim(x), ref)
+            row["gc_err"] = rel_error(ref, slim(x))
         row["gc_macs"] = gcompiler.profile(slim).macs
     except Exception as exc:  # report, do not hide
         row["gc_err"], row["gc_macs"] = f"failed: {type(exc).__name__}: {str(exc)[:60]}", None
@@ -84,7 +81,7 @@ def run(name: str, model: nn.Module, x: torch.Tensor) -> dict:
             # Torch-Pruning's conv pruner handles transposed convs too (their out channels are dim 1)
             dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=chans).prune()
         with torch.no_grad():
-            row["tp_err"] = _rel(eager(x), ref)
+            row["tp_err"] = rel_error(ref, eager(x))
         macs = gcompiler.profile(eager, x).macs
         row["tp_macs"] = macs if macs >= 0 else "inconsistent widths"
     except Exception as exc:

@@ -19,6 +19,7 @@ import torch.fx as fx
 from torch import nn
 
 from gcompiler import models
+from gcompiler.deploy.measure import rel_error
 from gcompiler.errors import PassError
 from gcompiler.kernels.lower import lower_to_triton
 from gcompiler.passes.manager import compile as gcompile
@@ -50,7 +51,7 @@ def _int_graph(name: str, kw: dict, size, batch: int = 2, quant: str = ""):
 
 
 def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+    return rel_error(ref, out)
 
 
 @pytest.mark.parametrize("small_layers", ["fp16", "int8"])

@@ -14,6 +14,7 @@ from torch import nn
 
 import gcompiler
 from gcompiler.errors import KernelError, PassError
+from gcompiler.deploy.measure import rel_error
 from gcompiler.models import create
 from gcompiler.models import registry as zoo
 from gcompiler.passes.manager import run_pipeline
@@ -64,7 +65,7 @@ def _zoo_graph(name: str) -> tuple[torch.fx.GraphModule, tuple[torch.Tensor, ...
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+    return rel_error(b, a)
 
 
 def _run(gm: torch.fx.GraphModule, *xs: torch.Tensor) -> torch.Tensor:

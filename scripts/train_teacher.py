@@ -60,8 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="Held-out PSNR/SSIM are on the Y channel with a 2-pixel border crop, outputs rounded to "
                "8 bits. Use scripts/eval_sr.py to re-measure a saved teacher.")
     g = p.add_argument_group("architecture (srresnet)")
-    g.add_argument("--nf", type=int, default=64, help="feature channels of the trunk")
-    g.add_argument("--nb", type=int, default=8, help="residual blocks")
+    g.add_argument("--nf", type=int, default=argparse.SUPPRESS,
+                   help="feature channels of the trunk (default: the --init-from teacher's, else 64)")
+    g.add_argument("--nb", type=int, default=argparse.SUPPRESS,
+                   help="residual blocks (default: the --init-from teacher's, else 16, the shipped layout); "
+                        "more than the --init-from teacher's deepens it (the new blocks start as identities)")
     g.add_argument("--no-bn", action="store_true",
                    help="drop the BatchNorm layers (GS then has no norm scales to use as channel masks)")
     g.add_argument("--ndf", type=int, default=32, help="discriminator base width (patchgan_d, 3 layers)")
@@ -142,8 +145,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--fp32", action="store_true", help="store float32 weights (default: fp16 storage)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. for log files)")
     args = p.parse_args(argv)
+    args.nf, args.nb = getattr(args, "nf", None), getattr(args, "nb", None)  # None: decided in main()
     for name in ("nf", "nb", "steps", "batch_size", "patch", "threads", "ndf", "ckpt_every"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.d_steps < 0:
         p.error("--d-steps must be >= 0")
@@ -363,13 +367,20 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python scripts/train_teacher.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    kwargs = {"nf": args.nf, "nb": args.nb, "scale": 2, "bn": not args.no_bn}
-    dkwargs = {"input_nc": 3, "ndf": args.ndf, "n_layers": 3, "norm": "instance"}
-    model = models.create("srresnet", **kwargs)
+    small = None
     if args.init_from is not None:
         from gcompiler.data.tasks import load_asset_model
+        from gcompiler.models.srresnet import SRResNet
 
         small = load_asset_model(args.init_from).eval()
+        if not isinstance(small, SRResNet):
+            raise SystemExit(f"--init-from {args.init_from}: a {type(small).__name__}, not an srresnet teacher")
+    nf = args.nf or (small.conv_first.out_channels if small is not None else 64)
+    nb = args.nb or (len(small.body) if small is not None else 16)
+    kwargs = {"nf": nf, "nb": nb, "scale": 2, "bn": not args.no_bn}
+    dkwargs = {"input_nc": 3, "ndf": args.ndf, "n_layers": 3, "norm": "instance"}
+    model = models.create("srresnet", **kwargs)
+    if small is not None:
         has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in small.modules())
         if args.no_bn and has_bn:
             fold_bn_from(model, small)
@@ -404,7 +415,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no checkpoint {ckpt_path} to resume/export", file=sys.stderr)
             return 2
         ck = load_ckpt(ckpt_path)
-        model.load_state_dict(ck["model"])
+        try:
+            model.load_state_dict(ck["model"])
+        except RuntimeError as e:  # another nf / nb / BatchNorm choice than the run that wrote it
+            raise SystemExit(f"{ckpt_path}: this checkpoint is not an srresnet {kwargs} (the network these "
+                             f"options build); resume with the run's own --nf/--nb/--no-bn. torch: "
+                             f"{str(e).splitlines()[0]}") from None
         if average is not None:
             average.load_state_dict(ck.get("average", ck["model"]))
         opt.load_state_dict(ck["opt"])

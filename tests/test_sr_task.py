@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -12,8 +13,8 @@ import torch.nn.functional as F
 from gcompiler.data import make_loader, open_dataset
 from gcompiler.data.datasets import TeacherCachedDataset
 from gcompiler.data.images import RANGE_UNIT, to_tensor
-from gcompiler.data.sr import (HELDOUT_IMAGES, TRAIN_IMAGES, SRHeldoutDataset, SRTrainDataset, bicubic_upsample,
-                               evaluate_sr, load_hr, load_lr, load_teacher)
+from gcompiler.data.sr import (HELDOUT_IMAGES, TEACHER_META, TRAIN_IMAGES, SRHeldoutDataset, SRTrainDataset,
+                               bicubic_upsample, evaluate_sr, load_hr, load_lr, load_teacher)
 from gcompiler.errors import DataError
 from gcompiler.metrics import psnr, psnr_per_image, rgb_to_y, ssim, ssim_per_image
 
@@ -227,7 +228,8 @@ def test_missing_teacher_asset_tells_how_to_make_it(tmp_path):
 def test_shipped_teacher_beats_bicubic_on_a_heldout_image():
     teacher = load_teacher()
     assert all(p.dtype == torch.float32 for p in teacher.parameters())  # fp16 storage, float32 model
-    assert sum(p.numel() for p in teacher.parameters()) < 1_000_000
+    meta = json.loads(TEACHER_META.read_text())
+    assert sum(p.numel() for p in teacher.parameters()) == meta["params"]  # the network the record describes
     res = evaluate_sr(teacher, images=("chelsea",))["per_image"]["chelsea"]
     assert res["model"]["psnr_y"] > res["bicubic"]["psnr_y"] + 1.0
     assert res["model"]["ssim_y"] > res["bicubic"]["ssim_y"]
